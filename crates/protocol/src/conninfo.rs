@@ -1,0 +1,1 @@
+//! Connection options (placeholder; being written).

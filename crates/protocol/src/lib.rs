@@ -1,0 +1,19 @@
+//! The PostgreSQL physical streaming-replication protocol, without I/O.
+//!
+//! This crate owns everything walsink says to and hears from a server, as pure
+//! functions and state machines over byte buffers:
+//!
+//! * [`conninfo`]: connection options as libpq takes them (key=value strings, URIs,
+//!   `PG*` environment variables, `.pgpass`), resolved into an ordered list of
+//!   [`conninfo::Target`]s to try.
+//! * [`frame`]: splitting the backend byte stream into messages with a size ceiling.
+//! * [`startup`]: the startup packet and the authentication exchange (trust, password,
+//!   md5, SCRAM-SHA-256).
+//! * [`query`]: simple-query result collection and the typed results of the replication
+//!   commands (`IDENTIFY_SYSTEM`, `READ_REPLICATION_SLOT`, `TIMELINE_HISTORY`, ...).
+//! * [`copy`]: the copy-both payloads: XLogData, primary keepalive, standby status update.
+//!
+//! It has no tokio dependency, opens no sockets and reads no clock: callers pass time in.
+#![deny(missing_docs)]
+
+pub mod conninfo;

@@ -1,0 +1,19 @@
+//! PostgreSQL write-ahead-log positions, segment naming and arithmetic, timeline
+//! history files and WAL page headers.
+//!
+//! This crate owns the vocabulary every other walsink crate speaks: [`Lsn`],
+//! [`TimelineId`], [`WalSegSize`], [`SegNo`] and [`SegmentName`]. It does no I/O,
+//! reads no clock and has no async dependency; everything is a pure function over
+//! numbers and byte slices, so it can be unit-tested and fuzzed exhaustively.
+#![deny(missing_docs)]
+
+mod error;
+pub mod history;
+mod lsn;
+pub mod page;
+mod segment;
+
+pub use error::WalError;
+pub use history::{HistoryEntry, TimelineHistory};
+pub use lsn::{Lsn, TimelineId};
+pub use segment::{SegNo, SegmentFileKind, SegmentName, WalSegSize};
