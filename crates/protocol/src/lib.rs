@@ -5,15 +5,23 @@
 //!
 //! * [`conninfo`]: connection options as libpq takes them (key=value strings, URIs,
 //!   `PG*` environment variables, `.pgpass`), resolved into an ordered list of
-//!   [`conninfo::Target`]s to try.
-//! * [`frame`]: splitting the backend byte stream into messages with a size ceiling.
+//!   targets to try.
+//! * [`frame`]: splitting the backend byte stream into messages, with a size ceiling.
 //! * [`startup`]: the startup packet and the authentication exchange (trust, password,
 //!   md5, SCRAM-SHA-256).
-//! * [`query`]: simple-query result collection and the typed results of the replication
-//!   commands (`IDENTIFY_SYSTEM`, `READ_REPLICATION_SLOT`, `TIMELINE_HISTORY`, ...).
+//! * [`query`]: simple-query result collection, the replication commands and their
+//!   typed results (`IDENTIFY_SYSTEM`, `READ_REPLICATION_SLOT`, `TIMELINE_HISTORY`, ...).
 //! * [`copy`]: the copy-both payloads: XLogData, primary keepalive, standby status update.
 //!
-//! It has no tokio dependency, opens no sockets and reads no clock: callers pass time in.
+//! It has no tokio dependency, opens no sockets and reads no clock: callers pass time
+//! in. The thin async driver around it lives in `walsink-receiver`.
 #![deny(missing_docs)]
 
 pub mod conninfo;
+pub mod copy;
+mod error;
+pub mod frame;
+pub mod query;
+pub mod startup;
+
+pub use error::{ProtocolError, ServerError};
