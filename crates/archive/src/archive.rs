@@ -1,0 +1,601 @@
+//! [`Archive`]: the opened, locked archive directory.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::{debug, info, warn};
+use walsink_wal::{TimelineId, WalSegSize};
+
+use crate::meta::Meta;
+use crate::writer::SegmentWriter;
+use crate::{ArchiveError, StartPoint, SyncMode, fsops, scan};
+
+/// Name of the lock file in the archive directory. It holds the pid of the walsink
+/// that has the directory open.
+pub const LOCK_FILE: &str = "walsink.lock";
+
+/// Name of the metadata file that pins the directory to one database system.
+pub const META_FILE: &str = "walsink.meta";
+
+/// Name of the file created and removed at open to prove the directory is writable.
+const PROBE_FILE: &str = "walsink.probe";
+
+/// State shared between the [`Archive`] and its [`SegmentWriter`].
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The locked `walsink.lock`. The `flock` lives as long as this file is open, so
+    /// it is held until the archive and every writer are dropped.
+    _lock: File,
+    /// Whether a [`SegmentWriter`] exists; there may be only one.
+    pub(crate) writer_active: AtomicBool,
+}
+
+/// An open, exclusively locked archive directory.
+///
+/// Dropping it releases the lock (once no [`SegmentWriter`] made from it is left).
+#[derive(Debug)]
+pub struct Archive {
+    /// The directory, as given to [`Archive::open`].
+    path: PathBuf,
+    /// The directory opened for `fsync` after creations and renames.
+    dir: File,
+    /// Whether to sync.
+    sync: SyncMode,
+    /// The lock and the one-writer flag.
+    shared: Arc<Shared>,
+    /// The segment size of the cluster the directory was pinned to by
+    /// [`Archive::check_identity`], once it was called.
+    pinned_seg: Option<WalSegSize>,
+}
+
+impl Archive {
+    /// Opens an existing archive directory and locks it.
+    ///
+    /// The directory is never created: a missing one is [`ArchiveError::NoDirectory`].
+    /// It must be a directory ([`ArchiveError::NotADirectory`]) that this process can
+    /// create files in ([`ArchiveError::NotWritable`]). The lock is an exclusive
+    /// `flock` on `walsink.lock` (created with mode 0600), into which our pid is
+    /// written; if another process holds it the result is [`ArchiveError::Locked`]
+    /// with that process's pid. pg_receivewal takes no lock, so it is not kept out.
+    pub fn open(dir: &Path, sync: SyncMode) -> Result<Archive, ArchiveError> {
+        let md = match fs::metadata(dir) {
+            Ok(md) => md,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(ArchiveError::NoDirectory { path: dir.into() });
+            }
+            Err(e) => return Err(ArchiveError::io(dir, "stat", e)),
+        };
+        if !md.is_dir() {
+            return Err(ArchiveError::NotADirectory { path: dir.into() });
+        }
+        let not_writable = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+            )
+        };
+
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(fsops::FILE_MODE)
+            .open(&lock_path)
+        {
+            Ok(f) => f,
+            Err(e) if not_writable(&e) => {
+                return Err(ArchiveError::NotWritable {
+                    path: dir.into(),
+                    source: e,
+                });
+            }
+            Err(e) => return Err(ArchiveError::io(lock_path, "open", e)),
+        };
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                return Err(ArchiveError::Locked {
+                    path: dir.into(),
+                    pid,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(ArchiveError::io(lock_path, "lock", e)),
+        }
+        let pid = format!("{}\n", std::process::id());
+        fsops::set_len(&lock, &lock_path, 0)?;
+        lock.write_all_at(pid.as_bytes(), 0)
+            .map_err(|e| ArchiveError::io(&lock_path, "write to", e))?;
+
+        // The lock file may predate a chmod or a read-only remount; only creating a
+        // file proves that segments can be created.
+        let probe = dir.join(PROBE_FILE);
+        match fsops::create_fresh(&probe) {
+            Ok(_) => fsops::remove(&probe)?,
+            Err(ArchiveError::Io { source, .. }) if not_writable(&source) => {
+                return Err(ArchiveError::NotWritable {
+                    path: dir.into(),
+                    source,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+
+        let dir_fd = fsops::open_dir(dir)?;
+        debug!("opened and locked archive directory \"{}\"", dir.display());
+        Ok(Archive {
+            path: dir.into(),
+            dir: dir_fd,
+            sync,
+            shared: Arc::new(Shared {
+                _lock: lock,
+                writer_active: AtomicBool::new(false),
+            }),
+            pinned_seg: None,
+        })
+    }
+
+    /// The archive directory, as given to [`Archive::open`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sync mode the archive was opened with.
+    pub fn sync_mode(&self) -> SyncMode {
+        self.sync
+    }
+
+    /// Pins the archive to one database system, or checks that it is pinned to this
+    /// one. Call it after every `IDENTIFY_SYSTEM`, before streaming.
+    ///
+    /// If `walsink.meta` exists, its system identifier and segment size must equal the
+    /// server's ([`ArchiveError::SystemIdMismatch`], [`ArchiveError::SegSizeMismatch`]).
+    /// If it does not, but the directory already holds WAL files (for example written
+    /// by pg_receivewal), the long page header of the newest file with a plausible one
+    /// must match instead; then `walsink.meta` is written durably (0600).
+    pub fn check_identity(&mut self, system_id: u64, seg: WalSegSize) -> Result<(), ArchiveError> {
+        let meta_path = self.path.join(META_FILE);
+        if let Some(bytes) = fsops::read_if_exists(&meta_path)? {
+            let bad = |reason: String| ArchiveError::BadMetadata {
+                path: meta_path.clone(),
+                reason,
+            };
+            let text = String::from_utf8(bytes).map_err(|_| bad("not valid UTF-8".into()))?;
+            let meta = Meta::parse(&text).map_err(bad)?;
+            self.compare(meta.system_identifier, meta.seg, system_id, seg)?;
+            self.pinned_seg = Some(seg);
+            return Ok(());
+        }
+
+        let (found, candidates) = scan::probe_identity(&self.path)?;
+        match found {
+            Some((file, long)) => {
+                info!(
+                    "archive directory \"{}\" has no {META_FILE}; its newest WAL file \"{}\" is from database system {}",
+                    self.path.display(),
+                    file.display(),
+                    long.sysid
+                );
+                let archive_seg = WalSegSize::new(u64::from(long.seg_size))
+                    .expect("probe_identity checked the segment size");
+                self.compare(long.sysid, archive_seg, system_id, seg)?;
+            }
+            None if candidates > 0 => warn!(
+                "could not check which database system the {candidates} WAL files in \"{}\" belong to: none has a valid long page header",
+                self.path.display()
+            ),
+            None => {}
+        }
+        let meta = Meta {
+            system_identifier: system_id,
+            seg,
+        };
+        fsops::write_file_atomically(
+            &self.dir,
+            &self.path,
+            META_FILE,
+            meta.render().as_bytes(),
+            self.sync == SyncMode::Sync,
+        )?;
+        info!(
+            "pinned archive directory \"{}\" to database system {system_id} (WAL segment size {seg})",
+            self.path.display()
+        );
+        self.pinned_seg = Some(seg);
+        Ok(())
+    }
+
+    fn compare(
+        &self,
+        archive_id: u64,
+        archive_seg: WalSegSize,
+        server_id: u64,
+        server_seg: WalSegSize,
+    ) -> Result<(), ArchiveError> {
+        if archive_id != server_id {
+            return Err(ArchiveError::SystemIdMismatch {
+                path: self.path.clone(),
+                archive: archive_id,
+                server: server_id,
+            });
+        }
+        self.check_seg(archive_seg, server_seg)
+    }
+
+    fn check_seg(&self, archive: WalSegSize, server: WalSegSize) -> Result<(), ArchiveError> {
+        if archive != server {
+            return Err(ArchiveError::SegSizeMismatch {
+                path: self.path.clone(),
+                archive,
+                server,
+            });
+        }
+        Ok(())
+    }
+
+    /// Where to resume streaming, exactly as pg_receivewal's `FindStreamingStart`:
+    /// the segment after the newest completed segment (one whose size is the segment
+    /// size; others are skipped with a warning), or the start of the newest
+    /// `.partial`, the newest being the maximum by (segment number, timeline,
+    /// completed over partial). Compressed files are ignored. `None` if there is no
+    /// WAL file.
+    ///
+    /// Once [`Archive::check_identity`] has pinned a segment size, `seg` must equal it.
+    pub fn find_start(&self, seg: WalSegSize) -> Result<Option<StartPoint>, ArchiveError> {
+        if let Some(pinned) = self.pinned_seg {
+            self.check_seg(pinned, seg)?;
+        }
+        scan::find_start(&self.path, seg)
+    }
+
+    /// Whether `NNNNNNNN.history` of `tli` exists as a regular file.
+    pub fn has_history(&self, tli: TimelineId) -> bool {
+        fs::metadata(self.path.join(tli.history_file_name())).is_ok_and(|m| m.is_file())
+    }
+
+    /// Writes the history file of `tli` durably (`NNNNNNNN.history.tmp`, fsync,
+    /// rename, fsync of the directory; mode 0600).
+    ///
+    /// If the file exists with identical content nothing is written. If it exists
+    /// with other content the result is [`ArchiveError::HistoryConflict`]: archived
+    /// data is never overwritten.
+    pub fn write_history(&self, tli: TimelineId, content: &[u8]) -> Result<(), ArchiveError> {
+        let name = tli.history_file_name();
+        let path = self.path.join(&name);
+        if let Some(existing) = fsops::read_if_exists(&path)? {
+            if existing == content {
+                debug!("timeline history file \"{name}\" already archived");
+                return Ok(());
+            }
+            return Err(ArchiveError::HistoryConflict { path });
+        }
+        fsops::write_file_atomically(
+            &self.dir,
+            &self.path,
+            &name,
+            content,
+            self.sync == SyncMode::Sync,
+        )?;
+        info!("archived timeline history file \"{name}\"");
+        Ok(())
+    }
+
+    /// A writer for WAL of segment size `seg`. There can be one at a time
+    /// ([`ArchiveError::WriterBusy`]); it keeps the directory locked while it lives,
+    /// even if the `Archive` is dropped first.
+    ///
+    /// Once [`Archive::check_identity`] has pinned a segment size, `seg` must equal it.
+    pub fn segment_writer(&self, seg: WalSegSize) -> Result<SegmentWriter, ArchiveError> {
+        if let Some(pinned) = self.pinned_seg {
+            self.check_seg(pinned, seg)?;
+        }
+        let dir = self
+            .dir
+            .try_clone()
+            .map_err(|e| ArchiveError::io(&self.path, "duplicate handle of", e))?;
+        if self
+            .shared
+            .writer_active
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(ArchiveError::WriterBusy {
+                path: self.path.clone(),
+            });
+        }
+        Ok(SegmentWriter::new(
+            self.path.clone(),
+            dir,
+            seg,
+            self.sync,
+            Arc::clone(&self.shared),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn open(d: &tempfile::TempDir) -> Archive {
+        Archive::open(d.path(), SyncMode::NoSync).unwrap()
+    }
+
+    #[test]
+    fn missing_directory_is_not_created() {
+        let d = tempdir();
+        let missing = d.path().join("nope");
+        let e = Archive::open(&missing, SyncMode::Sync).unwrap_err();
+        assert!(matches!(e, ArchiveError::NoDirectory { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("does not exist"), "{msg}");
+        assert!(
+            msg.contains(&format!("mkdir -m 700 {}", missing.display())),
+            "{msg}"
+        );
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn a_file_is_not_a_directory() {
+        let d = tempdir();
+        put(d.path(), "f", 1);
+        let e = Archive::open(&d.path().join("f"), SyncMode::Sync).unwrap_err();
+        assert!(matches!(e, ArchiveError::NotADirectory { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn read_only_directory_is_refused() {
+        let d = tempdir();
+        // root may write anywhere, so the check cannot fail there.
+        if fs::metadata(d.path()).unwrap().uid() == 0 {
+            return;
+        }
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o500)).unwrap();
+        let e = Archive::open(d.path(), SyncMode::Sync).unwrap_err();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(matches!(e, ArchiveError::NotWritable { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn second_open_is_locked_out_with_the_holders_pid() {
+        let d = tempdir();
+        let a = open(&d);
+        assert_eq!(mode(&d.path().join(LOCK_FILE)), 0o600);
+        let e = Archive::open(d.path(), SyncMode::Sync).unwrap_err();
+        let ArchiveError::Locked { pid, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*pid, Some(std::process::id()));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!(
+                "is in use by another walsink (pid {}); stop it or use another directory",
+                std::process::id()
+            )),
+            "{msg}"
+        );
+        assert!(!d.path().join(PROBE_FILE).exists());
+        drop(a);
+        // Released on drop; a stale pid in the file does not matter.
+        let _a = open(&d);
+    }
+
+    #[test]
+    fn a_writer_keeps_the_lock_and_is_unique() {
+        let d = tempdir();
+        let a = open(&d);
+        let w = a.segment_writer(seg1m()).unwrap();
+        let e = a.segment_writer(seg1m()).unwrap_err();
+        assert!(matches!(e, ArchiveError::WriterBusy { .. }), "{e:?}");
+        drop(a);
+        let e = Archive::open(d.path(), SyncMode::Sync).unwrap_err();
+        assert!(matches!(e, ArchiveError::Locked { .. }), "{e:?}");
+        drop(w);
+        let a = open(&d);
+        let _w = a.segment_writer(seg1m()).unwrap();
+    }
+
+    #[test]
+    fn identity_is_pinned_and_checked() {
+        let d = tempdir();
+        let mut a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+        a.check_identity(111, seg1m()).unwrap();
+        let meta = d.path().join(META_FILE);
+        assert_eq!(mode(&meta), 0o600);
+        let text = fs::read_to_string(&meta).unwrap();
+        assert!(text.contains("system_identifier = 111\n"), "{text}");
+        assert!(text.contains("wal_segment_size = 1048576\n"), "{text}");
+        assert!(!d.path().join("walsink.meta.tmp").exists());
+        // Same identity again: fine, also from a new process.
+        a.check_identity(111, seg1m()).unwrap();
+        drop(a);
+        let mut a = open(&d);
+        a.check_identity(111, seg1m()).unwrap();
+
+        let e = a.check_identity(222, seg1m()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArchiveError::SystemIdMismatch {
+                    archive: 111,
+                    server: 222,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("holds WAL of database system 111, but the server is database system 222"),
+            "{msg}"
+        );
+        assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+        assert!(msg.contains("use a separate archive directory for each cluster"));
+
+        let e = a.check_identity(111, WalSegSize::DEFAULT).unwrap_err();
+        assert!(matches!(e, ArchiveError::SegSizeMismatch { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("1MB") && msg.contains("16MB"), "{msg}");
+        // The file was not changed by the failed checks.
+        assert_eq!(fs::read_to_string(&meta).unwrap(), text);
+    }
+
+    #[test]
+    fn pinned_segment_size_is_enforced_for_scan_and_writer() {
+        let d = tempdir();
+        let mut a = open(&d);
+        a.check_identity(111, seg1m()).unwrap();
+        assert!(matches!(
+            a.find_start(WalSegSize::DEFAULT),
+            Err(ArchiveError::SegSizeMismatch { .. })
+        ));
+        assert!(matches!(
+            a.segment_writer(WalSegSize::DEFAULT),
+            Err(ArchiveError::SegSizeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn broken_metadata_is_reported_not_overwritten() {
+        let d = tempdir();
+        fs::write(d.path().join(META_FILE), "system_identifier = 1\n").unwrap();
+        let mut a = open(&d);
+        let e = a.check_identity(1, seg1m()).unwrap_err();
+        assert!(matches!(e, ArchiveError::BadMetadata { .. }), "{e:?}");
+        assert!(e.to_string().contains("wal_segment_size is missing"), "{e}");
+        assert_eq!(
+            fs::read_to_string(d.path().join(META_FILE)).unwrap(),
+            "system_identifier = 1\n"
+        );
+    }
+
+    #[test]
+    fn pg_receivewal_directory_of_another_cluster_is_refused() {
+        let d = tempdir();
+        put_segment(d.path(), "000000010000000000000003", 3, 111, SEG);
+        fs::write(
+            d.path().join("00000002.history"),
+            "1\t0/3000000\tno reason\n",
+        )
+        .unwrap();
+        let mut a = open(&d);
+        let e = a.check_identity(222, seg1m()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArchiveError::SystemIdMismatch {
+                    archive: 111,
+                    server: 222,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!d.path().join(META_FILE).exists());
+        // Another segment size is refused too.
+        let e = a.check_identity(111, WalSegSize::DEFAULT).unwrap_err();
+        assert!(matches!(e, ArchiveError::SegSizeMismatch { .. }), "{e:?}");
+        assert!(!d.path().join(META_FILE).exists());
+        // The right cluster adopts the directory.
+        a.check_identity(111, seg1m()).unwrap();
+        assert!(d.path().join(META_FILE).exists());
+    }
+
+    #[test]
+    fn pg_receivewal_directory_uses_newest_plausible_header() {
+        let d = tempdir();
+        put_segment(d.path(), "000000010000000000000003", 3, 111, SEG);
+        // Newest: a freshly pre-filled partial, all zeros, says nothing.
+        put(d.path(), "000000010000000000000004.partial", SEG as usize);
+        let mut a = open(&d);
+        assert!(matches!(
+            a.check_identity(222, seg1m()),
+            Err(ArchiveError::SystemIdMismatch { archive: 111, .. })
+        ));
+        a.check_identity(111, seg1m()).unwrap();
+    }
+
+    #[test]
+    fn directory_without_plausible_headers_is_adopted() {
+        let d = tempdir();
+        put(d.path(), "000000010000000000000004.partial", SEG as usize);
+        let mut a = open(&d);
+        a.check_identity(222, seg1m()).unwrap();
+        assert!(
+            fs::read_to_string(d.path().join(META_FILE))
+                .unwrap()
+                .contains("system_identifier = 222")
+        );
+    }
+
+    #[test]
+    fn history_is_written_once_and_never_overwritten() {
+        let d = tempdir();
+        let a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+        let t2 = tli(2);
+        assert!(!a.has_history(t2));
+        let content = b"1\t0/3000000\tno recovery target specified\n";
+        a.write_history(t2, content).unwrap();
+        assert!(a.has_history(t2));
+        let path = d.path().join("00000002.history");
+        assert_eq!(fs::read(&path).unwrap(), content);
+        assert_eq!(mode(&path), 0o600);
+        assert!(!d.path().join("00000002.history.tmp").exists());
+        // Identical: nothing written.
+        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        a.write_history(t2, content).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+        // Different: refused, file kept.
+        let e = a.write_history(t2, b"1\t0/4000000\tother\n").unwrap_err();
+        assert!(matches!(e, ArchiveError::HistoryConflict { .. }), "{e:?}");
+        assert!(e.to_string().contains("00000002.history"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), content);
+        // A stale temporary file from a crash does not get in the way.
+        fs::write(d.path().join("00000003.history.tmp"), "junk").unwrap();
+        a.write_history(tli(3), b"x\n").unwrap();
+        assert_eq!(fs::read(d.path().join("00000003.history")).unwrap(), b"x\n");
+        assert!(a.has_history(tli(3)));
+    }
+
+    #[test]
+    fn disk_full_is_recognised() {
+        let full = ArchiveError::io(
+            "x",
+            "write to",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(full.is_disk_full());
+        let quota = ArchiveError::io(
+            "x",
+            "write to",
+            std::io::Error::from_raw_os_error(libc::EDQUOT),
+        );
+        assert!(quota.is_disk_full());
+        let other = ArchiveError::io(
+            "x",
+            "write to",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert!(!other.is_disk_full());
+        assert_eq!(
+            other.to_string(),
+            format!(
+                "could not write to \"x\": {}",
+                std::io::Error::from_raw_os_error(libc::EIO)
+            )
+        );
+        assert!(!ArchiveError::HistoryConflict { path: "x".into() }.is_disk_full());
+    }
+}

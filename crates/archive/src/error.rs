@@ -1,0 +1,194 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+use walsink_wal::{Lsn, TimelineId, WalSegSize};
+
+/// Everything that can go wrong in the archive directory.
+///
+/// Variants are split by cause: the directory is unusable (`NoDirectory`,
+/// `NotADirectory`, `NotWritable`, `Locked`), it belongs to another cluster
+/// (`SystemIdMismatch`, `SegSizeMismatch`, `BadMetadata`), archived data would be
+/// overwritten (`HistoryConflict`), the caller broke the writer's rules
+/// (`NotContiguous`, `TimelineMismatch`, `LsnOverflow`, `WriterBusy`), or local I/O
+/// failed (`Io`, and `WriterFailed` after an fsync or a segment completion failed).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// The archive directory does not exist. walsink never creates it, so a typo in
+    /// the path cannot silently start a new, empty archive.
+    #[error(
+        "archive directory \"{}\" does not exist; create it with `mkdir -m 700 {}`",
+        .path.display(),
+        .path.display()
+    )]
+    NoDirectory {
+        /// The path as given.
+        path: PathBuf,
+    },
+
+    /// The archive path exists but is not a directory.
+    #[error("archive path \"{}\" is not a directory", .path.display())]
+    NotADirectory {
+        /// The path as given.
+        path: PathBuf,
+    },
+
+    /// The archive directory cannot be written to.
+    #[error("archive directory \"{}\" is not writable: {source}", .path.display())]
+    NotWritable {
+        /// The archive directory.
+        path: PathBuf,
+        /// The error from trying to create a file in it.
+        source: std::io::Error,
+    },
+
+    /// Another process holds the lock on the archive directory.
+    #[error(
+        "archive directory \"{}\" is in use by another walsink ({}); stop it or use another directory",
+        .path.display(),
+        match .pid { Some(p) => format!("pid {p}"), None => "pid unknown".to_owned() }
+    )]
+    Locked {
+        /// The archive directory.
+        path: PathBuf,
+        /// The pid the holder wrote into `walsink.lock`, if it could be read.
+        pid: Option<u32>,
+    },
+
+    /// The archive holds WAL of another database system.
+    #[error(
+        "archive directory \"{}\" holds WAL of database system {archive}, but the server is database system {server}; use a separate archive directory for each cluster",
+        .path.display()
+    )]
+    SystemIdMismatch {
+        /// The archive directory.
+        path: PathBuf,
+        /// The system identifier recorded in (or found in WAL files of) the archive.
+        archive: u64,
+        /// The system identifier the server reported.
+        server: u64,
+    },
+
+    /// The archive holds WAL with another segment size.
+    #[error(
+        "archive directory \"{}\" holds WAL segments of {archive}, but the server uses segments of {server}; use a separate archive directory for each cluster",
+        .path.display()
+    )]
+    SegSizeMismatch {
+        /// The archive directory.
+        path: PathBuf,
+        /// The segment size recorded in (or found in WAL files of) the archive.
+        archive: WalSegSize,
+        /// The segment size the server reported (or the caller asked for).
+        server: WalSegSize,
+    },
+
+    /// `walsink.meta` exists but cannot be understood.
+    #[error(
+        "archive metadata file \"{}\" is invalid: {reason}; check the directory and remove the file only if it belongs to this cluster",
+        .path.display()
+    )]
+    BadMetadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A timeline history file already exists with other content. Archived data is
+    /// never overwritten.
+    #[error(
+        "timeline history file \"{}\" already exists with different content; refusing to overwrite it",
+        .path.display()
+    )]
+    HistoryConflict {
+        /// The existing history file.
+        path: PathBuf,
+    },
+
+    /// WAL handed to the writer does not continue where the last write ended.
+    #[error(
+        "WAL data at {got} does not continue the archive, which expects {expected}; refusing to leave a gap or overlap"
+    )]
+    NotContiguous {
+        /// Where the next write must start (`Lsn::INVALID` if nothing was written yet
+        /// and `got` is not a segment start).
+        expected: Lsn,
+        /// Where the rejected write started.
+        got: Lsn,
+    },
+
+    /// WAL handed to the writer is for another timeline than the open segment.
+    #[error(
+        "WAL data at {at} is for timeline {got}, but the open segment is on timeline {open}; close the segment before switching timelines"
+    )]
+    TimelineMismatch {
+        /// The timeline of the open segment.
+        open: TimelineId,
+        /// The timeline of the rejected write.
+        got: TimelineId,
+        /// Where the rejected write started.
+        at: Lsn,
+    },
+
+    /// `start + data.len()` does not fit in an LSN.
+    #[error("WAL data of {len} bytes at {start} runs past the end of the LSN space")]
+    LsnOverflow {
+        /// Where the rejected write started.
+        start: Lsn,
+        /// Its length.
+        len: usize,
+    },
+
+    /// A segment writer for this archive already exists.
+    #[error("a segment writer for archive directory \"{}\" already exists", .path.display())]
+    WriterBusy {
+        /// The archive directory.
+        path: PathBuf,
+    },
+
+    /// An earlier fsync or segment completion of this writer failed. A failed fsync
+    /// is never retried (the kernel may have dropped the dirty pages), so the writer
+    /// refuses all further work; drop it and restart streaming from
+    /// [`Archive::find_start`](crate::Archive::find_start).
+    #[error(
+        "an earlier sync or rename of \"{}\" failed; this segment writer cannot continue and streaming must restart from the archive",
+        .path.display()
+    )]
+    WriterFailed {
+        /// The file whose sync or completion failed.
+        path: PathBuf,
+    },
+
+    /// A file operation failed.
+    #[error("could not {op} \"{}\": {source}", .path.display())]
+    Io {
+        /// The file or directory operated on.
+        path: PathBuf,
+        /// What was being done, as a verb phrase ("open", "fsync", "rename").
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl ArchiveError {
+    /// Whether this is "no space left on device" or "disk quota exceeded", conditions
+    /// a caller may wait out instead of failing.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            ArchiveError::Io { source, .. } | ArchiveError::NotWritable { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
+        ArchiveError::Io {
+            path: path.into(),
+            op,
+            source,
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The file operations the archive is built from, one small function each.
+//!
+//! Every function does exactly one thing and turns an `io::Error` into an
+//! [`ArchiveError::Io`] naming the path and the operation. Whether to sync is decided
+//! by the callers (from [`SyncMode`](crate::SyncMode)); these functions always do
+//! what their name says. Keeping them here, and nothing else, leaves room to put a
+//! file-layer trait (and fault injection) behind them later.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::ArchiveError;
+
+/// Mode of every file walsink creates.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Size of the zero blocks written to pre-fill a segment, and of the chunks used to
+/// compare files.
+pub(crate) const BLOCK: usize = 1 << 20;
+
+/// Opens `path` for reading and writing, creating it with mode 0600 if it does not
+/// exist. Never truncates. Returns the file and whether it was created.
+pub(crate) fn open_or_create(path: &Path) -> Result<(File, bool), ArchiveError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).mode(FILE_MODE);
+    match opts.clone().create_new(true).open(path) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => opts
+            .open(path)
+            .map(|f| (f, false))
+            .map_err(|e| ArchiveError::io(path, "open", e)),
+        Err(e) => Err(ArchiveError::io(path, "create", e)),
+    }
+}
+
+/// Opens an existing file for reading and writing.
+pub(crate) fn open_existing(path: &Path) -> Result<File, ArchiveError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| ArchiveError::io(path, "open", e))
+}
+
+/// Creates `path` empty with mode 0600, first removing any leftover file of that name
+/// (used for temporary files, so a stale one from a crash never keeps its old mode).
+pub(crate) fn create_fresh(path: &Path) -> Result<File, ArchiveError> {
+    remove_if_exists(path)?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(|e| ArchiveError::io(path, "create", e))
+}
+
+/// The current size of an open file.
+pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64, ArchiveError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| ArchiveError::io(path, "stat", e))
+}
+
+/// Writes zeros over `[from, to)`, in blocks of [`BLOCK`] bytes. Real zero bytes, not
+/// a hole or `fallocate`, so later `fdatasync`s of overwrites commit no allocation
+/// metadata.
+pub(crate) fn fill_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result<(), ArchiveError> {
+    if from >= to {
+        return Ok(());
+    }
+    let zeros = vec![0u8; BLOCK.min(usize::try_from(to - from).unwrap_or(BLOCK))];
+    let mut off = from;
+    while off < to {
+        let n = zeros
+            .len()
+            .min(usize::try_from(to - off).unwrap_or(usize::MAX));
+        write_at(file, path, &zeros[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// `pwrite` all of `buf` at `offset`.
+pub(crate) fn write_at(
+    file: &File,
+    path: &Path,
+    buf: &[u8],
+    offset: u64,
+) -> Result<(), ArchiveError> {
+    file.write_all_at(buf, offset)
+        .map_err(|e| ArchiveError::io(path, "write to", e))
+}
+
+/// Truncates (or extends with a hole) to `len` bytes.
+pub(crate) fn set_len(file: &File, path: &Path, len: u64) -> Result<(), ArchiveError> {
+    file.set_len(len)
+        .map_err(|e| ArchiveError::io(path, "truncate", e))
+}
+
+/// `fdatasync`.
+pub(crate) fn datasync(file: &File, path: &Path) -> Result<(), ArchiveError> {
+    file.sync_data()
+        .map_err(|e| ArchiveError::io(path, "fdatasync", e))
+}
+
+/// `fsync` of a file.
+pub(crate) fn fsync(file: &File, path: &Path) -> Result<(), ArchiveError> {
+    file.sync_all()
+        .map_err(|e| ArchiveError::io(path, "fsync", e))
+}
+
+/// Opens a directory so it can be fsynced.
+pub(crate) fn open_dir(path: &Path) -> Result<File, ArchiveError> {
+    File::open(path).map_err(|e| ArchiveError::io(path, "open directory", e))
+}
+
+/// `fsync` of a directory, which makes creations, renames and removals in it durable.
+pub(crate) fn fsync_dir(dir: &File, path: &Path) -> Result<(), ArchiveError> {
+    dir.sync_all()
+        .map_err(|e| ArchiveError::io(path, "fsync directory", e))
+}
+
+/// `rename(from, to)`. The error names `from`.
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), ArchiveError> {
+    fs::rename(from, to).map_err(|e| ArchiveError::io(from, "rename", e))
+}
+
+/// Removes a file.
+pub(crate) fn remove(path: &Path) -> Result<(), ArchiveError> {
+    fs::remove_file(path).map_err(|e| ArchiveError::io(path, "remove", e))
+}
+
+/// Removes a file if it exists.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), ArchiveError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(ArchiveError::io(path, "remove", e)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a directory entry named `path` exists (without following symlinks).
+pub(crate) fn exists(path: &Path) -> Result<bool, ArchiveError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ArchiveError::io(path, "stat", e)),
+    }
+}
+
+/// The whole content of a file, or `None` if it does not exist.
+pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, ArchiveError> {
+    match fs::read(path) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ArchiveError::io(path, "read", e)),
+    }
+}
+
+/// Up to `n` leading bytes of a file.
+pub(crate) fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>, ArchiveError> {
+    let f = File::open(path).map_err(|e| ArchiveError::io(path, "open", e))?;
+    let mut buf = Vec::with_capacity(n);
+    f.take(n as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| ArchiveError::io(path, "read", e))?;
+    Ok(buf)
+}
+
+/// Whether two files have the same length and bytes.
+pub(crate) fn files_identical(a: &Path, b: &Path) -> Result<bool, ArchiveError> {
+    let open = |p: &Path| File::open(p).map_err(|e| ArchiveError::io(p, "open", e));
+    let (fa, fb) = (open(a)?, open(b)?);
+    if file_len(&fa, a)? != file_len(&fb, b)? {
+        return Ok(false);
+    }
+    let (mut ra, mut rb) = (fa, fb);
+    let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    loop {
+        let na = read_full(&mut ra, &mut ba).map_err(|e| ArchiveError::io(a, "read", e))?;
+        let nb = read_full(&mut rb, &mut bb).map_err(|e| ArchiveError::io(b, "read", e))?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end of the file; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Writes `content` to `dir/name` so that it either appears whole or not at all:
+/// write `dir/name.tmp` (mode 0600), fsync it, rename it over `dir/name`, fsync the
+/// directory. With `sync == false` the two fsyncs are skipped.
+pub(crate) fn write_file_atomically(
+    dir: &File,
+    dir_path: &Path,
+    name: &str,
+    content: &[u8],
+    sync: bool,
+) -> Result<(), ArchiveError> {
+    let tmp = dir_path.join(format!("{name}.tmp"));
+    let dst = dir_path.join(name);
+    let f = create_fresh(&tmp)?;
+    write_at(&f, &tmp, content, 0)?;
+    if sync {
+        fsync(&f, &tmp)?;
+    }
+    drop(f);
+    rename(&tmp, &dst)?;
+    if sync {
+        fsync_dir(dir, dir_path)?;
+    }
+    Ok(())
+}
