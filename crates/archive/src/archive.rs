@@ -89,7 +89,12 @@ impl Archive {
             .open(&lock_path)
         {
             Ok(f) => f,
-            Err(e) if not_writable(&e) => {
+            // EACCES on an existing lock file is about that file (another user's
+            // walsink?), not about the directory.
+            Err(e)
+                if e.kind() == ErrorKind::ReadOnlyFilesystem
+                    || (not_writable(&e) && !lock_path.exists()) =>
+            {
                 return Err(ArchiveError::NotWritable {
                     path: dir.into(),
                     source: e,

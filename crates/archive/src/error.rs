@@ -108,7 +108,7 @@ pub enum ArchiveError {
 
     /// WAL handed to the writer does not continue where the last write ended.
     #[error(
-        "WAL data at {got} does not continue the archive, which expects {expected}; refusing to leave a gap or overlap"
+        "WAL data at {got} does not continue the WAL written up to {expected}; refusing to leave a gap or overlap (a new start must be at a segment boundary)"
     )]
     NotContiguous {
         /// Where the next write must start (`Lsn::INVALID` if nothing was written yet
@@ -118,12 +118,13 @@ pub enum ArchiveError {
         got: Lsn,
     },
 
-    /// WAL handed to the writer is for another timeline than the open segment.
+    /// WAL handed to the writer continues the position, but on another timeline.
     #[error(
-        "WAL data at {at} is for timeline {got}, but the open segment is on timeline {open}; close the segment before switching timelines"
+        "WAL data at {at} is for timeline {got}, but timeline {open} is being written there; close the segment and restart at a segment start to switch timelines"
     )]
     TimelineMismatch {
-        /// The timeline of the open segment.
+        /// The timeline being written (of the open segment, or of the `.partial` a
+        /// write at this position would continue).
         open: TimelineId,
         /// The timeline of the rejected write.
         got: TimelineId,

@@ -141,6 +141,15 @@ impl SegmentWriter {
                 let continuing = self.tli == Some(tli) && start == self.written;
                 if !continuing {
                     if self.seg.offset(start) != 0 {
+                        if let Some(current) = self.tli
+                            && start == self.written
+                        {
+                            return Err(ArchiveError::TimelineMismatch {
+                                open: current,
+                                got: tli,
+                                at: start,
+                            });
+                        }
                         return Err(ArchiveError::NotContiguous {
                             expected: self.written,
                             got: start,
@@ -203,6 +212,15 @@ impl SegmentWriter {
         self.tli
     }
 
+    /// Whether an earlier sync or segment completion failed, so that every call now
+    /// returns [`ArchiveError::WriterFailed`]. A broken writer must be dropped and
+    /// streaming restarted from [`Archive::find_start`](crate::Archive::find_start);
+    /// other errors (a failed write, or a segment that could not be opened) leave
+    /// it usable, to retry from [`written`](Self::written).
+    pub fn is_broken(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// The segment currently open, if any.
     pub fn open_segment_name(&self) -> Option<SegmentName> {
         self.open.as_ref().map(|o| o.name)
@@ -232,12 +250,16 @@ impl SegmentWriter {
     /// `lsn` should be a segment start (pg_receivewal always starts at one); any
     /// other value is rounded down to its segment start with a warning. A segment
     /// still open is closed first as by [`close`](Self::close); if that fails the
-    /// error is logged and the writer is broken (see the type docs).
+    /// error is logged and the writer is broken (see the type docs). A broken
+    /// writer keeps its positions.
     pub fn reset_position(&mut self, tli: TimelineId, lsn: Lsn) {
         if self.open.is_some()
             && let Err(e) = self.close()
         {
             error!("could not close the open segment: {e}");
+        }
+        if self.failed.is_some() {
+            return;
         }
         let aligned = self.seg.segment_start(lsn);
         if aligned != lsn {
@@ -319,7 +341,11 @@ impl SegmentWriter {
             fsops::fill_zeros(&file, &partial, 0, size)?;
         } else {
             let len = fsops::file_len(&file, &partial)?;
-            if len < size {
+            if len == 0 {
+                // pg_receivewal recreates empty files; so do we, in place.
+                debug!("zero-filling empty \"{}\"", partial.display());
+                fsops::fill_zeros(&file, &partial, 0, size)?;
+            } else if len < size {
                 // pg_receivewal fails on such a file forever; the bytes it has are
                 // kept (they are re-streamed anyway) and the rest is zero-filled.
                 warn!(
@@ -560,7 +586,10 @@ mod tests {
             }
         }
         let e = w.write(tli(2), at(S3, 1000), &[0xFF; 10]).unwrap_err();
-        assert!(matches!(e, ArchiveError::TimelineMismatch { .. }), "{e:?}");
+        assert!(
+            matches!(e, ArchiveError::TimelineMismatch { open, got, at: a } if open == tli(1) && got == tli(2) && a == at(S3, 1000)),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("timeline 2"), "{e}");
         assert_eq!(w.written(), at(S3, 1000));
         let f = read(&d, &format!("{}.partial", name(1, 3)));
@@ -574,10 +603,10 @@ mod tests {
         // After close, only the exact continuation on the same timeline or a segment
         // start is accepted.
         w.close().unwrap();
-        for (t, bad) in [(1, at(S3, 1001)), (2, at(S3, 1000))] {
-            let e = w.write(tli(t), bad, b"x").unwrap_err();
-            assert!(matches!(e, ArchiveError::NotContiguous { .. }), "{e:?}");
-        }
+        let e = w.write(tli(1), at(S3, 1001), b"x").unwrap_err();
+        assert!(matches!(e, ArchiveError::NotContiguous { .. }), "{e:?}");
+        let e = w.write(tli(2), at(S3, 1000), b"x").unwrap_err();
+        assert!(matches!(e, ArchiveError::TimelineMismatch { .. }), "{e:?}");
         assert_eq!(files(&d), [format!("{}.partial", name(1, 3))]);
 
         let e = w.write(tli(1), Lsn(u64::MAX - 5), &[0; 10]).unwrap_err();
@@ -822,6 +851,7 @@ mod tests {
             )),
         );
         assert!(r.is_err());
+        assert!(w.is_broken());
         for e in [
             w.write(tli(1), at(S3, 100), &[1]).unwrap_err(),
             w.flush().unwrap_err(),
@@ -829,7 +859,18 @@ mod tests {
         ] {
             assert!(matches!(e, ArchiveError::WriterFailed { .. }), "{e:?}");
         }
+        // Nothing pretends the unsynced bytes are durable.
+        w.reset_position(tli(1), Lsn(9 * SEG));
         assert_eq!(w.flushed(), S3);
+        assert_eq!(w.written(), at(S3, 100));
+        assert!(w.write(tli(1), Lsn(9 * SEG), &[1]).is_err());
+    }
+
+    #[test]
+    fn writer_is_send_but_not_shared() {
+        fn send<T: Send>() {}
+        send::<SegmentWriter>();
+        send::<Archive>();
     }
 
     #[test]
