@@ -48,17 +48,28 @@ pub fn parse_replication_message(mut payload: Bytes) -> Result<ReplicationMessag
     match kind {
         b'w' => {
             if payload.len() < 25 {
-                return Err(malformed(format!("XLogData header too small: {} bytes", payload.len())));
+                return Err(malformed(format!(
+                    "XLogData header too small: {} bytes",
+                    payload.len()
+                )));
             }
             payload.advance(1);
             let start = Lsn(payload.get_u64());
             let wal_end = Lsn(payload.get_u64());
             let send_time = payload.get_i64();
-            Ok(ReplicationMessage::XLogData { start, wal_end, send_time, data: payload })
+            Ok(ReplicationMessage::XLogData {
+                start,
+                wal_end,
+                send_time,
+                data: payload,
+            })
         }
         b'k' => {
             if payload.len() < 18 {
-                return Err(malformed(format!("keepalive too small: {} bytes", payload.len())));
+                return Err(malformed(format!(
+                    "keepalive too small: {} bytes",
+                    payload.len()
+                )));
             }
             payload.advance(1);
             Ok(ReplicationMessage::Keepalive {
@@ -67,7 +78,10 @@ pub fn parse_replication_message(mut payload: Bytes) -> Result<ReplicationMessag
                 reply_requested: payload.get_u8() != 0,
             })
         }
-        other => Err(malformed(format!("unrecognized streaming header: \"{}\"", other as char))),
+        other => Err(malformed(format!(
+            "unrecognized streaming header: \"{}\"",
+            other as char
+        ))),
     }
 }
 
@@ -144,7 +158,12 @@ mod tests {
         let payload = m.freeze();
         let base = payload.as_ptr() as usize;
         match parse_replication_message(payload).unwrap() {
-            ReplicationMessage::XLogData { start, wal_end, send_time, data } => {
+            ReplicationMessage::XLogData {
+                start,
+                wal_end,
+                send_time,
+                data,
+            } => {
                 assert_eq!(start, Lsn(0x1_0000_0000));
                 assert_eq!(wal_end, Lsn(0x1_0000_0010));
                 assert_eq!(send_time, 12345);
@@ -164,20 +183,33 @@ mod tests {
         m.put_u8(1);
         assert_eq!(
             parse_replication_message(m.clone().freeze()).unwrap(),
-            ReplicationMessage::Keepalive { wal_end: Lsn(42), send_time: 7, reply_requested: true }
+            ReplicationMessage::Keepalive {
+                wal_end: Lsn(42),
+                send_time: 7,
+                reply_requested: true
+            }
         );
         assert!(parse_replication_message(m.freeze().slice(..17)).is_err());
         assert!(parse_replication_message(Bytes::from_static(b"w123")).is_err());
         assert!(parse_replication_message(Bytes::new()).is_err());
         let e = parse_replication_message(Bytes::from_static(b"zzzz")).unwrap_err();
-        assert!(e.to_string().contains("unrecognized streaming header"), "{e}");
+        assert!(
+            e.to_string().contains("unrecognized streaming header"),
+            "{e}"
+        );
     }
 
     #[test]
     fn status_update_layout() {
         let mut out = BytesMut::new();
-        StatusUpdate { write: Lsn(1), flush: Lsn(2), apply: Lsn::INVALID, send_time: 3, reply_requested: false }
-            .encode(&mut out);
+        StatusUpdate {
+            write: Lsn(1),
+            flush: Lsn(2),
+            apply: Lsn::INVALID,
+            send_time: 3,
+            reply_requested: false,
+        }
+        .encode(&mut out);
         assert_eq!(out.len(), 39);
         assert_eq!(&out[..6], &[b'd', 0, 0, 0, 38, b'r']);
         assert_eq!(&out[6..14], &1u64.to_be_bytes());

@@ -20,7 +20,8 @@ pub struct ServerError {
 impl ServerError {
     /// SQLSTATE 28P01 (wrong password) or 28000 with an authentication message.
     pub fn is_auth_failure(&self) -> bool {
-        self.code == "28P01" || (self.code == "28000" && self.message.contains("authentication failed"))
+        self.code == "28P01"
+            || (self.code == "28000" && self.message.contains("authentication failed"))
     }
 
     /// SQLSTATE 28000 for a missing `pg_hba.conf` entry or a role without REPLICATION.
@@ -51,7 +52,9 @@ pub enum ProtocolError {
     #[error("{0}")]
     Server(ServerError),
     /// A message header announced a length over [`crate::frame::MAX_MESSAGE_LEN`] or under 4.
-    #[error("server sent a message of type '{tag}' with invalid length {len} (limit {limit} bytes); the connection is not to a PostgreSQL server or is corrupted")]
+    #[error(
+        "server sent a message of type '{tag}' with invalid length {len} (limit {limit} bytes); the connection is not to a PostgreSQL server or is corrupted"
+    )]
     BadLength {
         /// Message type byte, as a char.
         tag: char,
@@ -77,10 +80,14 @@ pub enum ProtocolError {
         state: &'static str,
     },
     /// The server asked for a password and none is available.
-    #[error("the server requested password authentication, but no password was supplied; set PGPASSWORD, add the password to ~/.pgpass, or use -W to be prompted")]
+    #[error(
+        "the server requested password authentication, but no password was supplied; set PGPASSWORD, add the password to ~/.pgpass, or use -W to be prompted"
+    )]
     PasswordRequired,
     /// The server asked for an authentication method walsink does not implement.
-    #[error("the server requested an unsupported authentication method ({0}); use trust, password, md5 or scram-sha-256 for replication connections in pg_hba.conf")]
+    #[error(
+        "the server requested an unsupported authentication method ({0}); use trust, password, md5 or scram-sha-256 for replication connections in pg_hba.conf"
+    )]
     UnsupportedAuth(String),
     /// SCRAM failed on our side (bad server proof, bad message).
     #[error("SCRAM authentication failed: {0}")]

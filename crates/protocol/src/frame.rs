@@ -292,7 +292,10 @@ mod tests {
     fn decodes_split_anywhere() {
         let mut stream = frame(b'Z', b"I");
         stream.extend(frame(b'd', b"wxyz"));
-        stream.extend(frame(b'E', b"SERROR\0C42704\0Mreplication slot \"x\" does not exist\0\0"));
+        stream.extend(frame(
+            b'E',
+            b"SERROR\0C42704\0Mreplication slot \"x\" does not exist\0\0",
+        ));
         for cut in 0..stream.len() {
             let mut buf = BytesMut::new();
             let mut out = Vec::new();
@@ -304,7 +307,10 @@ mod tests {
             }
             assert_eq!(out.len(), 3, "cut at {cut}");
             assert_eq!(out[0], BackendMessage::ReadyForQuery(b'I'));
-            assert_eq!(out[1], BackendMessage::CopyData(Bytes::from_static(b"wxyz")));
+            assert_eq!(
+                out[1],
+                BackendMessage::CopyData(Bytes::from_static(b"wxyz"))
+            );
             match &out[2] {
                 BackendMessage::ErrorResponse(e) => {
                     assert_eq!(e.code, "42704");
@@ -319,7 +325,10 @@ mod tests {
     fn oversized_header_is_refused_before_buffering() {
         let mut buf = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
         let err = decode(&mut buf).unwrap_err();
-        assert!(matches!(err, ProtocolError::BadLength { tag: 'd', .. }), "{err}");
+        assert!(
+            matches!(err, ProtocolError::BadLength { tag: 'd', .. }),
+            "{err}"
+        );
         assert!(buf.capacity() < 1 << 20);
         let mut buf = BytesMut::from(&[b'Z', 0, 0, 0, 3][..]);
         assert!(decode(&mut buf).is_err());
@@ -334,7 +343,10 @@ mod tests {
         let mut buf = BytesMut::from(&frame(b'D', &body)[..]);
         assert_eq!(
             decode(&mut buf).unwrap(),
-            Some(BackendMessage::DataRow(vec![Some(Bytes::from_static(b"abc")), None]))
+            Some(BackendMessage::DataRow(vec![
+                Some(Bytes::from_static(b"abc")),
+                None
+            ]))
         );
         let mut buf = BytesMut::from(&frame(b'D', &body[..6])[..]);
         assert!(decode(&mut buf).is_err());
@@ -343,7 +355,9 @@ mod tests {
     #[test]
     fn fuzz_entry_survives_garbage() {
         for seed in 0u32..2000 {
-            let data: Vec<u8> = (0..64).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 7) as u8).collect();
+            let data: Vec<u8> = (0..64)
+                .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 7) as u8)
+                .collect();
             fuzz_decode(&data);
         }
     }

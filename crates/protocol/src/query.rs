@@ -31,7 +31,12 @@ impl ResultSet {
             .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
-    fn check_shape(&self, command: &'static str, rows: usize, cols: usize) -> Result<(), ProtocolError> {
+    fn check_shape(
+        &self,
+        command: &'static str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), ProtocolError> {
         if self.rows.len() != rows || self.columns.len() < cols {
             return Err(ProtocolError::BadResult {
                 command,
@@ -55,7 +60,10 @@ pub struct QueryCollector {
 
 impl QueryCollector {
     /// Feeds one message. Returns the outcome once `ReadyForQuery` arrives.
-    pub fn handle(&mut self, msg: BackendMessage) -> Result<Option<Result<ResultSet, ProtocolError>>, ProtocolError> {
+    pub fn handle(
+        &mut self,
+        msg: BackendMessage,
+    ) -> Result<Option<Result<ResultSet, ProtocolError>>, ProtocolError> {
         match msg {
             BackendMessage::RowDescription(cols) => self.result.columns = cols,
             BackendMessage::DataRow(vals) => self.result.rows.push(vals),
@@ -72,7 +80,10 @@ impl QueryCollector {
                 return Ok(Some(out));
             }
             other => {
-                return Err(ProtocolError::Unexpected { tag: other.tag(), state: "running a command" });
+                return Err(ProtocolError::Unexpected {
+                    tag: other.tag(),
+                    state: "running a command",
+                });
             }
         }
         Ok(None)
@@ -93,7 +104,10 @@ pub struct IdentifySystem {
 }
 
 fn bad(command: &'static str, reason: impl Into<String>) -> ProtocolError {
-    ProtocolError::BadResult { command, reason: reason.into() }
+    ProtocolError::BadResult {
+        command,
+        reason: reason.into(),
+    }
 }
 
 /// Parses the `IDENTIFY_SYSTEM` result.
@@ -112,7 +126,12 @@ pub fn parse_identify_system(rs: &ResultSet) -> Result<IdentifySystem, ProtocolE
         .text(0, 2)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(C, "could not parse WAL position"))?;
-    Ok(IdentifySystem { system_id, timeline, xlogpos, dbname: rs.text(0, 3) })
+    Ok(IdentifySystem {
+        system_id,
+        timeline,
+        xlogpos,
+        dbname: rs.text(0, 3),
+    })
 }
 
 /// Parses the result of `SHOW wal_segment_size`.
@@ -145,19 +164,30 @@ pub enum SlotInfo {
 pub fn parse_read_replication_slot(rs: &ResultSet) -> Result<SlotInfo, ProtocolError> {
     const C: &str = "READ_REPLICATION_SLOT";
     rs.check_shape(C, 1, 3)?;
-    let Some(kind) = rs.text(0, 0) else { return Ok(SlotInfo::Missing) };
+    let Some(kind) = rs.text(0, 0) else {
+        return Ok(SlotInfo::Missing);
+    };
     if kind != "physical" {
         return Ok(SlotInfo::Other(kind));
     }
     let restart_lsn = match rs.text(0, 1) {
         None => None,
-        Some(t) => Some(t.parse().map_err(|_| bad(C, format!("could not parse restart_lsn \"{t}\"")))?),
+        Some(t) => Some(
+            t.parse()
+                .map_err(|_| bad(C, format!("could not parse restart_lsn \"{t}\"")))?,
+        ),
     };
     let restart_tli = match rs.text(0, 2) {
         None => None,
-        Some(t) => Some(t.parse().map_err(|_| bad(C, format!("could not parse restart_tli \"{t}\"")))?),
+        Some(t) => Some(
+            t.parse()
+                .map_err(|_| bad(C, format!("could not parse restart_tli \"{t}\"")))?,
+        ),
     };
-    Ok(SlotInfo::Physical { restart_lsn, restart_tli })
+    Ok(SlotInfo::Physical {
+        restart_lsn,
+        restart_tli,
+    })
 }
 
 /// The result of `TIMELINE_HISTORY`.
@@ -170,14 +200,25 @@ pub struct HistoryFile {
 }
 
 /// Parses the `TIMELINE_HISTORY` result and checks the file name is the expected one.
-pub fn parse_timeline_history(rs: &ResultSet, tli: TimelineId) -> Result<HistoryFile, ProtocolError> {
+pub fn parse_timeline_history(
+    rs: &ResultSet,
+    tli: TimelineId,
+) -> Result<HistoryFile, ProtocolError> {
     const C: &str = "TIMELINE_HISTORY";
     rs.check_shape(C, 1, 2)?;
     let filename = rs.text(0, 0).ok_or_else(|| bad(C, "NULL file name"))?;
     if filename != tli.history_file_name() {
-        return Err(bad(C, format!("expected file name {}, got \"{filename}\"", tli.history_file_name())));
+        return Err(bad(
+            C,
+            format!(
+                "expected file name {}, got \"{filename}\"",
+                tli.history_file_name()
+            ),
+        ));
     }
-    let content = rs.rows[0][1].clone().ok_or_else(|| bad(C, "NULL content"))?;
+    let content = rs.rows[0][1]
+        .clone()
+        .ok_or_else(|| bad(C, "NULL content"))?;
     Ok(HistoryFile { filename, content })
 }
 
@@ -209,7 +250,9 @@ pub fn parse_next_timeline(rs: &ResultSet) -> Result<NextTimeline, ProtocolError
 /// lower-case letters, digits and underscores (the server's own rule).
 pub fn valid_slot_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// `START_REPLICATION [SLOT "s"] PHYSICAL X/X TIMELINE t`.
@@ -252,7 +295,11 @@ mod tests {
     fn rs(cols: &[&str], row: &[Option<&str>]) -> ResultSet {
         ResultSet {
             columns: cols.iter().map(|s| s.to_string()).collect(),
-            rows: vec![row.iter().map(|v| v.map(|s| Bytes::from(s.to_string()))).collect()],
+            rows: vec![
+                row.iter()
+                    .map(|v| v.map(|s| Bytes::from(s.to_string())))
+                    .collect(),
+            ],
             tag: None,
         }
     }
@@ -261,7 +308,12 @@ mod tests {
     fn identify_system() {
         let r = rs(
             &["systemid", "timeline", "xlogpos", "dbname"],
-            &[Some("7312345678901234567"), Some("2"), Some("0/3000148"), None],
+            &[
+                Some("7312345678901234567"),
+                Some("2"),
+                Some("0/3000148"),
+                None,
+            ],
         );
         let id = parse_identify_system(&r).unwrap();
         assert_eq!(id.system_id, 7312345678901234567);
@@ -277,27 +329,65 @@ mod tests {
     #[test]
     fn read_slot_variants() {
         let cols = ["slot_type", "restart_lsn", "restart_tli"];
-        assert_eq!(parse_read_replication_slot(&rs(&cols, &[None, None, None])).unwrap(), SlotInfo::Missing);
         assert_eq!(
-            parse_read_replication_slot(&rs(&cols, &[Some("physical"), None, None])).unwrap(),
-            SlotInfo::Physical { restart_lsn: None, restart_tli: None }
+            parse_read_replication_slot(&rs(&cols, &[None, None, None])).unwrap(),
+            SlotInfo::Missing
         );
         assert_eq!(
-            parse_read_replication_slot(&rs(&cols, &[Some("physical"), Some("0/1000028"), Some("1")])).unwrap(),
-            SlotInfo::Physical { restart_lsn: Some(Lsn(0x1000028)), restart_tli: TimelineId::new(1) }
+            parse_read_replication_slot(&rs(&cols, &[Some("physical"), None, None])).unwrap(),
+            SlotInfo::Physical {
+                restart_lsn: None,
+                restart_tli: None
+            }
+        );
+        assert_eq!(
+            parse_read_replication_slot(&rs(
+                &cols,
+                &[Some("physical"), Some("0/1000028"), Some("1")]
+            ))
+            .unwrap(),
+            SlotInfo::Physical {
+                restart_lsn: Some(Lsn(0x1000028)),
+                restart_tli: TimelineId::new(1)
+            }
         );
     }
 
     #[test]
     fn history_and_next_timeline() {
         let tli2 = TimelineId::new(2).unwrap();
-        let r = rs(&["filename", "content"], &[Some("00000002.history"), Some("1\t0/3000000\tx\n")]);
-        assert_eq!(parse_timeline_history(&r, tli2).unwrap().content, Bytes::from_static(b"1\t0/3000000\tx\n"));
-        let wrong = rs(&["filename", "content"], &[Some("00000003.history"), Some("")]);
+        let r = rs(
+            &["filename", "content"],
+            &[Some("00000002.history"), Some("1\t0/3000000\tx\n")],
+        );
+        assert_eq!(
+            parse_timeline_history(&r, tli2).unwrap().content,
+            Bytes::from_static(b"1\t0/3000000\tx\n")
+        );
+        let wrong = rs(
+            &["filename", "content"],
+            &[Some("00000003.history"), Some("")],
+        );
         assert!(parse_timeline_history(&wrong, tli2).is_err());
-        let n = parse_next_timeline(&rs(&["next_tli", "next_tli_startpos"], &[Some("2"), Some("0/30000A0")])).unwrap();
-        assert_eq!(n, NextTimeline { tli: tli2, start: Lsn(0x30000A0) });
-        assert!(parse_next_timeline(&rs(&["next_tli", "next_tli_startpos"], &[Some("0"), Some("0/1")])).is_err());
+        let n = parse_next_timeline(&rs(
+            &["next_tli", "next_tli_startpos"],
+            &[Some("2"), Some("0/30000A0")],
+        ))
+        .unwrap();
+        assert_eq!(
+            n,
+            NextTimeline {
+                tli: tli2,
+                start: Lsn(0x30000A0)
+            }
+        );
+        assert!(
+            parse_next_timeline(&rs(
+                &["next_tli", "next_tli_startpos"],
+                &[Some("0"), Some("0/1")]
+            ))
+            .is_err()
+        );
     }
 
     #[test]
@@ -307,9 +397,19 @@ mod tests {
             start_replication_command(Some("s1"), Lsn(0x2000000), t),
             "START_REPLICATION SLOT \"s1\" PHYSICAL 0/2000000 TIMELINE 3"
         );
-        assert_eq!(start_replication_command(None, Lsn(0), t), "START_REPLICATION PHYSICAL 0/0 TIMELINE 3");
+        assert_eq!(
+            start_replication_command(None, Lsn(0), t),
+            "START_REPLICATION PHYSICAL 0/0 TIMELINE 3"
+        );
         assert!(valid_slot_name("walsink_1"));
-        for bad in ["", "Upper", "has-dash", "has space", "x\"y", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Upper",
+            "has-dash",
+            "has space",
+            "x\"y",
+            &"a".repeat(64),
+        ] {
             assert!(!valid_slot_name(bad), "{bad}");
         }
     }
@@ -317,9 +417,19 @@ mod tests {
     #[test]
     fn collector_reports_server_error_after_ready() {
         let mut c = QueryCollector::default();
-        let e = crate::error::ServerError { code: "42704".into(), ..Default::default() };
-        assert!(c.handle(BackendMessage::ErrorResponse(e)).unwrap().is_none());
-        let out = c.handle(BackendMessage::ReadyForQuery(b'I')).unwrap().unwrap();
+        let e = crate::error::ServerError {
+            code: "42704".into(),
+            ..Default::default()
+        };
+        assert!(
+            c.handle(BackendMessage::ErrorResponse(e))
+                .unwrap()
+                .is_none()
+        );
+        let out = c
+            .handle(BackendMessage::ReadyForQuery(b'I'))
+            .unwrap()
+            .unwrap();
         assert!(matches!(out, Err(ProtocolError::Server(ref e)) if e.code == "42704"));
     }
 }

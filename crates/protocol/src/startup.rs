@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 
 use crate::error::ProtocolError;
@@ -41,8 +41,14 @@ impl ServerParams {
     /// `server_version_num` derived from `server_version` (e.g. "15.18 (Debian ...)" → 150018).
     pub fn server_version_num(&self) -> Option<u32> {
         let v = self.params.get("server_version")?;
-        let digits: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-        let mut parts = digits.split('.').filter(|p| !p.is_empty()).map(|p| p.parse::<u32>().ok());
+        let digits: String = v
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let mut parts = digits
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<u32>().ok());
         let major = parts.next()??;
         let minor = parts.next().flatten().unwrap_or(0);
         Some(major * 10000 + minor)
@@ -103,7 +109,9 @@ impl Startup {
     }
 
     fn password(&self) -> Result<&str, ProtocolError> {
-        self.password.as_deref().ok_or(ProtocolError::PasswordRequired)
+        self.password
+            .as_deref()
+            .ok_or(ProtocolError::PasswordRequired)
     }
 
     /// Handles one backend message, appending any reply to `out`.
@@ -121,30 +129,47 @@ impl Startup {
                 frontend::password_message(pw.as_bytes(), out).map_err(io_err)?;
             }
             M::AuthenticationMd5Password(salt) => {
-                let hash = md5_hash(self.params.user.as_bytes(), self.password()?.as_bytes(), salt);
+                let hash = md5_hash(
+                    self.params.user.as_bytes(),
+                    self.password()?.as_bytes(),
+                    salt,
+                );
                 frontend::password_message(hash.as_bytes(), out).map_err(io_err)?;
             }
             M::AuthenticationSasl(mechs) => {
                 if !mechs.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                    return Err(ProtocolError::UnsupportedAuth(format!("SASL mechanisms {mechs:?}")));
+                    return Err(ProtocolError::UnsupportedAuth(format!(
+                        "SASL mechanisms {mechs:?}"
+                    )));
                 }
-                let scram = ScramSha256::new(self.password()?.as_bytes(), ChannelBinding::unsupported());
+                let scram =
+                    ScramSha256::new(self.password()?.as_bytes(), ChannelBinding::unsupported());
                 frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), out)
                     .map_err(io_err)?;
                 self.state = AuthState::Scram(Box::new(scram));
             }
             M::AuthenticationSaslContinue(data) => {
                 let AuthState::Scram(scram) = &mut self.state else {
-                    return Err(ProtocolError::Unexpected { tag: 'R', state: "not in SASL exchange" });
+                    return Err(ProtocolError::Unexpected {
+                        tag: 'R',
+                        state: "not in SASL exchange",
+                    });
                 };
-                scram.update(&data).map_err(|e| ProtocolError::Scram(e.to_string()))?;
+                scram
+                    .update(&data)
+                    .map_err(|e| ProtocolError::Scram(e.to_string()))?;
                 frontend::sasl_response(scram.message(), out).map_err(io_err)?;
             }
             M::AuthenticationSaslFinal(data) => {
                 let AuthState::Scram(scram) = &mut self.state else {
-                    return Err(ProtocolError::Unexpected { tag: 'R', state: "not in SASL exchange" });
+                    return Err(ProtocolError::Unexpected {
+                        tag: 'R',
+                        state: "not in SASL exchange",
+                    });
                 };
-                scram.finish(&data).map_err(|e| ProtocolError::Scram(e.to_string()))?;
+                scram
+                    .finish(&data)
+                    .map_err(|e| ProtocolError::Scram(e.to_string()))?;
             }
             M::AuthenticationOther(code) => {
                 let name = match code {
@@ -154,7 +179,9 @@ impl Startup {
                     9 => "SSPI",
                     _ => "unknown",
                 };
-                return Err(ProtocolError::UnsupportedAuth(format!("{name}, code {code}")));
+                return Err(ProtocolError::UnsupportedAuth(format!(
+                    "{name}, code {code}"
+                )));
             }
             M::ParameterStatus { name, value } => {
                 self.server.params.insert(name, value);
@@ -162,12 +189,18 @@ impl Startup {
             M::BackendKeyData | M::NoticeResponse(_) | M::NegotiateProtocolVersion => {}
             M::ReadyForQuery(_) => {
                 if !matches!(self.state, AuthState::Authenticated) {
-                    return Err(ProtocolError::Unexpected { tag: 'Z', state: "authenticating" });
+                    return Err(ProtocolError::Unexpected {
+                        tag: 'Z',
+                        state: "authenticating",
+                    });
                 }
                 return Ok(StartupOutcome::Ready(std::mem::take(&mut self.server)));
             }
             other => {
-                return Err(ProtocolError::Unexpected { tag: other.tag(), state: "starting up" });
+                return Err(ProtocolError::Unexpected {
+                    tag: other.tag(),
+                    state: "starting up",
+                });
             }
         }
         Ok(StartupOutcome::Continue)
@@ -175,7 +208,10 @@ impl Startup {
 }
 
 fn io_err(e: std::io::Error) -> ProtocolError {
-    ProtocolError::Malformed { tag: '?', reason: e.to_string() }
+    ProtocolError::Malformed {
+        tag: '?',
+        reason: e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -208,13 +244,22 @@ mod tests {
     fn trust_then_ready() {
         let mut s = Startup::new(params(), None);
         let mut out = BytesMut::new();
-        assert!(matches!(s.handle(BackendMessage::AuthenticationOk, &mut out), Ok(StartupOutcome::Continue)));
+        assert!(matches!(
+            s.handle(BackendMessage::AuthenticationOk, &mut out),
+            Ok(StartupOutcome::Continue)
+        ));
         s.handle(
-            BackendMessage::ParameterStatus { name: "server_version".into(), value: "15.18 (Debian 15.18-0+deb12u1)".into() },
+            BackendMessage::ParameterStatus {
+                name: "server_version".into(),
+                value: "15.18 (Debian 15.18-0+deb12u1)".into(),
+            },
             &mut out,
         )
         .unwrap();
-        match s.handle(BackendMessage::ReadyForQuery(b'I'), &mut out).unwrap() {
+        match s
+            .handle(BackendMessage::ReadyForQuery(b'I'), &mut out)
+            .unwrap()
+        {
             StartupOutcome::Ready(p) => {
                 assert_eq!(p.server_version_num(), Some(150018));
                 assert_eq!(p.major(), Some(15));
@@ -228,7 +273,12 @@ mod tests {
     fn password_required_without_one() {
         let mut s = Startup::new(params(), None);
         let mut out = BytesMut::new();
-        let e = s.handle(BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]), &mut out).unwrap_err();
+        let e = s
+            .handle(
+                BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]),
+                &mut out,
+            )
+            .unwrap_err();
         assert_eq!(e, ProtocolError::PasswordRequired);
     }
 
@@ -236,7 +286,11 @@ mod tests {
     fn md5_reply_matches_postgres_formula() {
         let mut s = Startup::new(params(), Some("secret".into()));
         let mut out = BytesMut::new();
-        s.handle(BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]), &mut out).unwrap();
+        s.handle(
+            BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out[0], b'p');
         let expected = md5_hash(b"alice", b"secret", [1, 2, 3, 4]);
         assert_eq!(&out[5..out.len() - 1], expected.as_bytes());
@@ -245,7 +299,10 @@ mod tests {
     #[test]
     fn ready_before_auth_is_an_error() {
         let mut s = Startup::new(params(), None);
-        assert!(s.handle(BackendMessage::ReadyForQuery(b'I'), &mut BytesMut::new()).is_err());
+        assert!(
+            s.handle(BackendMessage::ReadyForQuery(b'I'), &mut BytesMut::new())
+                .is_err()
+        );
     }
 
     #[test]
