@@ -1,1 +1,24 @@
-//! The streaming loop (being written).
+//! The walsink streaming loop.
+//!
+//! This crate drives the sans-IO protocol crate over real sockets and the archive crate
+//! on a dedicated writer thread:
+//!
+//! * [`conn`]: a replication connection (TCP or Unix socket), startup and queries;
+//! * [`writer`]: the writer thread, which owns the segment files and runs fdatasync by
+//!   policy, publishing the durable position;
+//! * [`stream`]: one `START_REPLICATION` session, the copy-both loop;
+//! * [`receive`]: the daemon loop: start position, timeline following, reconnects with
+//!   backoff, shutdown.
+//!
+//! It does no argument parsing and never exits the process; the binary maps
+//! [`ReceiverError::kind`] to exit codes.
+#![deny(missing_docs)]
+
+pub mod conn;
+mod error;
+pub mod run;
+pub mod stream;
+pub mod writer;
+
+pub use error::{ErrorKind, ReceiverError};
+pub use run::{ReceiveConfig, create_slot, drop_slot, receive};

@@ -1,0 +1,266 @@
+//! The command line: clap's derive structs mirror the flags as given (the "low" layer);
+//! [`ReceiveArgs::into_config`] validates them into a [`ReceiveConfig`] (the "high" layer).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use walsink_protocol::conninfo::{ConnConfig, ConnOptions, Env};
+use walsink_protocol::query::valid_slot_name;
+use walsink_receiver::ReceiveConfig;
+use walsink_wal::Lsn;
+
+/// PostgreSQL WAL streaming receiver: a durable, pg_receivewal-compatible archive.
+#[derive(Parser, Debug)]
+#[command(name = "walsink", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stream WAL from a server into an archive directory (like pg_receivewal).
+    Receive(ReceiveArgs),
+}
+
+/// `walsink receive`. Flags and meanings follow pg_receivewal.
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct ReceiveArgs {
+    /// Receive WAL files into this directory (must exist).
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+
+    /// Exit after receiving up to this LSN (X/X).
+    #[arg(short = 'E', long = "endpos", value_name = "LSN", value_parser = parse_lsn)]
+    pub endpos: Option<Lsn>,
+
+    /// Do not error out when --create-slot is given and the slot already exists.
+    #[arg(long = "if-not-exists")]
+    pub if_not_exists: bool,
+
+    /// Do not retry after losing the connection; exit instead.
+    #[arg(short = 'n', long = "no-loop")]
+    pub no_loop: bool,
+
+    /// Do not fsync anything (tests only: a crash can lose WAL; no flush position is reported).
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+
+    /// Time between status updates sent to the server, in seconds (0 disables them).
+    #[arg(short = 's', long = "status-interval", value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(0..=2_147_483))]
+    pub status_interval: u32,
+
+    /// Replication slot to stream from.
+    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    pub slot: Option<String>,
+
+    /// Flush WAL as soon as it is received and report it at once (synchronous standby).
+    #[arg(long = "synchronous")]
+    pub synchronous: bool,
+
+    /// In the default mode, fdatasync once this many bytes are unsynced (e.g. 4MB).
+    #[arg(long = "flush-bytes", value_name = "SIZE", default_value = "4MB", value_parser = parse_size)]
+    pub flush_bytes: u64,
+
+    /// In the default mode, fdatasync once the oldest unsynced byte is this old (e.g. 200ms, 1s).
+    #[arg(long = "flush-interval", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// More output (repeat for more).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Create the replication slot named by --slot (reserving WAL at once), then exit.
+    #[arg(long = "create-slot")]
+    pub create_slot: bool,
+
+    /// Drop the replication slot named by --slot, then exit.
+    #[arg(long = "drop-slot")]
+    pub drop_slot: bool,
+
+    /// Connection string (key=value or postgresql:// URI).
+    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    pub dbname: Option<String>,
+
+    /// Database server host or socket directory.
+    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
+    pub host: Option<String>,
+
+    /// Database server port number.
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<String>,
+
+    /// Connect as this database user.
+    #[arg(short = 'U', long = "username", value_name = "NAME")]
+    pub username: Option<String>,
+
+    /// Never prompt for a password.
+    #[arg(short = 'w', long = "no-password")]
+    pub no_password: bool,
+
+    /// Prompt for a password before connecting.
+    #[arg(short = 'W', long = "password")]
+    pub password: bool,
+
+    /// Show this help, then exit.
+    #[arg(short = '?', long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// What `receive` should do after validation.
+#[derive(Clone, Copy)]
+pub enum Action {
+    Stream,
+    CreateSlot { if_not_exists: bool },
+    DropSlot,
+}
+
+/// A usage error: the flag and what is wrong with it.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+fn parse_lsn(s: &str) -> Result<Lsn, String> {
+    s.parse::<Lsn>().map_err(|_| {
+        format!("could not parse end position \"{s}\": expected an LSN like 0/16B3748")
+    })
+}
+
+/// Parses sizes like `4MB`, `512kB`, `1GB`, `65536`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size \"{s}\": expected a number with an optional unit kB, MB or GB")
+    })?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "invalid size \"{s}\": unknown unit \"{unit}\" (use kB, MB or GB)"
+            ));
+        }
+    };
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size \"{s}\" is too large"))?;
+    if v == 0 {
+        return Err(format!("size \"{s}\" must be greater than zero"));
+    }
+    Ok(v)
+}
+
+/// Parses durations like `200ms`, `1s`, `2` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration \"{s}\": expected a number with unit ms or s"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "min" => Duration::from_secs(n * 60),
+        _ => {
+            return Err(format!(
+                "invalid duration \"{s}\": unknown unit \"{unit}\" (use ms or s)"
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("duration \"{s}\" must be greater than zero"));
+    }
+    Ok(d)
+}
+
+impl ReceiveArgs {
+    /// Validates the flags (in pg_receivewal's order) into a configuration.
+    pub fn into_config(self, env: &Env) -> Result<(ReceiveConfig, Action, u8), UsageError> {
+        let u = |m: &str| Err(UsageError(m.to_owned()));
+        if self.create_slot && self.drop_slot {
+            return u("cannot use --create-slot together with --drop-slot");
+        }
+        if (self.create_slot || self.drop_slot) && self.slot.is_none() {
+            return u(if self.create_slot {
+                "--create-slot needs a slot to be specified using --slot"
+            } else {
+                "--drop-slot needs a slot to be specified using --slot"
+            });
+        }
+        if self.synchronous && self.no_sync {
+            return u("cannot use --synchronous together with --no-sync");
+        }
+        if self.no_password && self.password {
+            return u("cannot use -w/--no-password together with -W/--password");
+        }
+        if let Some(s) = &self.slot
+            && !valid_slot_name(s)
+        {
+            return Err(UsageError(format!(
+                "invalid replication slot name \"{s}\" for -S/--slot: use 1 to 63 lower-case letters, digits and underscores"
+            )));
+        }
+        let action = if self.create_slot {
+            Action::CreateSlot {
+                if_not_exists: self.if_not_exists,
+            }
+        } else if self.drop_slot {
+            Action::DropSlot
+        } else {
+            Action::Stream
+        };
+        let dir = match (&self.directory, &action) {
+            (Some(d), _) => d.clone(),
+            (None, Action::Stream) => {
+                return u("no target directory specified; use -D/--directory");
+            }
+            (None, _) => PathBuf::new(),
+        };
+
+        let mut opts = match &self.dbname {
+            Some(s) if ConnOptions::is_conninfo(s) => ConnOptions::parse(s)
+                .map_err(|e| UsageError(format!("invalid -d/--dbname connection string: {e}")))?,
+            Some(s) => {
+                let mut o = ConnOptions::default();
+                o.set("dbname", s).map_err(|e| UsageError(e.to_string()))?;
+                o
+            }
+            None => ConnOptions::default(),
+        };
+        // As libpq's conninfo arrays in pg_receivewal: -h/-p/-U come later and win.
+        for (key, val, flag) in [
+            ("host", &self.host, "-h/--host"),
+            ("port", &self.port, "-p/--port"),
+            ("user", &self.username, "-U/--username"),
+        ] {
+            if let Some(v) = val {
+                opts.set(key, v)
+                    .map_err(|e| UsageError(format!("invalid {flag}: {e}")))?;
+            }
+        }
+        let conn = ConnConfig::resolve(&opts, env, "walsink")
+            .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
+        let config = ReceiveConfig {
+            conn,
+            password: None,
+            dir,
+            slot: self.slot,
+            endpos: self.endpos,
+            status_interval: (self.status_interval > 0)
+                .then(|| Duration::from_secs(self.status_interval.into())),
+            synchronous: self.synchronous,
+            no_sync: self.no_sync,
+            no_loop: self.no_loop,
+            flush_bytes: self.flush_bytes,
+            flush_interval: self.flush_interval,
+        };
+        Ok((config, action, self.verbose))
+    }
+}

@@ -1,0 +1,270 @@
+//! A replication connection: the tokio driver around the sans-IO protocol crate.
+//!
+//! [`Connection`] owns the socket and its read and write buffers. It opens TCP or
+//! Unix-socket connections to each target in turn, runs the startup exchange, runs
+//! simple queries, and gives the streaming loop raw access to the message stream.
+//! The stream is boxed behind [`AsyncStream`] so that TLS can wrap it later without
+//! changing anything above.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tracing::{debug, warn};
+use walsink_protocol::ProtocolError;
+use walsink_protocol::conninfo::{ConnConfig, Host, Target};
+use walsink_protocol::copy::{encode_query, encode_terminate};
+use walsink_protocol::frame::{self, BackendMessage};
+use walsink_protocol::query::{QueryCollector, ResultSet};
+use walsink_protocol::startup::{ServerParams, Startup, StartupOutcome, StartupParams};
+
+use crate::error::{ErrorKind, ReceiverError};
+
+/// A byte stream a connection can run over: TCP, a Unix socket, or (later) TLS.
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+/// Bytes to ask the kernel for per read: one walsender message is at most 128 KiB.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// An authenticated replication connection.
+pub struct Connection {
+    stream: Box<dyn AsyncStream>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// What the server reported at startup.
+    pub server: ServerParams,
+    /// Which target this connection reached.
+    pub target: Target,
+}
+
+/// Opens a replication connection, trying each target in order as libpq does.
+/// `password` overrides the configured one (from a prompt).
+pub async fn connect(
+    cfg: &ConnConfig,
+    password: Option<&str>,
+) -> Result<Connection, ReceiverError> {
+    let mut failures: Vec<String> = Vec::new();
+    let mut worst: Option<ReceiverError> = None;
+    for target in &cfg.targets {
+        let pw = match password {
+            Some(p) => Some(p.to_owned()),
+            None => {
+                let lookup = cfg.password_for(target);
+                if let Some(w) = lookup.warning {
+                    warn!("{w}");
+                }
+                lookup.password
+            }
+        };
+        let attempt = connect_one(cfg, target, pw);
+        let result = match cfg.connect_timeout {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(ReceiverError::transient(format!(
+                    "timeout expired after {}s",
+                    t.as_secs()
+                ))),
+            },
+            None => attempt.await,
+        };
+        match result {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                debug!(target = %describe(target), error = %e, "connection attempt failed");
+                failures.push(format!(
+                    "connection to server {} failed: {e}",
+                    describe(target)
+                ));
+                // Prefer reporting the error that needs a human over a refused connection.
+                if worst.as_ref().is_none_or(|w| w.is_transient()) {
+                    worst = Some(e);
+                }
+            }
+        }
+    }
+    let kind = worst.map(|w| w.kind()).unwrap_or(ErrorKind::Transient);
+    if failures.is_empty() {
+        return Err(ReceiverError::fatal("no host to connect to"));
+    }
+    Err(ReceiverError::new(kind, failures.join("\n")))
+}
+
+/// How a target is named in messages, like libpq does.
+pub fn describe(t: &Target) -> String {
+    match &t.host {
+        Host::Unix(dir) => format!("on socket \"{}/.s.PGSQL.{}\"", dir.display(), t.port),
+        Host::Tcp(h) => match t.hostaddr {
+            Some(a) => format!("at \"{h}\" ({a}), port {}", t.port),
+            None => format!("at \"{h}\", port {}", t.port),
+        },
+    }
+}
+
+async fn open_socket(
+    cfg: &ConnConfig,
+    target: &Target,
+) -> Result<Box<dyn AsyncStream>, ReceiverError> {
+    let io = |e: std::io::Error| ReceiverError::transient(e.to_string());
+    match &target.host {
+        Host::Unix(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{}", target.port));
+            let s = UnixStream::connect(&path).await.map_err(io)?;
+            Ok(Box::new(s))
+        }
+        Host::Tcp(name) => {
+            let s = match target.hostaddr {
+                Some(addr) => TcpStream::connect((addr, target.port)).await.map_err(io)?,
+                None => TcpStream::connect((name.as_str(), target.port))
+                    .await
+                    .map_err(io)?,
+            };
+            s.set_nodelay(true).map_err(io)?;
+            configure_keepalive(&s, cfg);
+            Ok(Box::new(s))
+        }
+    }
+}
+
+fn configure_keepalive(s: &TcpStream, cfg: &ConnConfig) {
+    if !cfg.keepalives {
+        return;
+    }
+    let sock = socket2::SockRef::from(s);
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(d) = cfg.keepalives_idle {
+        ka = ka.with_time(d);
+    }
+    if let Some(d) = cfg.keepalives_interval {
+        ka = ka.with_interval(d);
+    }
+    if let Some(n) = cfg.keepalives_count {
+        ka = ka.with_retries(n);
+    }
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        debug!("could not set TCP keepalive: {e}");
+    }
+    if let Some(t) = cfg.tcp_user_timeout
+        && let Err(e) = sock.set_tcp_user_timeout(Some(t))
+    {
+        debug!("could not set TCP_USER_TIMEOUT: {e}");
+    }
+}
+
+async fn connect_one(
+    cfg: &ConnConfig,
+    target: &Target,
+    password: Option<String>,
+) -> Result<Connection, ReceiverError> {
+    let stream = open_socket(cfg, target).await?;
+    let mut conn = Connection {
+        stream,
+        rbuf: BytesMut::with_capacity(READ_CHUNK),
+        wbuf: BytesMut::with_capacity(4096),
+        server: ServerParams::default(),
+        target: target.clone(),
+    };
+    let mut startup = Startup::new(
+        StartupParams {
+            user: cfg.user.clone(),
+            database: cfg.dbname.clone(),
+            application_name: cfg.application_name.clone(),
+            options: cfg.options.clone(),
+        },
+        password,
+    );
+    startup.startup_packet(&mut conn.wbuf);
+    conn.flush().await?;
+    loop {
+        let msg = conn.read_message().await?;
+        let outcome = startup.handle(msg, &mut conn.wbuf).map_err(|e| match e {
+            ProtocolError::Server(se) => ReceiverError::from_server(&se, "could not connect"),
+            other => ReceiverError::from(other),
+        })?;
+        conn.flush().await?;
+        if let StartupOutcome::Ready(params) = outcome {
+            conn.server = params;
+            return Ok(conn);
+        }
+    }
+}
+
+impl Connection {
+    /// Writes out everything buffered for sending.
+    pub async fn flush(&mut self) -> Result<(), ReceiverError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await.map_err(|e| {
+                ReceiverError::transient(format!("could not send data to server: {e}"))
+            })?;
+            self.wbuf.clear();
+        }
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| ReceiverError::transient(format!("could not send data to server: {e}")))
+    }
+
+    /// The send buffer, for callers that encode frames themselves.
+    pub fn send_buf(&mut self) -> &mut BytesMut {
+        &mut self.wbuf
+    }
+
+    /// Decodes a message already in the read buffer, without reading the socket.
+    pub fn try_decode(&mut self) -> Result<Option<BackendMessage>, ReceiverError> {
+        frame::decode(&mut self.rbuf).map_err(ReceiverError::from)
+    }
+
+    /// Reads more bytes from the socket into the read buffer. Cancellation-safe: a
+    /// read that is cancelled consumed nothing.
+    pub async fn fill(&mut self) -> Result<(), ReceiverError> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| {
+            ReceiverError::transient(format!("could not receive data from server: {e}"))
+        })?;
+        if n == 0 {
+            return Err(ReceiverError::transient(
+                "server closed the connection unexpectedly",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the next whole message.
+    pub async fn read_message(&mut self) -> Result<BackendMessage, ReceiverError> {
+        loop {
+            if let Some(m) = self.try_decode()? {
+                return Ok(m);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Runs one simple query and collects its result set. A server error becomes a
+    /// classified [`ReceiverError`] naming the command.
+    pub async fn query(&mut self, sql: &str) -> Result<ResultSet, ReceiverError> {
+        encode_query(sql, &mut self.wbuf);
+        self.flush().await?;
+        let mut c = QueryCollector::default();
+        loop {
+            let msg = self.read_message().await?;
+            if let Some(out) = c.handle(msg)? {
+                return out.map_err(|e| match e {
+                    ProtocolError::Server(se) => {
+                        ReceiverError::from_server(&se, &format!("could not run \"{sql}\""))
+                    }
+                    other => other.into(),
+                });
+            }
+        }
+    }
+
+    /// Sends Terminate and closes the socket, ignoring errors.
+    pub async fn close(mut self) {
+        encode_terminate(&mut self.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+        let _ = self.stream.shutdown().await;
+    }
+}

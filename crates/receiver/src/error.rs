@@ -1,0 +1,173 @@
+use std::fmt;
+
+use walsink_archive::ArchiveError;
+use walsink_protocol::{ProtocolError, ServerError};
+
+/// What kind of failure ended a run, which decides whether walsink retries and which
+/// exit code it reports. Kinds other than [`ErrorKind::Transient`] need a human.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Worth retrying: connection refused or lost, server shut down, timeouts.
+    Transient,
+    /// Password or SCRAM authentication failed, or no password was available.
+    AuthFailed,
+    /// No `pg_hba.conf` entry allows the replication connection, or the role lacks
+    /// the REPLICATION attribute.
+    NotPermitted,
+    /// The named replication slot does not exist.
+    SlotMissing,
+    /// The replication slot is in use by another connection.
+    SlotInUse,
+    /// The WAL walsink needs has already been removed from the server.
+    WalRemoved,
+    /// The archive holds WAL of another database system (or segment size).
+    SystemIdMismatch,
+    /// Another walsink holds the archive directory's lock.
+    ArchiveLocked,
+    /// The archive directory is missing, unwritable or damaged, or a write or fsync
+    /// failed.
+    Archive,
+    /// The server is of an unsupported version or misbehaved; anything else.
+    Fatal,
+}
+
+/// An error from the streaming loop, with the context a user needs.
+#[derive(Debug)]
+pub struct ReceiverError {
+    kind: ErrorKind,
+    message: String,
+    sqlstate: Option<String>,
+}
+
+impl ReceiverError {
+    /// Builds an error of a given kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ReceiverError {
+        ReceiverError {
+            kind,
+            message: message.into(),
+            sqlstate: None,
+        }
+    }
+
+    /// The SQLSTATE of the server error behind this one, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.sqlstate.as_deref()
+    }
+
+    /// A retryable error.
+    pub fn transient(message: impl Into<String>) -> ReceiverError {
+        ReceiverError::new(ErrorKind::Transient, message)
+    }
+
+    /// A non-retryable error.
+    pub fn fatal(message: impl Into<String>) -> ReceiverError {
+        ReceiverError::new(ErrorKind::Fatal, message)
+    }
+
+    /// The kind, for retry decisions and exit codes.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether walsink should retry after this error (when looping).
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+
+    /// Prefixes the message with context.
+    pub fn context(mut self, ctx: impl fmt::Display) -> ReceiverError {
+        self.message = format!("{ctx}: {}", self.message);
+        self
+    }
+
+    /// Classifies a server error by SQLSTATE and message.
+    pub fn from_server(e: &ServerError, doing: &str) -> ReceiverError {
+        let kind = classify_server_error(e);
+        let mut message = format!("{doing}: {e}");
+        let advice = match kind {
+            ErrorKind::AuthFailed => {
+                Some("check the user name and password (PGPASSWORD, ~/.pgpass or -W)")
+            }
+            ErrorKind::NotPermitted => Some(
+                "add a \"host replication <user> <address> scram-sha-256\" line to pg_hba.conf and reload, and make sure the role has the REPLICATION attribute",
+            ),
+            ErrorKind::SlotMissing => {
+                Some("create it with --create-slot, or name an existing slot with -S")
+            }
+            ErrorKind::SlotInUse => {
+                Some("another receiver is streaming from this slot; stop it or use another slot")
+            }
+            ErrorKind::WalRemoved => Some(
+                "the server no longer has the WAL the archive needs; use a replication slot (-S) so it is kept, and start a new archive directory (this one has a gap)",
+            ),
+            _ => None,
+        };
+        if let Some(a) = advice {
+            message.push_str("\nHINT (walsink):  ");
+            message.push_str(a);
+        }
+        ReceiverError {
+            kind,
+            message,
+            sqlstate: Some(e.code.clone()),
+        }
+    }
+}
+
+fn classify_server_error(e: &ServerError) -> ErrorKind {
+    match e.code.as_str() {
+        "28P01" => ErrorKind::AuthFailed,
+        "28000" if e.message.contains("authentication failed") => ErrorKind::AuthFailed,
+        "28000" => ErrorKind::NotPermitted,
+        "42501" => ErrorKind::NotPermitted,
+        "42704" if e.message.contains("replication slot") => ErrorKind::SlotMissing,
+        "55006" if e.message.contains("replication slot") => ErrorKind::SlotInUse,
+        "58P01" if e.message.contains("has already been removed") => ErrorKind::WalRemoved,
+        "55000" if e.message.contains("can no longer") || e.message.contains("invalidated") => {
+            ErrorKind::WalRemoved
+        }
+        // Server going away: shutdown, crash, admin termination, too many connections
+        // during restart, recovery in progress, etc.
+        c if c.starts_with("57") || c.starts_with("08") || c == "53300" || c == "XX000" => {
+            ErrorKind::Transient
+        }
+        _ => ErrorKind::Fatal,
+    }
+}
+
+impl fmt::Display for ReceiverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ReceiverError {}
+
+impl From<ArchiveError> for ReceiverError {
+    fn from(e: ArchiveError) -> Self {
+        let kind = match &e {
+            ArchiveError::Locked { .. } => ErrorKind::ArchiveLocked,
+            ArchiveError::SystemIdMismatch { .. } | ArchiveError::SegSizeMismatch { .. } => {
+                ErrorKind::SystemIdMismatch
+            }
+            _ => ErrorKind::Archive,
+        };
+        ReceiverError::new(kind, e.to_string())
+    }
+}
+
+impl From<ProtocolError> for ReceiverError {
+    fn from(e: ProtocolError) -> Self {
+        match &e {
+            ProtocolError::Server(se) => ReceiverError::from_server(se, "server error"),
+            ProtocolError::PasswordRequired | ProtocolError::Scram(_) => {
+                ReceiverError::new(ErrorKind::AuthFailed, e.to_string())
+            }
+            ProtocolError::UnsupportedAuth(_) => {
+                ReceiverError::new(ErrorKind::NotPermitted, e.to_string())
+            }
+            _ => ReceiverError::fatal(e.to_string()),
+        }
+    }
+}

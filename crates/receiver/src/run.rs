@@ -1,0 +1,317 @@
+//! The daemon loop: connect, decide where to start, stream, follow timelines, and
+//! reconnect with capped, jittered backoff.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use walsink_archive::{Archive, SyncMode};
+use walsink_protocol::conninfo::ConnConfig;
+use walsink_protocol::query::{
+    IdentifySystem, SlotInfo, create_physical_slot_command, drop_slot_command,
+    parse_identify_system, parse_read_replication_slot, parse_timeline_history,
+    parse_wal_segment_size, read_replication_slot_command, timeline_history_command,
+};
+use walsink_wal::{Lsn, TimelineId, WalSegSize};
+
+use crate::conn::{Connection, connect, describe};
+use crate::error::{ErrorKind, ReceiverError};
+use crate::stream::{ArcArchiveError, StreamEnd, StreamOptions, stream};
+use crate::writer::{Writer, WriterConfig};
+
+/// Everything `walsink receive` needs.
+#[derive(Clone, Debug)]
+pub struct ReceiveConfig {
+    /// Where and how to connect.
+    pub conn: ConnConfig,
+    /// A password obtained by prompting, overriding the configured ones.
+    pub password: Option<String>,
+    /// The archive directory.
+    pub dir: PathBuf,
+    /// Physical replication slot.
+    pub slot: Option<String>,
+    /// Stop at this position.
+    pub endpos: Option<Lsn>,
+    /// Periodic status update interval; `None` disables them.
+    pub status_interval: Option<Duration>,
+    /// `--synchronous`: flush when the queue drains and report at once.
+    pub synchronous: bool,
+    /// `--no-sync`: no fsync at all.
+    pub no_sync: bool,
+    /// `--no-loop`: exit on the first lost connection.
+    pub no_loop: bool,
+    /// Flush once this many bytes are unsynced.
+    pub flush_bytes: u64,
+    /// Flush once the oldest unsynced byte is this old.
+    pub flush_interval: Duration,
+}
+
+/// Smallest and largest pause between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A stream that lasted this long resets the backoff.
+const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+/// After a crash of a previous walsink, its walsender may hold the slot for a moment
+/// longer; "slot in use" is retried this long before it counts as needing a human.
+const SLOT_IN_USE_GRACE: Duration = Duration::from_secs(10);
+/// Oldest server version walsink speaks to (SHOW in replication mode needs 10).
+const MIN_SERVER_VERSION: u32 = 100000;
+
+/// Runs the receiver until `--endpos`, cancellation, or an error that needs a human
+/// (or any error with `--no-loop`).
+pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<(), ReceiverError> {
+    let sync = if cfg.no_sync {
+        SyncMode::NoSync
+    } else {
+        SyncMode::Sync
+    };
+    let mut archive = Archive::open(&cfg.dir, sync)?;
+    let mut backoff = BACKOFF_MIN;
+    let mut failures: u32 = 0;
+    let mut last_error: Option<String> = None;
+    let mut first_failure_at: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        let result = run_once(&cfg, &mut archive, &cancel, failures > 0).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+                if started.elapsed() >= HEALTHY_STREAM {
+                    backoff = BACKOFF_MIN;
+                    failures = 0;
+                    first_failure_at = None;
+                    last_error = None;
+                }
+                let failing_since = *first_failure_at.get_or_insert_with(Instant::now);
+                let slot_grace =
+                    e.kind() == ErrorKind::SlotInUse && failing_since.elapsed() < SLOT_IN_USE_GRACE;
+                if !slot_grace && (cfg.no_loop || !e.is_transient()) {
+                    return Err(e);
+                }
+                failures += 1;
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    warn!("{msg}; retrying (attempt {failures})");
+                    last_error = Some(msg);
+                } else {
+                    debug!("{msg}; retrying (attempt {failures})");
+                }
+                // Full jitter between half and all of the current backoff.
+                let pause = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Connects, checks the server and identifies the system.
+async fn open(cfg: &ReceiveConfig) -> Result<(Connection, IdentifySystem), ReceiverError> {
+    let mut conn = connect(&cfg.conn, cfg.password.as_deref()).await?;
+    let version = conn.server.server_version_num().unwrap_or(0);
+    if version < MIN_SERVER_VERSION {
+        let v = conn
+            .server
+            .params
+            .get("server_version")
+            .cloned()
+            .unwrap_or_default();
+        return Err(ReceiverError::fatal(format!(
+            "server {} runs PostgreSQL {v}; walsink supports PostgreSQL 10 and later",
+            describe(&conn.target)
+        )));
+    }
+    let id = parse_identify_system(&conn.query("IDENTIFY_SYSTEM").await?)?;
+    if let Some(db) = &id.dbname {
+        return Err(ReceiverError::fatal(format!(
+            "replication connection is unexpectedly database specific (database \"{db}\"); remove \"replication=database\" from the connection string"
+        )));
+    }
+    Ok((conn, id))
+}
+
+async fn run_once(
+    cfg: &ReceiveConfig,
+    archive: &mut Archive,
+    cancel: &CancellationToken,
+    reconnecting: bool,
+) -> Result<(), ReceiverError> {
+    let (mut conn, id) = tokio::select! {
+        r = open(cfg) => r?,
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    if reconnecting {
+        info!("connected to server {} again", describe(&conn.target));
+    }
+    let seg = parse_wal_segment_size(&conn.query("SHOW wal_segment_size").await?)?;
+    archive.check_identity(id.system_id, seg)?;
+
+    let (mut tli, mut start) = start_position(cfg, archive, &mut conn, &id, seg).await?;
+    if let Some(end) = cfg.endpos
+        && end <= start
+    {
+        info!("end position {end} reached before streaming started at {start}");
+        conn.close().await;
+        return Ok(());
+    }
+    if tli > id.timeline {
+        return Err(ReceiverError::fatal(format!(
+            "the archive continues on timeline {tli}, which is not present on the server (its timeline is {}); the archive is ahead of this server",
+            id.timeline
+        )));
+    }
+
+    let opts = StreamOptions {
+        slot: cfg.slot.clone(),
+        endpos: cfg.endpos,
+        status_interval: cfg.status_interval,
+        report_flush: (cfg.slot.is_some() || cfg.synchronous) && !cfg.no_sync,
+        synchronous: cfg.synchronous,
+    };
+    let writer = Writer::spawn(
+        archive.segment_writer(seg)?,
+        WriterConfig {
+            synchronous: cfg.synchronous,
+            flush_bytes: cfg.flush_bytes,
+            flush_interval: cfg.flush_interval,
+        },
+        tokio::runtime::Handle::current(),
+    );
+    let result = async {
+        loop {
+            if tli != TimelineId::ONE && !archive.has_history(tli) {
+                let rs = conn.query(&timeline_history_command(tli)).await?;
+                let h = parse_timeline_history(&rs, tli)?;
+                walsink_wal::TimelineHistory::parse(tli, &h.content).map_err(|e| {
+                    ReceiverError::fatal(format!("server sent an invalid history file {}: {e}", h.filename))
+                })?;
+                archive.write_history(tli, &h.content)?;
+                info!("wrote timeline history file {}", h.filename);
+            }
+            writer.reset(tli, start).await.map_err(|_| ReceiverError::from(ArcArchiveError(writer.failure())))?;
+            info!("starting log streaming at {start} (timeline {tli})");
+            match stream(&mut conn, &writer, tli, start, &opts, cancel).await? {
+                StreamEnd::EndOfTimeline { next, received } => {
+                    if next.tli <= tli {
+                        return Err(ReceiverError::fatal(format!(
+                            "server reported unexpected next timeline {}, following timeline {tli}",
+                            next.tli
+                        )));
+                    }
+                    if next.start > received && received.is_valid() && next.start.0 - received.0 > seg.bytes() {
+                        return Err(ReceiverError::fatal(format!(
+                            "server stopped streaming timeline {tli} at {received}, but reported next timeline {} to begin at {}",
+                            next.tli, next.start
+                        )));
+                    }
+                    info!("switched to timeline {} at {}", next.tli, next.start);
+                    tli = next.tli;
+                    start = seg.segment_start(next.start);
+                }
+                StreamEnd::EndposReached => {
+                    info!("stopped log streaming at end position {}", cfg.endpos.unwrap_or_default());
+                    return Ok(());
+                }
+                StreamEnd::Cancelled => return Ok(()),
+            }
+        }
+    }
+    .await;
+    // Whatever happened, make what was received durable and keep the .partial.
+    let closed = writer.close().await;
+    writer.shutdown();
+    conn.close().await;
+    let flushed = closed.map_err(|e| ReceiverError::from(ArcArchiveError(e)));
+    match (result, flushed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(_)) => Ok(()),
+    }
+}
+
+/// pg_receivewal's start-position rule: the archive's newest segment, else the slot's
+/// restart_lsn (PostgreSQL 15+), else the server's flush position; segment aligned.
+async fn start_position(
+    cfg: &ReceiveConfig,
+    archive: &Archive,
+    conn: &mut Connection,
+    id: &IdentifySystem,
+    seg: WalSegSize,
+) -> Result<(TimelineId, Lsn), ReceiverError> {
+    if let Some(sp) = archive.find_start(seg)? {
+        debug!(?sp, "resuming from the archive");
+        return Ok((sp.tli, sp.lsn));
+    }
+    if let Some(slot) = &cfg.slot
+        && conn.server.server_version_num().unwrap_or(0) >= 150000
+    {
+        let rs = conn.query(&read_replication_slot_command(slot)).await?;
+        match parse_read_replication_slot(&rs)? {
+            SlotInfo::Missing => {
+                return Err(ReceiverError::new(
+                    ErrorKind::SlotMissing,
+                    format!(
+                        "replication slot \"{slot}\" does not exist\nHINT (walsink):  create it with --create-slot, or name an existing slot with -S"
+                    ),
+                ));
+            }
+            SlotInfo::Other(kind) => {
+                return Err(ReceiverError::fatal(format!(
+                    "replication slot \"{slot}\" is a {kind} slot; walsink needs a physical slot"
+                )));
+            }
+            SlotInfo::Physical {
+                restart_lsn: Some(lsn),
+                restart_tli,
+            } => {
+                let tli = restart_tli.unwrap_or(id.timeline);
+                return Ok((tli, seg.segment_start(lsn)));
+            }
+            SlotInfo::Physical {
+                restart_lsn: None, ..
+            } => {}
+        }
+    }
+    Ok((id.timeline, seg.segment_start(id.xlogpos)))
+}
+
+/// `--create-slot`: creates a physical slot that reserves WAL at once, then returns.
+pub async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool) -> Result<(), ReceiverError> {
+    let slot = cfg
+        .slot
+        .as_deref()
+        .ok_or_else(|| ReceiverError::fatal("no slot name given"))?;
+    let (mut conn, _) = open(cfg).await?;
+    info!("creating replication slot \"{slot}\"");
+    let r = conn.query(&create_physical_slot_command(slot, true)).await;
+    conn.close().await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if if_not_exists && e.sqlstate() == Some("42710") => {
+            info!("replication slot \"{slot}\" already exists");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `--drop-slot`: drops a slot, then returns.
+pub async fn drop_slot(cfg: &ReceiveConfig) -> Result<(), ReceiverError> {
+    let slot = cfg
+        .slot
+        .as_deref()
+        .ok_or_else(|| ReceiverError::fatal("no slot name given"))?;
+    let (mut conn, _) = open(cfg).await?;
+    info!("dropping replication slot \"{slot}\"");
+    let r = conn.query(&drop_slot_command(slot)).await;
+    conn.close().await;
+    r.map(|_| ())
+}

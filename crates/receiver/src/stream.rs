@@ -1,0 +1,384 @@
+//! One `START_REPLICATION` session: the copy-both loop.
+//!
+//! The network side of the pipeline. It reads the socket in large chunks, splits
+//! CopyData frames without copying, checks that each XLogData message continues exactly
+//! where the previous one ended, and queues the WAL for the writer thread. It answers
+//! keepalives and sends standby status updates on its own timers, so neither ever waits
+//! on the disk; when the writer's queue is full it stops reading the socket
+//! (backpressure) but keeps its timers running.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use walsink_protocol::ProtocolError;
+use walsink_protocol::copy::{
+    ReplicationMessage, StatusUpdate, encode_copy_done, encode_query, parse_replication_message,
+    pg_timestamp,
+};
+use walsink_protocol::frame::BackendMessage;
+use walsink_protocol::query::{
+    NextTimeline, QueryCollector, parse_next_timeline, start_replication_command,
+};
+use walsink_wal::{Lsn, TimelineId};
+
+use crate::conn::Connection;
+use crate::error::ReceiverError;
+use crate::writer::Writer;
+
+/// How long to wait for the server to acknowledge the end of streaming.
+const END_COPY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of one streaming session.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// Physical slot to stream from.
+    pub slot: Option<String>,
+    /// Stop once all WAL before this position is received and flushed.
+    pub endpos: Option<Lsn>,
+    /// Interval of periodic status updates; `None` disables them.
+    pub status_interval: Option<Duration>,
+    /// Report the flush position (with a slot or `--synchronous`, and not `--no-sync`).
+    pub report_flush: bool,
+    /// Send a status update the moment the writer's flush position advances.
+    pub synchronous: bool,
+}
+
+/// Why a session ended without an error.
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// The server finished a historic timeline; streaming continues on the next one.
+    EndOfTimeline {
+        /// The next timeline and its start.
+        next: NextTimeline,
+        /// Where this session's WAL ended.
+        received: Lsn,
+    },
+    /// `--endpos` was reached.
+    EndposReached,
+    /// Shutdown was requested (SIGINT/SIGTERM).
+    Cancelled,
+}
+
+struct Session<'a> {
+    conn: &'a mut Connection,
+    writer: &'a Writer,
+    opts: &'a StreamOptions,
+    tli: TimelineId,
+    /// End of the WAL received and queued for writing (the `write` position).
+    received: Lsn,
+    /// Where this session started; no flush is reported until the writer is past it, so
+    /// a reconnect never moves a slot's restart_lsn backwards.
+    start: Lsn,
+    last_reported_flush: Lsn,
+}
+
+/// Streams `tli` from `start` until the timeline ends, `--endpos`, cancellation or an
+/// error. The writer must already be positioned at `start`.
+pub async fn stream(
+    conn: &mut Connection,
+    writer: &Writer,
+    tli: TimelineId,
+    start: Lsn,
+    opts: &StreamOptions,
+    cancel: &CancellationToken,
+) -> Result<StreamEnd, ReceiverError> {
+    let cmd = start_replication_command(opts.slot.as_deref(), start, tli);
+    debug!("{cmd}");
+    encode_query(&cmd, conn.send_buf());
+    conn.flush().await?;
+    match conn.read_message().await? {
+        BackendMessage::CopyBothResponse => {}
+        BackendMessage::ErrorResponse(e) => {
+            drain_until_ready(conn).await;
+            return Err(ReceiverError::from_server(
+                &e,
+                "could not start WAL streaming",
+            ));
+        }
+        // A historic timeline whose end is exactly our start: the server answers with
+        // the next timeline at once, without entering copy mode.
+        m @ BackendMessage::RowDescription(_) => {
+            let next = finish_result(conn, m).await?;
+            return Ok(StreamEnd::EndOfTimeline {
+                next,
+                received: start,
+            });
+        }
+        other => {
+            return Err(ReceiverError::fatal(format!(
+                "unexpected message '{}' from server in reply to START_REPLICATION",
+                other.tag()
+            )));
+        }
+    }
+    let mut s = Session {
+        conn,
+        writer,
+        opts,
+        tli,
+        received: start,
+        start,
+        last_reported_flush: Lsn::INVALID,
+    };
+    s.run(cancel).await
+}
+
+/// Reads a result set that began with `first` up to ReadyForQuery and parses the next
+/// timeline from it.
+async fn finish_result(
+    conn: &mut Connection,
+    first: BackendMessage,
+) -> Result<NextTimeline, ReceiverError> {
+    let mut c = QueryCollector::default();
+    let mut msg = first;
+    loop {
+        if let Some(out) = c.handle(msg)? {
+            let rs = out.map_err(|e| match e {
+                ProtocolError::Server(se) => {
+                    ReceiverError::from_server(&se, "error at end of timeline")
+                }
+                other => other.into(),
+            })?;
+            return Ok(parse_next_timeline(&rs)?);
+        }
+        msg = conn.read_message().await?;
+    }
+}
+
+async fn drain_until_ready(conn: &mut Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(m) = conn.read_message().await {
+            if matches!(m, BackendMessage::ReadyForQuery(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+impl Session<'_> {
+    fn flush_to_report(&self) -> Lsn {
+        let flushed = self.writer.state.borrow().flushed;
+        if self.opts.report_flush && flushed > self.start {
+            flushed
+        } else {
+            Lsn::INVALID
+        }
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), ReceiverError> {
+        let flush = self.flush_to_report();
+        StatusUpdate {
+            write: self.received,
+            flush,
+            apply: Lsn::INVALID,
+            send_time: pg_timestamp(SystemTime::now()),
+            reply_requested,
+        }
+        .encode(self.conn.send_buf());
+        self.last_reported_flush = flush;
+        self.conn.flush().await
+    }
+
+    fn writer_error(&self) -> ReceiverError {
+        ReceiverError::from(ArcArchiveError(self.writer.failure()))
+    }
+
+    async fn run(&mut self, cancel: &CancellationToken) -> Result<StreamEnd, ReceiverError> {
+        let mut flush_rx = self.writer.state.clone();
+        let interval = self.opts.status_interval;
+        let mut next_status = Instant::now();
+        // WAL decoded but not yet queued for the writer (at most one message).
+        let mut pending: Option<(Lsn, Bytes)> = None;
+        loop {
+            if self.opts.endpos.is_some_and(|e| self.received >= e) && pending.is_none() {
+                return self.finish(StreamEnd::EndposReached).await;
+            }
+            // Handle every whole message already buffered before waiting again.
+            if pending.is_none()
+                && let Some(msg) = self.conn.try_decode()?
+            {
+                if let Some(end) = self.handle_message(msg, &mut pending).await? {
+                    return Ok(end);
+                }
+                continue;
+            }
+            let status_due = interval.map(|_| next_status);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    if let Some((start, data)) = pending.take() {
+                        let permit = self.writer.reserve().await.map_err(|_| self.writer_error())?;
+                        permit.send(self.tli, start, data);
+                    }
+                    info!("received interrupt signal, stopping at {}", self.received);
+                    return self.finish(StreamEnd::Cancelled).await;
+                }
+                changed = flush_rx.changed() => {
+                    if changed.is_err() || flush_rx.borrow().error.is_some() {
+                        return Err(self.writer_error());
+                    }
+                    let f = self.flush_to_report();
+                    if f != self.last_reported_flush && (self.opts.synchronous || self.opts.report_flush) {
+                        self.send_status(false).await?;
+                    }
+                }
+                permit = self.writer.reserve(), if pending.is_some() => {
+                    let permit = permit.map_err(|_| self.writer_error())?;
+                    let (start, data) = pending.take().expect("pending checked");
+                    permit.send(self.tli, start, data);
+                }
+                _ = sleep_until(status_due.unwrap_or_else(Instant::now)), if status_due.is_some() => {
+                    self.send_status(false).await?;
+                    next_status = Instant::now() + interval.expect("interval set");
+                }
+                r = self.conn.fill(), if pending.is_none() => r?,
+            }
+        }
+    }
+
+    /// Handles one message during streaming. Returns `Some` when the session is over.
+    async fn handle_message(
+        &mut self,
+        msg: BackendMessage,
+        pending: &mut Option<(Lsn, Bytes)>,
+    ) -> Result<Option<StreamEnd>, ReceiverError> {
+        match msg {
+            BackendMessage::CopyData(payload) => match parse_replication_message(payload)? {
+                ReplicationMessage::XLogData {
+                    start, mut data, ..
+                } => {
+                    if start != self.received {
+                        return Err(ReceiverError::fatal(format!(
+                            "server sent WAL starting at {start}, but walsink expected {}: {}; nothing after {} was written",
+                            self.received,
+                            if start > self.received {
+                                "a gap in the stream"
+                            } else {
+                                "an overlap in the stream"
+                            },
+                            self.received
+                        )));
+                    }
+                    if let Some(end) = self.opts.endpos
+                        && start.0 + data.len() as u64 > end.0
+                    {
+                        data.truncate(end.saturating_sub(start) as usize);
+                    }
+                    if data.is_empty() {
+                        return Ok(None);
+                    }
+                    self.received = Lsn(start.0 + data.len() as u64);
+                    // Queue at once if there is room; otherwise park it and stop reading.
+                    match self.writer.reserve_now() {
+                        Some(permit) => permit.send(self.tli, start, data),
+                        None => *pending = Some((start, data)),
+                    }
+                }
+                ReplicationMessage::Keepalive {
+                    reply_requested, ..
+                } => {
+                    if reply_requested {
+                        // Answer at once with what is durable now; the flush the server
+                        // is waiting for is reported the moment it completes.
+                        self.writer.request_flush();
+                        self.send_status(false).await?;
+                    }
+                }
+            },
+            BackendMessage::CopyDone => {
+                // End of a historic timeline.
+                encode_copy_done(self.conn.send_buf());
+                self.conn.flush().await?;
+                self.writer
+                    .close()
+                    .await
+                    .map_err(|e| ReceiverError::from(ArcArchiveError(e)))?;
+                let first = self.conn.read_message().await?;
+                let next = match first {
+                    m @ BackendMessage::RowDescription(_) => finish_result(self.conn, m).await?,
+                    BackendMessage::ErrorResponse(e) => {
+                        return Err(ReceiverError::from_server(&e, "error at end of timeline"));
+                    }
+                    other => {
+                        return Err(ReceiverError::fatal(format!(
+                            "unexpected message '{}' from server after end of timeline",
+                            other.tag()
+                        )));
+                    }
+                };
+                return Ok(Some(StreamEnd::EndOfTimeline {
+                    next,
+                    received: self.received,
+                }));
+            }
+            BackendMessage::CommandComplete(_) => {
+                // The server ended the stream: shutdown or promotion of the upstream.
+                return Err(ReceiverError::transient(format!(
+                    "replication stream was terminated by the server at {}",
+                    self.received
+                )));
+            }
+            BackendMessage::ErrorResponse(e) => {
+                return Err(ReceiverError::from_server(
+                    &e,
+                    "unexpected termination of replication stream",
+                ));
+            }
+            BackendMessage::NoticeResponse(n) => info!("server notice: {n}"),
+            BackendMessage::ParameterStatus { .. } => {}
+            other => {
+                return Err(ReceiverError::fatal(format!(
+                    "unexpected message '{}' from server during streaming",
+                    other.tag()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the session from our side: everything received is written and flushed,
+    /// a final status update reports it, then CopyDone, then wait for the server's end.
+    async fn finish(&mut self, end: StreamEnd) -> Result<StreamEnd, ReceiverError> {
+        self.writer
+            .close()
+            .await
+            .map_err(|e| ReceiverError::from(ArcArchiveError(e)))?;
+        self.send_status(false).await?;
+        encode_copy_done(self.conn.send_buf());
+        self.conn.flush().await?;
+        let done = tokio::time::timeout(END_COPY_TIMEOUT, async {
+            loop {
+                match self.conn.read_message().await? {
+                    BackendMessage::ReadyForQuery(_) => return Ok::<_, ReceiverError>(()),
+                    BackendMessage::ErrorResponse(e) => {
+                        debug!("server error while ending the stream: {e}");
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("connection ended while finishing the stream: {e}"),
+            Err(_) => debug!("server did not acknowledge the end of streaming in time"),
+        }
+        Ok(end)
+    }
+}
+
+/// Adapts the writer's shared error into a classified [`ReceiverError`].
+pub(crate) struct ArcArchiveError(pub std::sync::Arc<walsink_archive::ArchiveError>);
+
+impl From<ArcArchiveError> for ReceiverError {
+    fn from(e: ArcArchiveError) -> Self {
+        ReceiverError::new(
+            crate::error::ErrorKind::Archive,
+            format!("could not write WAL: {}", e.0),
+        )
+    }
+}

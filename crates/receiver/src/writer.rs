@@ -1,0 +1,299 @@
+//! The writer thread: the only owner of the segment files.
+//!
+//! The network task hands it WAL through a bounded queue ([`QUEUE_MESSAGES`] messages of
+//! at most 128 KiB each, so at most 8 MiB in flight); when the queue is full the
+//! network task stops reading the socket, so a slow disk slows the server down instead
+//! of growing memory. The thread writes each message at its exact offset and runs
+//! fdatasync by policy (group commit):
+//!
+//! * `--synchronous`: whenever the queue is drained;
+//! * otherwise: when [`WriterConfig::flush_bytes`] unsynced bytes have gathered, or
+//!   [`WriterConfig::flush_interval`] has passed since the oldest unsynced byte, or the
+//!   network task asks (server reply request, shutdown);
+//! * always at segment completion (inside the archive crate) and at close.
+//!
+//! After each flush it publishes the durable position through a `watch` channel. That
+//! channel is the only source of the flush LSN the network task reports, which is what
+//! makes the reported flush position honest by construction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::debug;
+use walsink_archive::{ArchiveError, SegmentWriter};
+use walsink_wal::{Lsn, TimelineId};
+
+/// Capacity of the queue between the network task and the writer, in messages.
+pub const QUEUE_MESSAGES: usize = 64;
+
+/// Flush policy.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterConfig {
+    /// Flush as soon as the queue drains.
+    pub synchronous: bool,
+    /// Flush when this many bytes are unsynced.
+    pub flush_bytes: u64,
+    /// Flush when the oldest unsynced byte is this old.
+    pub flush_interval: Duration,
+}
+
+/// What the writer has made durable, published after every flush.
+#[derive(Clone, Debug)]
+pub struct WriterState {
+    /// End of the bytes durably on disk.
+    pub flushed: Lsn,
+    /// Set when the writer failed; it stops accepting data.
+    pub error: Option<Arc<ArchiveError>>,
+}
+
+enum Cmd {
+    Data {
+        tli: TimelineId,
+        start: Lsn,
+        data: Bytes,
+    },
+    Reset {
+        tli: TimelineId,
+        lsn: Lsn,
+    },
+    Flush,
+    Close(oneshot::Sender<Result<Lsn, Arc<ArchiveError>>>),
+}
+
+/// The network task's handle on the writer thread.
+pub struct Writer {
+    tx: mpsc::Sender<Cmd>,
+    flush_requested: Arc<AtomicBool>,
+    /// Durable position and failure, as published by the thread.
+    pub state: watch::Receiver<WriterState>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A permit to queue one message, reserved while waiting for queue space.
+pub struct Permit<'a>(mpsc::Permit<'a, Cmd>);
+
+impl Permit<'_> {
+    /// Queues WAL bytes starting at `start`.
+    pub fn send(self, tli: TimelineId, start: Lsn, data: Bytes) {
+        self.0.send(Cmd::Data { tli, start, data });
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread. `rt` is the runtime whose timers the thread waits on.
+    pub fn spawn(seg: SegmentWriter, cfg: WriterConfig, rt: tokio::runtime::Handle) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
+        let flushed = seg.flushed();
+        let (state_tx, state) = watch::channel(WriterState {
+            flushed,
+            error: None,
+        });
+        let flush_requested = Arc::new(AtomicBool::new(false));
+        let req = flush_requested.clone();
+        let thread = std::thread::Builder::new()
+            .name("walsink-writer".into())
+            .spawn(move || run(seg, cfg, rx, state_tx, req, rt))
+            .expect("spawning the writer thread");
+        Writer {
+            tx,
+            flush_requested,
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for room in the queue. Cancellation-safe.
+    pub async fn reserve(&self) -> Result<Permit<'_>, ()> {
+        self.tx.reserve().await.map(Permit).map_err(|_| ())
+    }
+
+    /// Reserves queue space if there is some right now.
+    pub fn reserve_now(&self) -> Option<Permit<'_>> {
+        self.tx.try_reserve().ok().map(Permit)
+    }
+
+    /// Tells the writer to continue at `lsn` on `tli` (a stream start, segment aligned).
+    pub async fn reset(&self, tli: TimelineId, lsn: Lsn) -> Result<(), ()> {
+        self.tx.send(Cmd::Reset { tli, lsn }).await.map_err(|_| ())
+    }
+
+    /// Asks for a flush soon, without waiting for it.
+    pub fn request_flush(&self) {
+        if self.tx.try_send(Cmd::Flush).is_err() {
+            // Queue full: the thread checks this flag after every command.
+            self.flush_requested.store(true, Ordering::Release);
+        }
+    }
+
+    /// Writes out everything queued, flushes, leaves an incomplete segment as
+    /// `.partial`, and returns the durable position.
+    pub async fn close(&self) -> Result<Lsn, Arc<ArchiveError>> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Close(tx)).await.is_err() {
+            return Err(self.failure());
+        }
+        rx.await.unwrap_or_else(|_| Err(self.failure()))
+    }
+
+    /// The error that stopped the thread.
+    pub fn failure(&self) -> Arc<ArchiveError> {
+        self.state.borrow().error.clone().unwrap_or_else(|| {
+            Arc::new(ArchiveError::Io {
+                path: Default::default(),
+                op: "write WAL (writer thread ended)",
+                source: std::io::Error::other("writer thread ended"),
+            })
+        })
+    }
+
+    /// Stops the thread (after a final flush) and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    mut seg: SegmentWriter,
+    cfg: WriterConfig,
+    mut rx: mpsc::Receiver<Cmd>,
+    state: watch::Sender<WriterState>,
+    flush_requested: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
+) {
+    let mut oldest_unflushed: Option<Instant> = None;
+    let fail = |e: ArchiveError, state: &watch::Sender<WriterState>| {
+        let e = Arc::new(e);
+        state.send_modify(|s| s.error = Some(e.clone()));
+        e
+    };
+    let publish = |seg: &SegmentWriter, state: &watch::Sender<WriterState>| {
+        let f = seg.flushed();
+        state.send_if_modified(|s| {
+            let changed = s.flushed != f;
+            s.flushed = f;
+            changed
+        });
+    };
+    let flush =
+        |seg: &mut SegmentWriter, oldest: &mut Option<Instant>| -> Result<(), ArchiveError> {
+            seg.flush()?;
+            *oldest = None;
+            Ok(())
+        };
+    loop {
+        let cmd = match rx.try_recv() {
+            Ok(c) => Some(c),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // The queue is drained: a group-commit point.
+                let unflushed = seg.unflushed_bytes();
+                if unflushed > 0 {
+                    let due = cfg.synchronous
+                        || flush_requested.swap(false, Ordering::AcqRel)
+                        || oldest_unflushed.is_some_and(|t| t.elapsed() >= cfg.flush_interval);
+                    if due {
+                        if let Err(e) = flush(&mut seg, &mut oldest_unflushed) {
+                            fail(e, &state);
+                            return;
+                        }
+                        publish(&seg, &state);
+                        continue;
+                    }
+                    let deadline =
+                        oldest_unflushed.unwrap_or_else(Instant::now) + cfg.flush_interval;
+                    match rt.block_on(async {
+                        tokio::time::timeout_at(deadline.into(), rx.recv()).await
+                    }) {
+                        Ok(c) => c,
+                        Err(_) => continue, // deadline passed: flush on the next turn
+                    }
+                } else {
+                    rt.block_on(async { rx.recv().await })
+                }
+            }
+        };
+        let Some(cmd) = cmd else {
+            // Channel closed: final flush, keep the .partial.
+            if let Err(e) = seg.close() {
+                fail(e, &state);
+            } else {
+                publish(&seg, &state);
+            }
+            return;
+        };
+        let result = match cmd {
+            Cmd::Data { tli, start, data } => {
+                let before = seg.flushed();
+                let r = seg.write(tli, start, &data);
+                if r.is_ok() {
+                    if seg.unflushed_bytes() > 0 && oldest_unflushed.is_none() {
+                        oldest_unflushed = Some(Instant::now());
+                    }
+                    if seg.unflushed_bytes() == 0 {
+                        oldest_unflushed = None;
+                    }
+                    if seg.flushed() != before {
+                        publish(&seg, &state);
+                    }
+                    if seg.unflushed_bytes() >= cfg.flush_bytes {
+                        debug!(bytes = seg.unflushed_bytes(), "flushing on size");
+                        flush(&mut seg, &mut oldest_unflushed).map(|_| publish(&seg, &state))
+                    } else {
+                        Ok(())
+                    }
+                } else {
+                    r
+                }
+            }
+            Cmd::Reset { tli, lsn } => {
+                seg.reset_position(tli, lsn);
+                oldest_unflushed = None;
+                publish(&seg, &state);
+                Ok(())
+            }
+            Cmd::Flush => flush(&mut seg, &mut oldest_unflushed).map(|_| publish(&seg, &state)),
+            Cmd::Close(reply) => match seg.close() {
+                Ok(()) => {
+                    oldest_unflushed = None;
+                    publish(&seg, &state);
+                    let _ = reply.send(Ok(seg.flushed()));
+                    Ok(())
+                }
+                Err(e) => {
+                    let e = fail(e, &state);
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            },
+        };
+        if let Err(e) = result {
+            fail(e, &state);
+            return;
+        }
+        if flush_requested.swap(false, Ordering::AcqRel) && seg.unflushed_bytes() > 0 {
+            if let Err(e) = flush(&mut seg, &mut oldest_unflushed) {
+                fail(e, &state);
+                return;
+            }
+            publish(&seg, &state);
+        }
+    }
+}
