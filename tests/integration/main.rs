@@ -1,1 +1,13 @@
-//! Integration tests (being written).
+//! walsink's integration tests: one test binary (`cargo test -p walsink --test integration`) that runs the
+//! real `walsink` binary against real PostgreSQL clusters.
+//!
+//! `harness` holds the shared machinery (clusters, the walsink process handle, archive assertions); every
+//! other module is a set of scenarios named for behaviour. Add a scenario module by creating
+//! `tests/integration/<name>.rs` and a `mod <name>;` line below, with a one-line comment on what belongs in it.
+
+mod harness;
+
+// Checks that the harness itself works (clusters, SQL, WAL switches, standby, promotion). Runs on every CI.
+mod harness_selftest;
+
+// Scenario modules (added by their owners):

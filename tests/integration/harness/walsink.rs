@@ -1,0 +1,233 @@
+//! Running the walsink binary: [`Walsink`] builds command lines, [`WalsinkProcess`] is a running child.
+//!
+//! Commands get the environment of the test minus every `PG*` variable (so a developer's `PGHOST`,
+//! `PGPASSWORD` or `PGDATA` cannot leak in); `RUST_LOG` and everything else pass through. Add variables with
+//! `Command::env` on [`Walsink::cmd`] (e.g. `PGPASSWORD`) and start it with [`WalsinkProcess::spawn_command`]
+//! or [`Walsink::run_command`].
+//!
+//! A spawned process writes stdout and stderr to files in its own temp dir, so a test can read them while the
+//! process runs ([`WalsinkProcess::stderr_text`], [`WalsinkProcess::wait_for_stderr`]). Dropping a
+//! [`WalsinkProcess`] that is still running SIGKILLs and reaps it.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::pg::clean_env;
+use super::{tail, temp_base, wait_for};
+
+/// Entry points for running the walsink binary.
+pub struct Walsink;
+
+impl Walsink {
+    /// The walsink binary cargo built for this test run.
+    pub fn bin() -> PathBuf {
+        PathBuf::from(env!("CARGO_BIN_EXE_walsink"))
+    }
+
+    /// `walsink <args>` with a clean environment (no `PG*` variables), stdin closed.
+    pub fn cmd<I, S>(args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(Self::bin());
+        clean_env(&mut cmd);
+        cmd.args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts `walsink <args>` in the background.
+    pub fn spawn<I, S>(args: I) -> WalsinkProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        WalsinkProcess::spawn_command(Self::cmd(args))
+    }
+
+    /// Runs `walsink <args>` to completion. If it is still running after `timeout`, kills it and panics
+    /// with its output.
+    pub fn run<I, S>(args: I, timeout: Duration) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::run_command(Self::cmd(args), timeout)
+    }
+
+    /// Like [`run`](Self::run) for a command built with [`cmd`](Self::cmd) and adjusted by the test.
+    pub fn run_command(cmd: Command, timeout: Duration) -> Output {
+        let mut process = WalsinkProcess::spawn_command(cmd);
+        let status = process.wait_timeout(timeout);
+        Output {
+            status,
+            stdout: fs::read(process.stdout_path()).unwrap_or_default(),
+            stderr: fs::read(process.stderr_path()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A running walsink (or any other command, e.g. pg_receivewal) with its output captured to files.
+#[derive(Debug)]
+pub struct WalsinkProcess {
+    child: Child,
+    /// Set once the child has been reaped; signals are never sent after that (the pid may be reused).
+    status: Option<ExitStatus>,
+    description: String,
+    output_dir: TempDir,
+}
+
+impl WalsinkProcess {
+    /// Spawns `cmd` with stdout and stderr redirected to files. Stdin is whatever `cmd` says
+    /// ([`Walsink::cmd`] closes it).
+    pub fn spawn_command(mut cmd: Command) -> WalsinkProcess {
+        let output_dir = tempfile::Builder::new()
+            .prefix("wsk-out")
+            .tempdir_in(temp_base())
+            .expect("create output temp dir");
+        let stdout = File::create(output_dir.path().join("stdout")).expect("create stdout file");
+        let stderr = File::create(output_dir.path().join("stderr")).expect("create stderr file");
+        let description = format!("{cmd:?}");
+        let child = cmd
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {description}: {e}"));
+        WalsinkProcess {
+            child,
+            status: None,
+            description,
+            output_dir,
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGINT (what Ctrl-C does; walsink finishes cleanly).
+    pub fn interrupt(&mut self) {
+        self.signal(libc::SIGINT);
+    }
+
+    /// Sends SIGTERM (what systemd sends on stop).
+    pub fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends SIGKILL: no cleanup at all, like a crash or power loss of the process.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// Sends `sig` if the process has not been reaped yet.
+    pub fn signal(&mut self, sig: libc::c_int) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the child is not reaped, so the pid is ours.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// The exit status if the process has exited (reaping it), else `None`.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("wait for child");
+        }
+        self.status
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// Waits for the process to exit. On timeout, SIGKILLs it and panics with its stderr.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.kill9();
+                let _ = self.child.wait();
+                panic!(
+                    "{} still running after {timeout:?}; killed it.\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.description,
+                    tail(&self.stdout_text(), 50),
+                    tail(&self.stderr_text(), 200)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGINT and waits for the exit (panicking with stderr after `timeout`).
+    pub fn interrupt_and_wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.interrupt();
+        self.wait_timeout(timeout)
+    }
+
+    /// Waits until stderr contains `needle`; returns false if it did not within `timeout` or the process
+    /// exited without printing it.
+    #[must_use]
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
+        wait_for(
+            || {
+                let running = self.is_running();
+                self.stderr_text().contains(needle) || !running
+            },
+            timeout,
+        ) && self.stderr_text().contains(needle)
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        read_lossy(&self.stderr_path())
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout_text(&self) -> String {
+        read_lossy(&self.stdout_path())
+    }
+
+    /// The file receiving stderr.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.output_dir.path().join("stderr")
+    }
+
+    /// The file receiving stdout.
+    pub fn stdout_path(&self) -> PathBuf {
+        self.output_dir.path().join("stdout")
+    }
+
+    /// The command line, for messages.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+impl Drop for WalsinkProcess {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}

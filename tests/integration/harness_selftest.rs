@@ -1,0 +1,172 @@
+//! Proves the harness works on this machine (also as root, where it creates the unprivileged server user):
+//! clusters start, answer SQL, switch WAL, take password auth, make standbys that stream and promote.
+
+use std::time::Duration;
+
+use crate::harness::{
+    HostAuth, PgCluster, StopMode, Walsink, WalsinkProcess, archive, parse_lsn, wait_for,
+};
+
+#[test]
+fn cluster_starts_answers_sql_and_switches_wal() {
+    let pg = PgCluster::builder()
+        .setting("wal_keep_size", "64MB")
+        .start();
+    assert_eq!(pg.host(), "127.0.0.1");
+    assert_ne!(pg.port(), 0);
+    assert_eq!(
+        pg.conninfo(),
+        format!("host=127.0.0.1 port={} user=postgres", pg.port())
+    );
+    assert_eq!(pg.sql_one("SELECT 1 + 1").as_deref(), Some("2"));
+    assert_eq!(pg.sql_one("SELECT NULL"), None);
+    assert_eq!(pg.sql_one("SHOW wal_segment_size").as_deref(), Some("1MB"));
+    assert_eq!(pg.sql_one("SHOW wal_level").as_deref(), Some("replica"));
+    assert_eq!(pg.sql_one("SHOW fsync").as_deref(), Some("off"));
+    assert_eq!(pg.sql_one("SHOW wal_keep_size").as_deref(), Some("64MB"));
+    assert_eq!(pg.wal_segsize_bytes(), 1 << 20);
+    assert!(pg.major_version() >= 13);
+    assert_eq!(pg.timeline(), 1);
+    assert!(pg.system_identifier() > 0);
+    pg.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)");
+    assert_eq!(
+        pg.sql("SELECT id FROM t ORDER BY id"),
+        vec![vec![Some("1".to_owned())], vec![Some("2".to_owned())]]
+    );
+
+    // Every switch_wal moves to a new segment, even with nothing written in between. (After a switch the
+    // position is exactly on a segment boundary, which pg_walfile_name() attributes to the previous segment.)
+    let segment = |lsn: &str| parse_lsn(lsn) / pg.wal_segsize_bytes();
+    let first = segment(&pg.current_lsn());
+    pg.switch_wal();
+    pg.switch_wal();
+    assert_eq!(segment(&pg.current_lsn()), first + 2);
+    assert_eq!(parse_lsn(&pg.current_lsn()) % pg.wal_segsize_bytes(), 0);
+
+    let before = parse_lsn(&pg.current_lsn());
+    let end = pg.generate_wal(3 << 20);
+    assert!(
+        parse_lsn(&end) - before >= 3 << 20,
+        "generate_wal wrote too little: {before:X} -> {end}"
+    );
+    assert!(archive::completed_segments(&pg.pg_wal_dir()).len() >= 4);
+
+    // Stop and start keep the port and the data.
+    pg.stop(StopMode::Immediate);
+    assert!(pg.try_sql("SELECT 1").is_err());
+    pg.start();
+    assert_eq!(pg.sql_one("SELECT count(*) FROM t").as_deref(), Some("2"));
+    pg.restart();
+    assert!(pg.is_running());
+}
+
+#[test]
+fn password_auth_over_tcp_and_pg_receivewal_runs() {
+    let pg = PgCluster::builder()
+        .host_auth(HostAuth::ScramSha256("s3cret'pw".to_owned()))
+        .wal_segsize_mb(2)
+        .setting("wal_keep_size", "64MB")
+        .start();
+    assert_eq!(pg.password(), Some("s3cret'pw"));
+    let stored = pg
+        .sql_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+        .unwrap();
+    assert!(stored.starts_with("SCRAM-SHA-256$"), "{stored}");
+
+    // pg_receivewal as the reference client over TCP with the password; its archive must match pg_wal.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(crate::harness::pg::pg_receivewal());
+    cmd.arg("-D")
+        .arg(dir.path())
+        .args(["-d", &pg.conninfo(), "-n", "--no-sync", "-v"])
+        .env("PGPASSWORD", pg.password().unwrap());
+    let mut receiver = WalsinkProcess::spawn_command(cmd);
+    assert!(
+        receiver.wait_for_stderr("starting log streaming", Duration::from_secs(30)),
+        "pg_receivewal did not start: {}",
+        receiver.stderr_text()
+    );
+    pg.generate_wal(5 << 20);
+    pg.switch_wal();
+    assert!(
+        wait_for(
+            || archive::completed_segments(dir.path()).len() >= 3,
+            Duration::from_secs(30)
+        ),
+        "pg_receivewal archived only {:?}\n{}",
+        archive::list(dir.path()),
+        receiver.stderr_text()
+    );
+    receiver.interrupt_and_wait(Duration::from_secs(30));
+    let compared = archive::assert_completed_identical(dir.path(), &pg.pg_wal_dir());
+    assert!(compared >= 3, "only {compared} segments");
+    for name in archive::completed_segments(dir.path()) {
+        archive::assert_mode(&dir.path().join(name), 0o600);
+    }
+    assert!(archive::partial_segments(dir.path()).len() <= 1);
+
+    // Wrong password fails.
+    let mut cmd = std::process::Command::new(crate::harness::pg::pg_receivewal());
+    cmd.arg("-D")
+        .arg(dir.path())
+        .args(["-d", &pg.conninfo(), "-n", "-w"])
+        .env("PGPASSWORD", "wrong");
+    let out = Walsink::run_command(cmd, Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+}
+
+#[test]
+fn standby_streams_and_promotes_to_a_new_timeline() {
+    let primary = PgCluster::builder().start();
+    let standby = primary.make_standby();
+    assert_ne!(standby.port(), primary.port());
+    assert!(standby.is_in_recovery());
+    assert_eq!(standby.system_identifier(), primary.system_identifier());
+
+    primary.execute("CREATE TABLE t AS SELECT 1 AS id");
+    let target = parse_lsn(&primary.switch_wal());
+    assert!(
+        wait_for(
+            || parse_lsn(&standby.current_lsn()) >= target,
+            Duration::from_secs(30)
+        ),
+        "standby did not receive up to {target:X}"
+    );
+    assert!(wait_for(
+        || standby.try_sql("SELECT id FROM t").is_ok(),
+        Duration::from_secs(30)
+    ));
+
+    primary.stop(StopMode::Fast);
+    standby.promote();
+    assert!(!standby.is_in_recovery());
+    assert_eq!(standby.timeline(), 2);
+    assert!(archive::list(&standby.pg_wal_dir()).contains(&"00000002.history".to_owned()));
+    standby.execute("INSERT INTO t VALUES (2)");
+}
+
+#[test]
+fn walsink_binary_is_runnable_and_processes_are_reaped() {
+    // The binary exists and exits by itself (whatever the CLI says about --help today).
+    let out = Walsink::run(["--help"], Duration::from_secs(30));
+    assert!(
+        out.status.code().is_some(),
+        "walsink --help died from a signal: {:?}",
+        out.status
+    );
+
+    // A process handle: output is readable while running, signals work, wait_timeout reports the status.
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "echo started >&2; trap 'echo got-int >&2; exit 3' INT; while :; do sleep 0.05; done",
+    ]);
+    let mut process = WalsinkProcess::spawn_command(cmd);
+    assert!(process.wait_for_stderr("started", Duration::from_secs(10)));
+    assert!(process.is_running());
+    process.interrupt();
+    let status = process.wait_timeout(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3));
+    assert!(process.stderr_text().contains("got-int"));
+}
