@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build and test walsink. Idempotent: run it as often as you
+# like; it only acts on what is missing.
+#   - a C toolchain (cc, the linker Rust uses) if missing: build-essential
+#   - PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_receivewal, pg_basebackup, pg_waldump,
+#     pgbench) if no /usr/lib/postgresql/*/bin/initdb exists: postgresql, postgresql-contrib
+#   - the rustfmt and clippy components of the active Rust toolchain
+# cargo-nextest is optional: scripts/test.sh falls back to `cargo test` without it.
+# Uses sudo for apt-get when not root (and sudo exists).
+set -euo pipefail
+
+say() { printf 'install-deps: %s\n' "$*"; }
+die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    fi
+fi
+
+apt_updated=no
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 \
+        || die "apt-get not found; install these packages by hand: $*"
+    if [ "$(id -u)" -ne 0 ] && [ ${#SUDO[@]} -eq 0 ]; then
+        die "need root or sudo to install: $*"
+    fi
+    if [ "$apt_updated" = no ]; then
+        say "apt-get update"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=yes
+    fi
+    say "apt-get install $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# 1. C toolchain: rustc links through cc.
+if ! command -v cc >/dev/null 2>&1; then
+    apt_install build-essential
+fi
+
+# 2. PostgreSQL server binaries.
+if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    say "PostgreSQL found: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+else
+    apt_install postgresql postgresql-contrib
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+        || die "installed postgresql but found no /usr/lib/postgresql/*/bin/initdb"
+    say "PostgreSQL installed: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+fi
+
+# 3. Rust toolchain components.
+command -v cargo >/dev/null 2>&1 \
+    || die "cargo not found: install Rust (rustup, https://rustup.rs) and put ~/.cargo/bin on PATH"
+for component in rustfmt clippy; do
+    if [ "$component" = rustfmt ]; then probe=(cargo fmt --version); else probe=(cargo clippy --version); fi
+    if "${probe[@]}" >/dev/null 2>&1; then
+        continue
+    fi
+    command -v rustup >/dev/null 2>&1 || die "$component is missing and rustup is not available to add it"
+    say "rustup component add $component"
+    rustup component add "$component"
+done
+
+# 4. cargo-nextest (optional; not installed here because `cargo install` takes minutes).
+if cargo nextest --version >/dev/null 2>&1; then
+    say "cargo-nextest found: $(cargo nextest --version 2>/dev/null | head -n 1)"
+else
+    say "note: cargo-nextest not found; scripts/test.sh will use 'cargo test'" \
+        "(optional: cargo install cargo-nextest --locked)"
+fi
+say "ok"
