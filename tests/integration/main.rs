@@ -11,3 +11,13 @@ mod harness;
 mod harness_selftest;
 
 // Scenario modules (added by their owners):
+// pg_receivewal's own TAP scenarios (020_pg_receivewal.pl), run with walsink.
+mod tap;
+// Archive integrity: byte-identical segments, pg_receivewal interchange, crashes, signals, partial recovery, locking.
+mod integrity;
+// Timeline switches and promotions walsink streams through.
+mod timeline;
+// Connection options, authentication, and every error path's exit code and message.
+mod errors;
+// Feedback: honest flush positions, synchronous standby.
+mod feedback;
