@@ -42,12 +42,12 @@ fi
 
 # 2. PostgreSQL server binaries.
 if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-    say "PostgreSQL found: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    say "PostgreSQL found: $(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -V | tail -n 1)"
 else
     apt_install postgresql postgresql-contrib
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
         || die "installed postgresql but found no /usr/lib/postgresql/*/bin/initdb"
-    say "PostgreSQL installed: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    say "PostgreSQL installed: $(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -V | tail -n 1)"
 fi
 
 # 3. Rust toolchain components.

@@ -86,10 +86,11 @@ step "starting a throwaway PostgreSQL primary"
 if [ -n "${WALSINK_PG_BINDIR:-}" ]; then
     BINDIR=$WALSINK_PG_BINDIR
 else
-    BINDIR=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    BINDIR=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1 || true)
 fi
-[ -n "$BINDIR" ] && [ -x "$BINDIR/initdb" ] \
-    || die "no PostgreSQL binaries found (looked in ${BINDIR:-/usr/lib/postgresql/*/bin}); set WALSINK_PG_BINDIR"
+if [ -z "$BINDIR" ] || [ ! -x "$BINDIR/initdb" ]; then
+    die "no PostgreSQL binaries found (looked in ${BINDIR:-/usr/lib/postgresql/*/bin}); set WALSINK_PG_BINDIR"
+fi
 for tool in initdb pg_ctl psql pgbench; do
     [ -x "$BINDIR/$tool" ] || die "$BINDIR/$tool is missing"
 done
@@ -146,7 +147,7 @@ info "system identifier $(q 'SELECT system_identifier FROM pg_control_system()')
 step "preparing the archive directory $ARCHIVE"
 if [ -d "$ARCHIVE" ] && [ -n "$(ls -A "$ARCHIVE")" ]; then
     # Only a previous demo's archive may be cleared: WAL files and walsink's own files, nothing else.
-    unexpected=$(ls -A "$ARCHIVE" | grep -Ev \
+    unexpected=$(find "$ARCHIVE" -mindepth 1 -maxdepth 1 -printf '%f\n' | grep -Ev \
         '^([0-9A-F]{24}(\.partial)?|[0-9A-F]{8}\.history)(\.tmp)?$|^walsink\.(lock|meta)(\.tmp)?$' || true)
     if [ -n "$unexpected" ]; then
         die "$ARCHIVE is not empty and holds files that are not a walsink archive's ($(echo "$unexpected" | head -n 3 | tr '\n' ' ')); use an empty directory: scripts/quickstart.sh DIR"
@@ -154,7 +155,9 @@ if [ -d "$ARCHIVE" ] && [ -n "$(ls -A "$ARCHIVE")" ]; then
     info "removing the previous demo's archive (it belongs to an earlier throwaway primary)"
     find "$ARCHIVE" -mindepth 1 -maxdepth 1 -type f -delete
 fi
-mkdir -p -m 700 "$ARCHIVE"
+if [ ! -d "$ARCHIVE" ]; then
+    mkdir -m 700 "$ARCHIVE" || die "cannot create $ARCHIVE"
+fi
 info "archive: $(cd "$ARCHIVE" && pwd) (mode $(stat -c %a "$ARCHIVE"))"
 
 # ---------------------------------------------------------------------------------------------------------
