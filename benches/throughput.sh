@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# WAL receive throughput: walsink against pg_receivewal, side by side in one run.
+#
+# Starts a throwaway primary (16 MiB segments, loopback TCP, trust auth), pre-generates a
+# fixed amount of WAL retained by a guard slot, then streams the same range (same start,
+# same end LSN) with each receiver in turn, alternating, each run from a fresh copy of the
+# guard slot into an empty directory. For every run it records wall time, CPU seconds
+# (user+sys) and peak RSS of the receiver process (GNU time), checks every received segment
+# byte for byte against the primary's pg_wal, and prints medians and walsink/pg_receivewal
+# ratios per mode.
+#
+# usage: benches/throughput.sh            (4 GiB, 3 repetitions, modes "default synchronous")
+#   GIB=1 REPS=1 MODES="default synchronous no-sync" benches/throughput.sh
+# Needs: PostgreSQL server binaries (scripts/install-deps.sh), GNU time, cargo.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+GIB=${GIB:-4}
+REPS=${REPS:-3}
+MODES=${MODES:-"default synchronous"}
+PGBIN=${WALSINK_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+[ -x "$PGBIN/initdb" ] || { echo "no PostgreSQL binaries found; run scripts/install-deps.sh" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required: apt-get install time" >&2; exit 1; }
+
+echo "==> building walsink (release)"
+cargo build --release -q -p walsink
+WALSINK=$PWD/target/release/walsink
+
+ROOT=$(mktemp -d /tmp/walbench.XXXXXX)
+chmod 755 "$ROOT"
+RUNAS=()
+if [ "$(id -u)" = 0 ]; then
+    id walsink_pg >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin walsink_pg
+    RUNAS=(setpriv --reuid=walsink_pg --regid="$(id -g walsink_pg)" --init-groups)
+    install -d -o walsink_pg -m 700 "$ROOT/data" "$ROOT/sock"
+else
+    install -d -m 700 "$ROOT/data" "$ROOT/sock"
+fi
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cleanup() {
+    "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$ROOT/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$ROOT"
+}
+trap cleanup EXIT
+
+echo "==> starting primary on 127.0.0.1:$PORT ($ROOT)"
+"${RUNAS[@]}" "$PGBIN/initdb" -D "$ROOT/data" -U postgres -A trust -N --no-locale -E UTF8 >"$ROOT/initdb.log" 2>&1
+"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/sock/server.log" -w -o "-c listen_addresses=127.0.0.1 -c port=$PORT \
+    -c unix_socket_directories=$ROOT/sock -c shared_buffers=1GB -c wal_buffers=64MB -c max_wal_size=64GB \
+    -c max_wal_senders=10 -c max_replication_slots=20 -c autovacuum=off" start >/dev/null
+psql_() { "$PGBIN/psql" -X -q -At -h "$ROOT/sock" -p "$PORT" -U postgres -d postgres "$@"; }
+
+echo "==> generating $GIB GiB of WAL"
+psql_ -c "SELECT pg_create_physical_replication_slot('guard', true)" >/dev/null
+psql_ -c "SELECT pg_switch_wal()" >/dev/null
+START=$(psql_ -c "SELECT pg_current_wal_lsn()")
+# 1 MiB messages: half random bytes, half a repeated 8 kB pattern (as machine-figures.md).
+psql_ <<'SQL'
+CREATE TABLE payload AS
+  SELECT (SELECT decode(string_agg(lpad(to_hex((random()*255)::int), 2, '0'), ''), 'hex')
+            FROM generate_series(1, 524288))
+      || (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) ||
+         (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) AS b;
+SQL
+MSGS=$(python3 -c "print(int(float('$GIB') * 1024))")
+BATCH=64
+for ((i = 0; i < MSGS; i += BATCH)); do
+    psql_ -c "SELECT count(pg_logical_emit_message(false, 'bench', b)) FROM payload, generate_series(1, LEAST($BATCH, $MSGS - $i))" >/dev/null
+done
+psql_ -c "SELECT pg_switch_wal()" >/dev/null
+END=$(psql_ -c "SELECT pg_current_wal_lsn()")
+psql_ -c "CREATE TABLE after_end(x int); INSERT INTO after_end VALUES (1)" >/dev/null
+BYTES=$(psql_ -c "SELECT pg_wal_lsn_diff('$END', '$START')::bigint")
+SEGS=$(psql_ -c "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND name >= pg_walfile_name('$START') AND name < pg_walfile_name('$END')")
+echo "    WAL $START .. $END: $BYTES bytes, $SEGS segments"
+
+results="$ROOT/results.tsv"
+: >"$results"
+run=0
+for rep in $(seq 1 "$REPS"); do
+    for mode in $MODES; do
+        for tool in walsink pg_receivewal; do
+            run=$((run + 1))
+            slot="run_$run"
+            dir="$ROOT/recv_$run"
+            install -d -m 700 "$dir"
+            psql_ -c "SELECT pg_copy_physical_replication_slot('guard', '$slot')" >/dev/null
+            flags=()
+            case $mode in
+                default) ;;
+                synchronous) flags=(--synchronous) ;;
+                no-sync) flags=(--no-sync) ;;
+            esac
+            if [ "$tool" = walsink ]; then
+                cmd=("$WALSINK" receive)
+            else
+                cmd=("$PGBIN/pg_receivewal")
+            fi
+            sync
+            /usr/bin/time -f "%e %U %S %M" -o "$ROOT/time_$run" \
+                "${cmd[@]}" -D "$dir" -d "host=127.0.0.1 port=$PORT user=postgres application_name=bench_$tool" \
+                -S "$slot" -E "$END" --no-loop "${flags[@]}" >"$ROOT/out_$run" 2>&1 || {
+                echo "run $run ($tool $mode) failed:" >&2
+                cat "$ROOT/out_$run" >&2
+                exit 1
+            }
+            read -r wall user sys rss <"$ROOT/time_$run"
+            # Every segment in the range must be there and identical to the primary's.
+            got=0
+            for f in "$dir"/*; do
+                b=$(basename "$f")
+                [[ $b =~ ^[0-9A-F]{24}$ ]] || continue
+                cmp -s "$f" "$ROOT/data/pg_wal/$b" || { echo "run $run: $b differs from pg_wal" >&2; exit 1; }
+                got=$((got + 1))
+            done
+            [ "$got" -ge "$SEGS" ] || { echo "run $run ($tool $mode): $got completed segments, expected $SEGS" >&2; exit 1; }
+            psql_ -c "SELECT pg_drop_replication_slot('$slot')" >/dev/null
+            rm -rf "$dir"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$tool" "$wall" "$user" "$sys" "$rss" >>"$results"
+            printf '    rep %d %-12s %-14s %6.2f s  %6.1f MiB/s  cpu %5.2f s  rss %5.1f MiB\n' "$rep" "$mode" "$tool" \
+                "$wall" "$(python3 -c "print($BYTES/1048576/$wall)")" "$(python3 -c "print($user+$sys)")" \
+                "$(python3 -c "print($rss/1024)")"
+        done
+    done
+done
+
+python3 - "$results" "$BYTES" <<'PY'
+import sys, statistics
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+nbytes = int(sys.argv[2]); gib = nbytes / 2**30; mib = nbytes / 2**20
+stats = {}
+for mode, tool, wall, user, sys_, rss in rows:
+    s = stats.setdefault((mode, tool), {"mibs": [], "cpu": [], "rss": []})
+    s["mibs"].append(mib / float(wall))
+    s["cpu"].append((float(user) + float(sys_)) / gib)
+    s["rss"].append(int(rss) / 1024)
+med = lambda v: statistics.median(v)
+print(f"\nWAL streamed per run: {gib:.2f} GiB; medians of {len(stats[next(iter(stats))]['mibs'])} runs [min-max]\n")
+print(f"| mode | receiver | MiB/s | CPU-s/GiB | peak RSS MiB |")
+print(f"|---|---|---|---|---|")
+for (mode, tool), s in stats.items():
+    print(f"| {mode} | {tool} | {med(s['mibs']):.0f} [{min(s['mibs']):.0f}-{max(s['mibs']):.0f}] "
+          f"| {med(s['cpu']):.2f} [{min(s['cpu']):.2f}-{max(s['cpu']):.2f}] | {med(s['rss']):.1f} |")
+print()
+for mode in dict.fromkeys(m for m, _ in stats):
+    w, p = stats.get((mode, "walsink")), stats.get((mode, "pg_receivewal"))
+    if w and p:
+        print(f"{mode}: walsink/pg_receivewal throughput {med(w['mibs'])/med(p['mibs']):.2f}x, "
+              f"CPU per GiB {med(w['cpu'])/med(p['cpu']):.2f}x, peak RSS {med(w['rss']):.1f} vs {med(p['rss']):.1f} MiB")
+PY
