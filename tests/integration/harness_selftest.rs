@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use crate::harness::pg::pg_receivewal;
 use crate::harness::{
-    HostAuth, PgCluster, StopMode, Walsink, WalsinkProcess, archive, parse_lsn, wait_for,
+    HostAuth, PgCluster, StopMode, Walsink, WalsinkProcess, archive, clean_command, parse_lsn,
+    wait_for,
 };
 
 #[test]
@@ -75,7 +77,7 @@ fn password_auth_over_tcp_and_pg_receivewal_runs() {
 
     // pg_receivewal as the reference client over TCP with the password; its archive must match pg_wal.
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(crate::harness::pg::pg_receivewal());
+    let mut cmd = clean_command(pg_receivewal());
     cmd.arg("-D")
         .arg(dir.path())
         .args(["-d", &pg.conninfo(), "-n", "--no-sync", "-v"])
@@ -106,7 +108,7 @@ fn password_auth_over_tcp_and_pg_receivewal_runs() {
     assert!(archive::partial_segments(dir.path()).len() <= 1);
 
     // Wrong password fails.
-    let mut cmd = std::process::Command::new(crate::harness::pg::pg_receivewal());
+    let mut cmd = clean_command(pg_receivewal());
     cmd.arg("-D")
         .arg(dir.path())
         .args(["-d", &pg.conninfo(), "-n", "-w"])
@@ -169,4 +171,88 @@ fn walsink_binary_is_runnable_and_processes_are_reaped() {
     let status = process.wait_timeout(Duration::from_secs(10));
     assert_eq!(status.code(), Some(3));
     assert!(process.stderr_text().contains("got-int"));
+}
+
+#[test]
+fn dropping_a_cluster_stops_it_and_removes_its_files_even_on_panic() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outcome = std::thread::spawn(move || {
+        let pg = PgCluster::start_default();
+        // SQL also works from inside an async context (the harness then queries from a helper thread).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(
+            runtime
+                .block_on(async { pg.sql_one("SELECT 42") })
+                .as_deref(),
+            Some("42")
+        );
+        let pid_file = std::fs::read_to_string(pg.data_dir().join("postmaster.pid")).unwrap();
+        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        tx.send((pg.data_dir().parent().unwrap().to_path_buf(), postmaster))
+            .unwrap();
+        panic!("deliberate panic: the harness must clean up while unwinding");
+    })
+    .join();
+    assert!(outcome.is_err());
+    let (root, postmaster) = rx.recv().unwrap();
+    assert!(!root.exists(), "{} still exists", root.display());
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{postmaster}/stat"))
+            .map(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    assert!(
+        wait_for(gone, Duration::from_secs(10)),
+        "postmaster {postmaster} still running"
+    );
+}
+
+#[test]
+fn every_host_auth_method_accepts_its_password_over_tcp() {
+    for auth in [
+        HostAuth::Trust,
+        HostAuth::Password("pw1".to_owned()),
+        HostAuth::Md5("pw2".to_owned()),
+        HostAuth::ScramSha256("pw3".to_owned()),
+    ] {
+        let pg = PgCluster::builder()
+            .host_auth(auth.clone())
+            .allow_replication(false)
+            .start();
+        assert_eq!(pg.sql_one("SHOW wal_level").as_deref(), Some("minimal"));
+        let hba = std::fs::read_to_string(pg.data_dir().join("pg_hba.conf")).unwrap();
+        assert!(
+            hba.contains(&format!("127.0.0.1/32  {}", auth.method())),
+            "{hba}"
+        );
+        if let HostAuth::Md5(_) = auth {
+            let stored = pg.sql_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'");
+            assert!(stored.unwrap().starts_with("md5"));
+        }
+        let psql = |password: &str| {
+            let mut cmd = clean_command(pg.bin("psql"));
+            cmd.args(["-X", "-w", "-At", "-d", &pg.conninfo(), "-c", "SELECT 'in'"]);
+            cmd.env("PGPASSWORD", password);
+            Walsink::run_command(cmd, Duration::from_secs(30))
+        };
+        let ok = psql(auth.password().unwrap_or(""));
+        assert!(
+            ok.status.success(),
+            "{auth:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "in");
+        if auth != HostAuth::Trust {
+            assert!(
+                !psql("wrong").status.success(),
+                "{auth:?} accepted a wrong password"
+            );
+        }
+    }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // re-exports for scenario modules
 pub use pg::{HostAuth, PgCluster, PgClusterBuilder, StopMode};
-pub use walsink::{Walsink, WalsinkProcess};
+pub use walsink::{Walsink, WalsinkProcess, clean_command};
 
 /// Polls `cond` every 50 ms until it returns true or `timeout` passes. Returns whether it became true;
 /// use it as `assert!(wait_for(|| ..., Duration::from_secs(30)), "what we waited for")`.

@@ -20,6 +20,16 @@ use tempfile::TempDir;
 use super::pg::clean_env;
 use super::{tail, temp_base, wait_for};
 
+/// Any program (pg_receivewal, psql, pg_waldump, ...) with the same clean environment as [`Walsink::cmd`]:
+/// no `PG*` variables, stdin closed. Start it with [`WalsinkProcess::spawn_command`] or
+/// [`Walsink::run_command`] to get the same output capture and timeouts.
+pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    clean_env(&mut cmd);
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
 /// Entry points for running the walsink binary.
 pub struct Walsink;
 
@@ -35,9 +45,8 @@ impl Walsink {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(Self::bin());
-        clean_env(&mut cmd);
-        cmd.args(args).stdin(Stdio::null());
+        let mut cmd = clean_command(Self::bin());
+        cmd.args(args);
         cmd
     }
 
