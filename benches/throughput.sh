@@ -92,7 +92,9 @@ for rep in $(seq 1 "$REPS"); do
                 no-sync) flags=(--no-sync) ;;
             esac
             if [ "$tool" = walsink ]; then
-                cmd=("$WALSINK" receive)
+                # WALSINK_WRAP, e.g. "perf record -g -o /tmp/walsink.perf", profiles walsink's runs.
+                read -r -a wrap <<<"${WALSINK_WRAP:-}"
+                cmd=("${wrap[@]}" "$WALSINK" receive)
             else
                 cmd=("$PGBIN/pg_receivewal")
             fi

@@ -82,6 +82,27 @@ pub(crate) fn fill_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result
     Ok(())
 }
 
+/// Allocates `[from, to)` with `fallocate` (unwritten extents that read as zeros; no
+/// data is copied), extending the file to `to`. Falls back to [`fill_zeros`] where the
+/// filesystem does not support it.
+pub(crate) fn preallocate(
+    file: &File,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<(), ArchiveError> {
+    if from >= to {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, to - from) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            fill_zeros(file, path, from, to)
+        }
+        Err(e) => Err(ArchiveError::io(path, "allocate space for", e.into())),
+    }
+}
+
 /// `pwrite` all of `buf` at `offset`.
 pub(crate) fn write_at(
     file: &File,

@@ -338,7 +338,7 @@ impl SegmentWriter {
         };
         if created {
             debug!("creating \"{}\"", partial.display());
-            fsops::fill_zeros(&file, &partial, 0, size)?;
+            fsops::preallocate(&file, &partial, 0, size)?;
         } else {
             let len = fsops::file_len(&file, &partial)?;
             if len == 0 {
