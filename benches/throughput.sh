@@ -18,8 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 GIB=${GIB:-4}
 REPS=${REPS:-3}
 MODES=${MODES:-"default synchronous"}
-PGBIN=${WALSINK_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
-[ -x "$PGBIN/initdb" ] || { echo "no PostgreSQL binaries found; run scripts/install-deps.sh" >&2; exit 1; }
+source benches/lib.sh
 [ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required: apt-get install time" >&2; exit 1; }
 
 echo "==> building walsink (release)"
@@ -28,27 +27,17 @@ WALSINK=$PWD/target/release/walsink
 
 ROOT=$(mktemp -d /tmp/walbench.XXXXXX)
 chmod 755 "$ROOT"
-RUNAS=()
-if [ "$(id -u)" = 0 ]; then
-    id walsink_pg >/dev/null 2>&1 || useradd -r -M -s /usr/sbin/nologin walsink_pg
-    RUNAS=(setpriv --reuid=walsink_pg --regid="$(id -g walsink_pg)" --init-groups)
-    install -d -o walsink_pg -m 700 "$ROOT/data" "$ROOT/sock"
-else
-    install -d -m 700 "$ROOT/data" "$ROOT/sock"
-fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 cleanup() {
-    "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$ROOT/data" -m immediate stop >/dev/null 2>&1 || true
+    stop_cluster "$ROOT" immediate
     rm -rf "$ROOT"
 }
 trap cleanup EXIT
 
 echo "==> starting primary on 127.0.0.1:$PORT ($ROOT)"
-"${RUNAS[@]}" "$PGBIN/initdb" -D "$ROOT/data" -U postgres -A trust -N --no-locale -E UTF8 >"$ROOT/initdb.log" 2>&1
-"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/sock/server.log" -w -o "-c listen_addresses=127.0.0.1 -c port=$PORT \
-    -c unix_socket_directories=$ROOT/sock -c shared_buffers=1GB -c wal_buffers=64MB -c max_wal_size=64GB \
-    -c max_wal_senders=10 -c max_replication_slots=20 -c autovacuum=off" start >/dev/null
-psql_() { "$PGBIN/psql" -X -q -At -h "$ROOT/sock" -p "$PORT" -U postgres -d postgres "$@"; }
+start_cluster "$ROOT" "$PORT" -c fsync=on -c shared_buffers=1GB -c wal_buffers=64MB -c max_wal_size=64GB \
+    -c max_wal_senders=10 -c max_replication_slots=20 -c autovacuum=off
+psql_() { psql_at "$ROOT/sock" "$PORT" "$@"; }
 
 echo "==> generating $GIB GiB of WAL"
 psql_ -c "SELECT pg_create_physical_replication_slot('guard', true)" >/dev/null

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# What a synchronous standby costs the primary: pgbench TPS and latency on a primary whose
+# synchronous_standby_names names (a) nobody, (b) pg_receivewal --synchronous, (c) walsink
+# --synchronous, (d) a real streaming standby. The cases alternate within each repetition.
+#
+# usage: benches/syncrep.sh                 (30 s per case, 3 repetitions, scale 10, 8 clients)
+#   DURATION=10 REPS=1 benches/syncrep.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DURATION=${DURATION:-30}
+REPS=${REPS:-3}
+SCALE=${SCALE:-10}
+CLIENTS=${CLIENTS:-8}
+CASES=${CASES:-"none pg_receivewal walsink standby"}
+source benches/lib.sh
+
+echo "==> building walsink (release)"
+cargo build --release -q -p walsink
+WALSINK=$PWD/target/release/walsink
+
+ROOT=$(mktemp -d /tmp/walsyncrep.XXXXXX)
+chmod 755 "$ROOT"
+PORT=$(free_port)
+SPORT=$(free_port)
+RECEIVER_PID=
+cleanup() {
+    [ -n "$RECEIVER_PID" ] && kill -9 "$RECEIVER_PID" 2>/dev/null || true
+    stop_cluster "$ROOT/standby" immediate
+    stop_cluster "$ROOT/primary" immediate
+    rm -rf "$ROOT"
+}
+trap cleanup EXIT
+psql_() { psql_at "$ROOT/primary/sock" "$PORT" "$@"; }
+
+echo "==> primary on 127.0.0.1:$PORT, fsync on, synchronous_commit on"
+start_cluster "$ROOT/primary" "$PORT" -c fsync=on -c synchronous_commit=on -c shared_buffers=256MB \
+    -c max_wal_size=4GB -c max_wal_senders=10 -c max_replication_slots=10
+"$PGBIN/pgbench" -q -i -s "$SCALE" -h "$ROOT/primary/sock" -p "$PORT" -U postgres postgres >/dev/null 2>&1
+psql_ -c "SELECT pg_create_physical_replication_slot('bench_pgrw', true)" >/dev/null
+psql_ -c "SELECT pg_create_physical_replication_slot('bench_walsink', true)" >/dev/null
+
+echo "==> real standby on 127.0.0.1:$SPORT (pg_basebackup -R)"
+server_dir "$ROOT/standby" "$ROOT/standby/sock"
+"${RUNAS[@]}" "$PGBIN/pg_basebackup" -D "$ROOT/standby/data" -R -X stream -h "$ROOT/primary/sock" -p "$PORT" -U postgres \
+    -d "application_name=bench_standby" >/dev/null
+echo "primary_conninfo = 'host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_standby'" |
+    "${RUNAS[@]}" tee -a "$ROOT/standby/data/postgresql.auto.conf" >/dev/null
+install -d -m 700 "$ROOT/arch_pgrw" "$ROOT/arch_walsink"
+
+set_sync_names() {
+    psql_ -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+}
+
+# Starts the receiver of a case and waits until the primary lists it as the sync standby.
+start_case() {
+    case $1 in
+        none) set_sync_names ''; return ;;
+        pg_receivewal)
+            "$PGBIN/pg_receivewal" -D "$ROOT/arch_pgrw" -S bench_pgrw --synchronous \
+                -d "host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_pgrw" 2>"$ROOT/pgrw.log" &
+            RECEIVER_PID=$!; set_sync_names bench_pgrw; name=bench_pgrw ;;
+        walsink)
+            "$WALSINK" receive -D "$ROOT/arch_walsink" -S bench_walsink --synchronous \
+                -d "host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_walsink" 2>"$ROOT/walsink.log" &
+            RECEIVER_PID=$!; set_sync_names bench_walsink; name=bench_walsink ;;
+        standby)
+            start_cluster "$ROOT/standby" "$SPORT" -c hot_standby=on
+            set_sync_names bench_standby; name=bench_standby ;;
+    esac
+    for _ in $(seq 1 200); do
+        [ "$(psql_ -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = '$name' AND sync_state = 'sync'")" = 1 ] && return
+        sleep 0.1
+    done
+    echo "case $1: $name never became the synchronous standby" >&2
+    exit 1
+}
+
+stop_case() {
+    case $1 in
+        none) ;;
+        standby) stop_cluster "$ROOT/standby" fast ;;
+        *) kill -INT "$RECEIVER_PID"; wait "$RECEIVER_PID" || { echo "case $1: receiver exited with $?" >&2; exit 1; }; RECEIVER_PID= ;;
+    esac
+    set_sync_names ''
+}
+
+results="$ROOT/results.tsv"
+: >"$results"
+for rep in $(seq 1 "$REPS"); do
+    for c in $CASES; do
+        start_case "$c"
+        out=$("$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" -M prepared -h "$ROOT/primary/sock" -p "$PORT" -U postgres postgres 2>&1)
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+        lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+        [ -n "$tps" ] || { echo "pgbench failed: $out" >&2; exit 1; }
+        stop_case "$c"
+        printf '%s\t%s\t%s\n' "$c" "$tps" "$lat" >>"$results"
+        printf '    rep %d %-14s %8.0f TPS  %6.2f ms\n' "$rep" "$c" "$tps" "$lat"
+    done
+done
+
+python3 - "$results" "$SCALE" "$CLIENTS" "$DURATION" <<'PY'
+import sys, statistics
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+by = {}
+for c, tps, lat in rows:
+    by.setdefault(c, ([], []))
+    by[c][0].append(float(tps)); by[c][1].append(float(lat))
+print(f"\npgbench tpcb-like, scale {sys.argv[2]}, {sys.argv[3]} clients, {sys.argv[4]} s per run; medians [min-max]\n")
+print("| synchronous standby | TPS | latency avg ms |")
+print("|---|---|---|")
+labels = {"none": "none", "pg_receivewal": "pg_receivewal --synchronous", "walsink": "walsink --synchronous", "standby": "streaming standby"}
+med = statistics.median
+for c, (t, l) in by.items():
+    print(f"| {labels.get(c, c)} | {med(t):.0f} [{min(t):.0f}-{max(t):.0f}] | {med(l):.2f} |")
+if "walsink" in by:
+    w = med(by["walsink"][0])
+    for other in ("pg_receivewal", "standby", "none"):
+        if other in by:
+            print(f"walsink / {labels[other]}: {w / med(by[other][0]):.2f}x TPS")
+PY
