@@ -449,7 +449,7 @@ fn restart_after_a_switch_resumes_on_timeline_2_without_rewriting() {
     generate_past(&p.standby, end);
     expect_exit_0(&mut ws);
     let stderr = ws.stderr_text();
-    assert!(!stderr.contains("timeline 1"), "{stderr}");
+    assert!(!stderr.contains("(timeline 1)"), "{stderr}");
     assert!(!stderr.contains("wrote timeline history"), "{stderr}");
 
     for (name, s) in &untouched {
