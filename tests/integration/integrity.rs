@@ -520,10 +520,18 @@ fn sigint_and_sigterm_mid_segment_exit_promptly_keep_the_partial_and_advance_the
     let first = create_slot(&pg);
 
     for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
-        let mut w = spawn_walsink(&pg, dir.path(), &[]);
+        // No timed flush: mid-segment, only the shutdown path flushes and reports, so the slot position
+        // afterwards is its doing. Status updates every second still tell the server what was received.
+        let mut w = spawn_walsink(&pg, dir.path(), &["--flush-interval", "3600s", "-s", "1"]);
         pg.generate_wal(seg.bytes());
         let target = mid_segment(&pg);
         wait_received(&pg, &mut w, target);
+        let slot_before = slot_restart_lsn(&pg).expect("slot has a restart_lsn");
+        assert!(
+            slot_before < target,
+            "{name}: the slot is already at {} before the signal; the scenario needs unflushed WAL",
+            format_lsn(slot_before)
+        );
 
         let sent = Instant::now();
         w.signal(signal);
