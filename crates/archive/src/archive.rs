@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::{debug, info, warn};
 use walsink_wal::{TimelineId, WalSegSize};
 
+use crate::fsops::{RealFs, SegmentFs};
 use crate::meta::Meta;
 use crate::writer::SegmentWriter;
-use crate::{ArchiveError, StartPoint, SyncMode, fsops, scan};
+use crate::{ArchiveError, StartPoint, SyncMode, WriterOptions, fsops, scan};
 
 /// Name of the lock file in the archive directory. It holds the pid of the walsink
 /// that has the directory open.
@@ -299,6 +300,25 @@ impl Archive {
     ///
     /// Once [`Archive::check_identity`] has pinned a segment size, `seg` must equal it.
     pub fn segment_writer(&self, seg: WalSegSize) -> Result<SegmentWriter, ArchiveError> {
+        self.segment_writer_with(seg, WriterOptions::default())
+    }
+
+    /// [`segment_writer`](Self::segment_writer) with non-default [`WriterOptions`].
+    pub fn segment_writer_with(
+        &self,
+        seg: WalSegSize,
+        opts: WriterOptions,
+    ) -> Result<SegmentWriter, ArchiveError> {
+        self.segment_writer_fs(seg, opts, Arc::new(RealFs))
+    }
+
+    /// A segment writer working through `fs`.
+    pub(crate) fn segment_writer_fs(
+        &self,
+        seg: WalSegSize,
+        opts: WriterOptions,
+        fs: Arc<dyn SegmentFs>,
+    ) -> Result<SegmentWriter, ArchiveError> {
         if let Some(pinned) = self.pinned_seg {
             self.check_seg(pinned, seg)?;
         }
@@ -322,6 +342,8 @@ impl Archive {
             seg,
             self.sync,
             Arc::clone(&self.shared),
+            opts,
+            fs,
         ))
     }
 }

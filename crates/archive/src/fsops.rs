@@ -3,15 +3,146 @@
 //! Every function does exactly one thing and turns an `io::Error` into an
 //! [`ArchiveError::Io`] naming the path and the operation. Whether to sync is decided
 //! by the callers (from [`SyncMode`](crate::SyncMode)); these functions always do
-//! what their name says. Keeping them here, and nothing else, leaves room to put a
-//! file-layer trait (and fault injection) behind them later.
+//! what their name says.
+//!
+//! The segment writer and the segment preparer reach them only through the
+//! [`SegmentFs`] trait ([`RealFs`] here; a recording implementation in the tests
+//! asserts the order of writes, syncs and renames against what the writer reports).
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
+use std::num::NonZeroU64;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::ArchiveError;
+
+/// Alignment (of memory, file offset and length) used for `O_DIRECT` writes. 4096
+/// covers every logical block size in use (512 and 4096).
+pub(crate) const DIRECT_ALIGN: usize = 4096;
+
+/// The file operations behind [`SegmentWriter`](crate::SegmentWriter) and the
+/// segment preparer. Each method does what the free function of the same name does.
+pub(crate) trait SegmentFs: Send + Sync + fmt::Debug {
+    /// [`open_existing`].
+    fn open_existing(&self, path: &Path) -> Result<File, ArchiveError>;
+    /// [`create_fresh_rw`]: a new empty file, with `O_DIRECT` if asked for and the
+    /// filesystem accepts it. Returns the file and whether it is `O_DIRECT`.
+    fn create_fresh(&self, path: &Path, direct: bool) -> Result<(File, bool), ArchiveError>;
+    /// [`clear_direct`].
+    fn clear_direct(&self, file: &File, path: &Path) -> Result<(), ArchiveError>;
+    /// [`file_len`].
+    fn file_len(&self, file: &File, path: &Path) -> Result<u64, ArchiveError>;
+    /// [`fallocate`]: `Ok(false)` where the filesystem does not support it.
+    fn fallocate(&self, file: &File, path: &Path, from: u64, to: u64)
+    -> Result<bool, ArchiveError>;
+    /// [`fill_zeros`] (buffered files only).
+    fn fill_zeros(&self, file: &File, path: &Path, from: u64, to: u64) -> Result<(), ArchiveError>;
+    /// [`set_len`].
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> Result<(), ArchiveError>;
+    /// [`write_at`].
+    fn write_at(
+        &self,
+        file: &File,
+        path: &Path,
+        buf: &[u8],
+        offset: u64,
+    ) -> Result<(), ArchiveError>;
+    /// [`datasync`].
+    fn datasync(&self, file: &File, path: &Path) -> Result<(), ArchiveError>;
+    /// [`fsync`].
+    fn fsync(&self, file: &File, path: &Path) -> Result<(), ArchiveError>;
+    /// [`fsync_dir`].
+    fn fsync_dir(&self, dir: &File, path: &Path) -> Result<(), ArchiveError>;
+    /// [`rename`].
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError>;
+    /// [`rename_noreplace`]: `Ok(false)`, and nothing renamed, if `to` exists.
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<bool, ArchiveError>;
+    /// [`remove`].
+    fn remove(&self, path: &Path) -> Result<(), ArchiveError>;
+    /// [`remove_if_exists`].
+    fn remove_if_exists(&self, path: &Path) -> Result<(), ArchiveError>;
+    /// [`exists`].
+    fn exists(&self, path: &Path) -> Result<bool, ArchiveError>;
+    /// [`files_identical`].
+    fn files_identical(&self, a: &Path, b: &Path) -> Result<bool, ArchiveError>;
+    /// [`drop_cache`].
+    fn drop_cache(&self, file: &File);
+}
+
+/// The real file system: the free functions of this module.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RealFs;
+
+impl SegmentFs for RealFs {
+    fn open_existing(&self, path: &Path) -> Result<File, ArchiveError> {
+        open_existing(path)
+    }
+    fn create_fresh(&self, path: &Path, direct: bool) -> Result<(File, bool), ArchiveError> {
+        create_fresh_rw(path, direct)
+    }
+    fn clear_direct(&self, file: &File, path: &Path) -> Result<(), ArchiveError> {
+        clear_direct(file, path)
+    }
+    fn file_len(&self, file: &File, path: &Path) -> Result<u64, ArchiveError> {
+        file_len(file, path)
+    }
+    fn fallocate(
+        &self,
+        file: &File,
+        path: &Path,
+        from: u64,
+        to: u64,
+    ) -> Result<bool, ArchiveError> {
+        fallocate(file, path, from, to)
+    }
+    fn fill_zeros(&self, file: &File, path: &Path, from: u64, to: u64) -> Result<(), ArchiveError> {
+        fill_zeros(file, path, from, to)
+    }
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> Result<(), ArchiveError> {
+        set_len(file, path, len)
+    }
+    fn write_at(
+        &self,
+        file: &File,
+        path: &Path,
+        buf: &[u8],
+        offset: u64,
+    ) -> Result<(), ArchiveError> {
+        write_at(file, path, buf, offset)
+    }
+    fn datasync(&self, file: &File, path: &Path) -> Result<(), ArchiveError> {
+        datasync(file, path)
+    }
+    fn fsync(&self, file: &File, path: &Path) -> Result<(), ArchiveError> {
+        fsync(file, path)
+    }
+    fn fsync_dir(&self, dir: &File, path: &Path) -> Result<(), ArchiveError> {
+        fsync_dir(dir, path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError> {
+        rename(from, to)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<bool, ArchiveError> {
+        rename_noreplace(from, to)
+    }
+    fn remove(&self, path: &Path) -> Result<(), ArchiveError> {
+        remove(path)
+    }
+    fn remove_if_exists(&self, path: &Path) -> Result<(), ArchiveError> {
+        remove_if_exists(path)
+    }
+    fn exists(&self, path: &Path) -> Result<bool, ArchiveError> {
+        exists(path)
+    }
+    fn files_identical(&self, a: &Path, b: &Path) -> Result<bool, ArchiveError> {
+        files_identical(a, b)
+    }
+    fn drop_cache(&self, file: &File) {
+        drop_cache(file)
+    }
+}
 
 /// Mode of every file walsink creates.
 pub(crate) const FILE_MODE: u32 = 0o600;
@@ -19,21 +150,6 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 /// Size of the zero blocks written to pre-fill a segment, and of the chunks used to
 /// compare files.
 pub(crate) const BLOCK: usize = 1 << 20;
-
-/// Opens `path` for reading and writing, creating it with mode 0600 if it does not
-/// exist. Never truncates. Returns the file and whether it was created.
-pub(crate) fn open_or_create(path: &Path) -> Result<(File, bool), ArchiveError> {
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true).mode(FILE_MODE);
-    match opts.clone().create_new(true).open(path) {
-        Ok(f) => Ok((f, true)),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => opts
-            .open(path)
-            .map(|f| (f, false))
-            .map_err(|e| ArchiveError::io(path, "open", e)),
-        Err(e) => Err(ArchiveError::io(path, "create", e)),
-    }
-}
 
 /// Opens an existing file for reading and writing.
 pub(crate) fn open_existing(path: &Path) -> Result<File, ArchiveError> {
@@ -83,23 +199,76 @@ pub(crate) fn fill_zeros(file: &File, path: &Path, from: u64, to: u64) -> Result
 }
 
 /// Allocates `[from, to)` with `fallocate` (unwritten extents that read as zeros; no
-/// data is copied), extending the file to `to`. Falls back to [`fill_zeros`] where the
-/// filesystem does not support it.
-pub(crate) fn preallocate(
+/// data is copied), extending the file to `to`. `Ok(false)` where the filesystem
+/// does not support it.
+pub(crate) fn fallocate(
     file: &File,
     path: &Path,
     from: u64,
     to: u64,
-) -> Result<(), ArchiveError> {
+) -> Result<bool, ArchiveError> {
     if from >= to {
-        return Ok(());
+        return Ok(true);
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, to - from) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-            fill_zeros(file, path, from, to)
-        }
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(false),
         Err(e) => Err(ArchiveError::io(path, "allocate space for", e.into())),
+    }
+}
+
+/// Creates `path` empty (read-write, mode 0600), first removing any leftover file of
+/// that name. With `direct`, opens it `O_DIRECT` if the filesystem allows (tmpfs on
+/// older kernels refuses with `EINVAL`). Returns the file and whether it is direct.
+pub(crate) fn create_fresh_rw(path: &Path, direct: bool) -> Result<(File, bool), ArchiveError> {
+    remove_if_exists(path)?;
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create_new(true).mode(FILE_MODE);
+    if direct {
+        match opts.clone().custom_flags(libc::O_DIRECT).open(path) {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // Nothing was created when the open was refused; in case a
+                // filesystem creates and then refuses, start over without it.
+                remove_if_exists(path)?;
+            }
+            Err(e) => return Err(ArchiveError::io(path, "create", e)),
+        }
+    }
+    opts.open(path)
+        .map(|f| (f, false))
+        .map_err(|e| ArchiveError::io(path, "create", e))
+}
+
+/// Turns `O_DIRECT` off on an open file (a filesystem that accepted the open but
+/// refuses aligned direct writes).
+pub(crate) fn clear_direct(file: &File, path: &Path) -> Result<(), ArchiveError> {
+    let flags = rustix::fs::fcntl_getfl(file)
+        .map_err(|e| ArchiveError::io(path, "get flags of", e.into()))?;
+    rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)
+        .map_err(|e| ArchiveError::io(path, "set flags of", e.into()))
+}
+
+/// Drops the (clean) cached pages of a file: `posix_fadvise(DONTNEED)`. A hint;
+/// errors are ignored.
+pub(crate) fn drop_cache(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None::<NonZeroU64>, rustix::fs::Advice::DontNeed);
+}
+
+/// `rename(from, to)` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; where the
+/// filesystem lacks it, a check then a plain rename). `Ok(false)` if `to` exists.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<bool, ArchiveError> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::EXIST => Ok(false),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            if exists(to)? {
+                return Ok(false);
+            }
+            rename(from, to).map(|()| true)
+        }
+        Err(e) => Err(ArchiveError::io(from, "rename", e.into())),
     }
 }
 

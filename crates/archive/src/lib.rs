@@ -5,8 +5,9 @@
 //! one database cluster (`walsink.meta`), the scan that finds where to resume
 //! streaming, timeline history files, and the segment files themselves, written as
 //! `NAME.partial` and renamed to `NAME` once complete. It must not touch the network,
-//! know about the replication protocol, spawn threads or use async I/O: callers hand
-//! it bytes at absolute LSNs and it tells them what is durable.
+//! know about the replication protocol or use async I/O: callers hand it bytes at
+//! absolute LSNs and it tells them what is durable. Its only thread is the helper
+//! that prepares the next segment file ahead of time (see below).
 //!
 //! The directory stays interchangeable with pg_receivewal's: the same file names, the
 //! same zero pre-filled `.partial` segments, the same resume rule
@@ -30,8 +31,18 @@
 //! # Durability
 //!
 //! With [`SyncMode::Sync`]:
-//! * new segment: create `NAME.partial` (0600), write zeros to the full size,
-//!   `fdatasync` it, `fsync` the directory;
+//! * new segment: a helper thread prepares the file ahead of time under the neutral
+//!   name `walsink.prepared.tmp` (0600): pre-filled to the full size ([`Prefill`]),
+//!   `fdatasync`ed. When the segment starts the writer renames it to `NAME.partial`;
+//!   the directory `fsync` that makes the rename durable is done with the next flush
+//!   (or the segment's completion), before any of its bytes is reported flushed. A
+//!   leftover `walsink.prepared.tmp` is never taken for WAL; it is replaced by the
+//!   next preparation and removed when the writer is dropped;
+//! * new segment files are written with `O_DIRECT` where the filesystem allows it
+//!   ([`WriterOptions::direct_io`]): whole 4 KiB blocks from an aligned buffer, the
+//!   partial last block padded with the zeros the file holds there anyway and written
+//!   again as more data arrives. `O_DIRECT` does not replace `fdatasync`: every rule
+//!   here holds unchanged;
 //! * reused `NAME.partial`: fix its size if needed (extend with zeros, never drop
 //!   bytes of the segment), `fdatasync` it, `fsync` the directory;
 //! * `flush`: `fdatasync` the open `.partial` if it has unsynced bytes;
@@ -50,13 +61,18 @@ mod archive;
 mod error;
 mod fsops;
 mod meta;
+mod prepare;
+#[cfg(test)]
+mod recording;
 mod scan;
+mod stage;
 #[cfg(test)]
 mod testutil;
 mod writer;
 
 pub use archive::{Archive, LOCK_FILE, META_FILE};
 pub use error::ArchiveError;
+pub use prepare::PREPARED_FILE;
 pub use writer::SegmentWriter;
 
 use walsink_wal::{Lsn, TimelineId};
@@ -80,4 +96,49 @@ pub struct StartPoint {
     pub lsn: Lsn,
     /// Whether the newest file is a `.partial` (re-streamed from its start).
     pub from_partial: bool,
+}
+
+/// How new segment files are pre-filled before WAL is written into them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefill {
+    /// Write zeros over the whole file (with direct I/O where possible, which costs
+    /// little CPU), as pg_receivewal does. Later `fdatasync`s of overwrites then
+    /// commit no allocation metadata.
+    Zeros,
+    /// `fallocate` the file (unwritten extents; nothing is written). Cheapest to
+    /// prepare, but the first write to each block converts its extent, so each
+    /// `fdatasync` also commits metadata. Falls back to [`Prefill::Zeros`] where the
+    /// filesystem does not support it.
+    Fallocate,
+}
+
+/// How a [`SegmentWriter`] prepares and writes segment files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// How new segment files are pre-filled.
+    pub prefill: Prefill,
+    /// Prepare the next new segment file on a helper thread, ahead of time; without
+    /// it the file is prepared when its segment starts.
+    pub prepare_ahead: bool,
+    /// Write new segment files with `O_DIRECT`, bypassing the page cache, where the
+    /// filesystem accepts it (others, like tmpfs on older kernels, get buffered
+    /// writes). Segment files that already existed are always written buffered.
+    pub direct_io: bool,
+    /// With direct I/O: how many bytes may stay in the writer's buffer when
+    /// [`SegmentWriter::write`] returns; they are written at the next flush, close or
+    /// segment completion, or when the buffer is full. 0 (the default): everything
+    /// reaches the file before `write` returns. Larger values make fewer, larger
+    /// writes.
+    pub write_behind: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            prefill: Prefill::Zeros,
+            prepare_ahead: true,
+            direct_io: true,
+            write_behind: 0,
+        }
+    }
 }

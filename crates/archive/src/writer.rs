@@ -12,7 +12,14 @@ use tracing::{debug, error, info, warn};
 use walsink_wal::{Lsn, SegmentName, TimelineId, WalSegSize};
 
 use crate::archive::Shared;
-use crate::{ArchiveError, SyncMode, fsops};
+use crate::fsops::SegmentFs;
+use crate::prepare::Preparer;
+use crate::stage::Stage;
+use crate::{ArchiveError, SyncMode, WriterOptions, fsops};
+
+/// Size of the direct-I/O staging buffer (at least; larger if
+/// [`WriterOptions::write_behind`] asks for more).
+const STAGE_BYTES: usize = 1 << 20;
 
 /// The segment file currently being written.
 #[derive(Debug)]
@@ -27,6 +34,8 @@ struct OpenSegment {
     complete: PathBuf,
     /// End of the bytes of this file made durable by the last `fdatasync`.
     synced_to: Lsn,
+    /// Written with `O_DIRECT` through the writer's [`Stage`].
+    direct: bool,
 }
 
 /// Writes WAL into segment files of one archive directory.
@@ -57,6 +66,18 @@ pub struct SegmentWriter {
     dir_path: PathBuf,
     /// The archive directory, open for `fsync`.
     dir: File,
+    /// The file operations.
+    fs: Arc<dyn SegmentFs>,
+    /// Options.
+    opts: WriterOptions,
+    /// Hands out new segment files.
+    preparer: Preparer,
+    /// Bytes of the open (direct I/O) segment not written to it yet; allocated with
+    /// the first direct segment.
+    stage: Option<Stage>,
+    /// A rename in the directory (a prepared file to `NAME.partial`) is not durable
+    /// yet: the next flush `fsync`s the directory.
+    dir_dirty: bool,
     /// The segment size.
     seg: WalSegSize,
     /// Whether to sync.
@@ -84,10 +105,26 @@ impl SegmentWriter {
         seg: WalSegSize,
         sync: SyncMode,
         shared: Arc<Shared>,
+        opts: WriterOptions,
+        fs: Arc<dyn SegmentFs>,
     ) -> SegmentWriter {
+        let preparer = Preparer::new(
+            Arc::clone(&fs),
+            &dir_path,
+            seg.bytes(),
+            opts.prefill,
+            opts.direct_io,
+            sync,
+            opts.prepare_ahead,
+        );
         SegmentWriter {
             dir_path,
             dir,
+            fs,
+            opts,
+            preparer,
+            stage: None,
+            dir_dirty: false,
             seg,
             sync,
             open: None,
@@ -170,13 +207,50 @@ impl SegmentWriter {
             let off = self.seg.offset(pos);
             let room = self.seg.bytes() - off;
             let n = rest.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-            fsops::write_at(&open.file, &open.partial, &rest[..n], off)?;
+            if open.direct {
+                let mut chunk = &rest[..n];
+                while !chunk.is_empty() {
+                    let stage = self.stage.as_mut().expect("direct segments have a stage");
+                    let k = stage.push(chunk);
+                    chunk = &chunk[k..];
+                    self.written = Lsn(self.written.0 + k as u64);
+                    if stage.is_full() {
+                        self.write_out()?;
+                    }
+                }
+                let stage = self.stage.as_ref().expect("direct segments have a stage");
+                if stage.is_dirty() && stage.staged() > self.opts.write_behind {
+                    self.write_out()?;
+                }
+            } else {
+                self.fs
+                    .write_at(&open.file, &open.partial, &rest[..n], off)?;
+                self.written = Lsn(pos.0 + n as u64);
+            }
             rest = &rest[n..];
-            self.written = Lsn(pos.0 + n as u64);
             if self.seg.offset(self.written) == 0 {
                 self.complete_segment()?;
             }
         }
+        Ok(())
+    }
+
+    /// Writes what the stage holds of the open direct segment to its file.
+    fn write_out(&mut self) -> Result<(), ArchiveError> {
+        let (Some(open), Some(stage)) = (&self.open, &mut self.stage) else {
+            return Ok(());
+        };
+        if !open.direct || !stage.is_dirty() {
+            return Ok(());
+        }
+        // The stage ends where the data does (at the segment end when it is full).
+        debug_assert_eq!(
+            stage.end() % self.seg.bytes(),
+            self.seg.offset(self.written)
+        );
+        let (blocks, at) = stage.blocks();
+        self.fs.write_at(&open.file, &open.partial, blocks, at)?;
+        stage.written_out();
         Ok(())
     }
 
@@ -185,6 +259,7 @@ impl SegmentWriter {
     /// [`SyncMode::NoSync`] no system call is made.
     pub fn flush(&mut self) -> Result<Lsn, ArchiveError> {
         self.check_usable()?;
+        self.write_out()?;
         self.sync_open()?;
         self.flushed = self.written;
         Ok(self.flushed)
@@ -238,6 +313,7 @@ impl SegmentWriter {
             "not renaming \"{}\", segment is not complete",
             open.name.partial_file_name(self.seg)
         );
+        self.write_out()?;
         self.sync_open()?;
         self.open = None;
         self.flushed = self.written;
@@ -290,23 +366,26 @@ impl SegmentWriter {
         r
     }
 
-    /// `fdatasync` of the open segment if it has unsynced bytes (Sync mode only).
+    /// `fdatasync` of the open segment if it has unsynced bytes, then `fsync` of the
+    /// directory if a rename in it is not durable yet (Sync mode only). Staged bytes
+    /// must have been written out.
     fn sync_open(&mut self) -> Result<(), ArchiveError> {
         if self.sync == SyncMode::NoSync {
             return Ok(());
         }
         let written = self.written;
-        let Some(open) = &self.open else {
-            return Ok(());
-        };
-        if open.synced_to >= written {
-            return Ok(());
+        if let Some(open) = &self.open
+            && open.synced_to < written
+        {
+            let r = self.fs.datasync(&open.file, &open.partial);
+            let partial = open.partial.clone();
+            self.fatal(&partial, r)?;
+            if let Some(open) = &mut self.open {
+                open.synced_to = written;
+            }
         }
-        let r = fsops::datasync(&open.file, &open.partial);
-        let partial = open.partial.clone();
-        self.fatal(&partial, r)?;
-        if let Some(open) = &mut self.open {
-            open.synced_to = written;
+        if self.dir_dirty {
+            self.sync_dir()?;
         }
         Ok(())
     }
@@ -316,9 +395,11 @@ impl SegmentWriter {
         if self.sync == SyncMode::NoSync {
             return Ok(());
         }
-        let r = fsops::fsync_dir(&self.dir, &self.dir_path);
+        let r = self.fs.fsync_dir(&self.dir, &self.dir_path);
         let dir = self.dir_path.clone();
-        self.fatal(&dir, r)
+        self.fatal(&dir, r)?;
+        self.dir_dirty = false;
+        Ok(())
     }
 
     /// Opens the segment of timeline `tli` that contains `pos` for writing. `pos` is
@@ -329,49 +410,48 @@ impl SegmentWriter {
         let name = SegmentName::containing(tli, pos, seg);
         let partial = self.dir_path.join(name.partial_file_name(seg));
         let complete = self.dir_path.join(name.file_name(seg));
-        let size = seg.bytes();
 
-        let (file, created) = if seg.offset(pos) == 0 {
-            fsops::open_or_create(&partial)?
-        } else {
-            (fsops::open_existing(&partial)?, false)
-        };
-        if created {
-            debug!("creating \"{}\"", partial.display());
-            fsops::preallocate(&file, &partial, 0, size)?;
-        } else {
-            let len = fsops::file_len(&file, &partial)?;
-            if len == 0 {
-                // pg_receivewal recreates empty files; so do we, in place.
-                debug!("zero-filling empty \"{}\"", partial.display());
-                fsops::fill_zeros(&file, &partial, 0, size)?;
-            } else if len < size {
-                // pg_receivewal fails on such a file forever; the bytes it has are
-                // kept (they are re-streamed anyway) and the rest is zero-filled.
-                warn!(
-                    "write-ahead log file \"{}\" has {len} bytes, should be {size}; extending it with zeros",
-                    partial.display()
-                );
-                fsops::fill_zeros(&file, &partial, len, size)?;
-            } else if len > size {
-                warn!(
-                    "write-ahead log file \"{}\" has {len} bytes, should be {size}; truncating it",
-                    partial.display()
-                );
-                fsops::set_len(&file, &partial, size)?;
-            } else {
-                debug!("reusing \"{}\"", partial.display());
+        let fs = Arc::clone(&self.fs);
+        let mut direct = false;
+        let file = if seg.offset(pos) == 0 {
+            // A new segment gets the prepared file, unless its .partial exists.
+            let prepared = self.preparer.take()?;
+            match fs.rename_noreplace(self.preparer.path(), &partial) {
+                Ok(true) => {
+                    debug!("creating \"{}\"", partial.display());
+                    self.preparer.request();
+                    if self.sync == SyncMode::Sync {
+                        self.dir_dirty = true;
+                    }
+                    direct = prepared.direct;
+                    Some(prepared.file)
+                }
+                Ok(false) => {
+                    self.preparer.put_back(prepared);
+                    None
+                }
+                Err(e) => {
+                    self.preparer.put_back(prepared);
+                    return Err(e);
+                }
             }
+        } else {
+            None
+        };
+        let file = match file {
+            Some(f) => f,
+            None => {
+                let file = fs.open_existing(&partial)?;
+                self.reuse_existing(&file, &partial)?;
+                file
+            }
+        };
+        if direct {
+            let cap = STAGE_BYTES.max(crate::stage::round_up(self.opts.write_behind));
+            let stage = self.stage.get_or_insert_with(|| Stage::new(cap));
+            stage.reset(0);
         }
-        if self.sync == SyncMode::Sync {
-            // New: make the zero fill and the name durable, so later fdatasyncs
-            // commit no metadata. Existing: in case of a previous crash, and because
-            // another program may have created it without syncing.
-            let r = fsops::datasync(&file, &partial);
-            self.fatal(&partial, r)?;
-            self.sync_dir()?;
-        }
-        if fsops::exists(&complete)? {
+        if fs.exists(&complete)? {
             info!(
                 "completed segment file \"{}\" already exists; keeping it until \"{}\" is complete",
                 complete.display(),
@@ -384,29 +464,79 @@ impl SegmentWriter {
             partial,
             complete,
             synced_to: Lsn::INVALID,
+            direct,
         });
+        Ok(())
+    }
+
+    /// Makes an existing `.partial` (left by a previous run, or by pg_receivewal)
+    /// exactly one segment long, keeping its bytes, and durable.
+    fn reuse_existing(&mut self, file: &File, partial: &Path) -> Result<(), ArchiveError> {
+        let fs = Arc::clone(&self.fs);
+        let size = self.seg.bytes();
+        let len = fs.file_len(file, partial)?;
+        if len == 0 {
+            // pg_receivewal recreates empty files; so do we, in place.
+            debug!("zero-filling empty \"{}\"", partial.display());
+            fs.fill_zeros(file, partial, 0, size)?;
+        } else if len < size {
+            // pg_receivewal fails on such a file forever; the bytes it has are
+            // kept (they are re-streamed anyway) and the rest is zero-filled.
+            warn!(
+                "write-ahead log file \"{}\" has {len} bytes, should be {size}; extending it with zeros",
+                partial.display()
+            );
+            fs.fill_zeros(file, partial, len, size)?;
+        } else if len > size {
+            warn!(
+                "write-ahead log file \"{}\" has {len} bytes, should be {size}; truncating it",
+                partial.display()
+            );
+            fs.set_len(file, partial, size)?;
+        } else {
+            debug!("reusing \"{}\"", partial.display());
+        }
+        if self.sync == SyncMode::Sync {
+            // In case of a previous crash, and because another program may have
+            // created or extended it without syncing.
+            let r = fs.datasync(file, partial);
+            self.fatal(partial, r)?;
+            self.sync_dir()?;
+        }
         Ok(())
     }
 
     /// The open segment is full: make it durable and give it its final name.
     fn complete_segment(&mut self) -> Result<(), ArchiveError> {
+        let partial = self
+            .open
+            .as_ref()
+            .expect("a segment is open")
+            .partial
+            .clone();
+        // The segment is full: a failure from here on cannot be retried by writing.
+        let r = self.write_out();
+        self.fatal(&partial, r)?;
         let open = self.open.take().expect("a segment is open");
-        let partial = open.partial.clone();
         let r = self.finish(open);
         self.fatal(&partial, r)?;
+        self.dir_dirty = false;
         self.flushed = self.written;
         Ok(())
     }
 
     fn finish(&self, open: OpenSegment) -> Result<(), ArchiveError> {
+        let fs = &*self.fs;
         let sync = self.sync == SyncMode::Sync;
         if sync {
-            fsops::datasync(&open.file, &open.partial)?;
+            fs.datasync(&open.file, &open.partial)?;
+            // Written buffered: its pages are clean now and will not be read again.
+            fs.drop_cache(&open.file);
         }
         drop(open.file);
         let (partial, complete) = (&open.partial, &open.complete);
-        if fsops::exists(complete)? {
-            if fsops::files_identical(partial, complete)? {
+        if fs.exists(complete)? {
+            if fs.files_identical(partial, complete)? {
                 info!(
                     "segment file \"{}\" already exists with identical content; removing \"{}\"",
                     complete.display(),
@@ -414,10 +544,10 @@ impl SegmentWriter {
                 );
                 if sync {
                     // Whoever wrote it may not have synced it.
-                    let f = fsops::open_existing(complete)?;
-                    fsops::fsync(&f, complete)?;
+                    let f = fs.open_existing(complete)?;
+                    fs.fsync(&f, complete)?;
                 }
-                fsops::remove(partial)?;
+                fs.remove(partial)?;
             } else {
                 let aside = aside_name(complete)?;
                 warn!(
@@ -425,14 +555,14 @@ impl SegmentWriter {
                     complete.display(),
                     aside.display()
                 );
-                fsops::rename(complete, &aside)?;
-                fsops::rename(partial, complete)?;
+                fs.rename(complete, &aside)?;
+                fs.rename(partial, complete)?;
             }
         } else {
-            fsops::rename(partial, complete)?;
+            fs.rename(partial, complete)?;
         }
         if sync {
-            fsops::fsync_dir(&self.dir, &self.dir_path)?;
+            fs.fsync_dir(&self.dir, &self.dir_path)?;
         }
         debug!("completed segment \"{}\"", complete.display());
         Ok(())
@@ -460,6 +590,11 @@ fn aside_name(complete: &Path) -> Result<PathBuf, ArchiveError> {
 
 impl Drop for SegmentWriter {
     fn drop(&mut self) {
+        if self.failed.is_none() && self.write_out().is_err() {
+            debug!("could not write out the staged bytes of the open segment");
+        }
+        // Before the flag is cleared: a new writer may then prepare files at once.
+        self.preparer.shutdown();
         if let Some(open) = &self.open {
             let n = self.unflushed_bytes();
             if n > 0 {
@@ -502,7 +637,8 @@ mod tests {
         let mut v: Vec<String> = fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n != "walsink.lock")
+            // The lock, and the next segment being prepared ahead (never WAL).
+            .filter(|n| n != "walsink.lock" && n != crate::PREPARED_FILE)
             .collect();
         v.sort();
         v
