@@ -20,7 +20,8 @@ use walsink_protocol::copy::{
 };
 use walsink_protocol::frame::BackendMessage;
 use walsink_protocol::query::{
-    NextTimeline, QueryCollector, parse_next_timeline, start_replication_command,
+    NextTimeline, QueryCollector, SlotInfo, parse_next_timeline, parse_read_replication_slot,
+    read_replication_slot_command, start_replication_command,
 };
 use walsink_wal::{Lsn, TimelineId};
 
@@ -72,6 +73,10 @@ struct Session<'a> {
     /// Where this session started; no flush is reported until the writer is past it, so
     /// a reconnect never moves a slot's restart_lsn backwards.
     start: Lsn,
+    /// The slot's restart_lsn when the session began: the flush walsink confirmed last.
+    /// After a restart walsink re-streams the `.partial` from its segment start; flushes
+    /// below this are not reported, or the slot would move backwards.
+    confirmed: Lsn,
     last_reported_flush: Lsn,
 }
 
@@ -85,6 +90,7 @@ pub async fn stream(
     opts: &StreamOptions,
     cancel: &CancellationToken,
 ) -> Result<StreamEnd, ReceiverError> {
+    let confirmed = slot_confirmed_flush(conn, opts).await?;
     let cmd = start_replication_command(opts.slot.as_deref(), start, tli);
     debug!("{cmd}");
     encode_query(&cmd, conn.send_buf());
@@ -121,9 +127,33 @@ pub async fn stream(
         tli,
         received: start,
         start,
+        confirmed,
         last_reported_flush: Lsn::INVALID,
     };
     s.run(cancel).await
+}
+
+/// The flush position the slot has already confirmed (its restart_lsn), read with
+/// READ_REPLICATION_SLOT (PostgreSQL 15+); `Lsn::INVALID` when there is no slot, nothing is
+/// reported, or the server is older. A missing slot is left to START_REPLICATION to report.
+async fn slot_confirmed_flush(
+    conn: &mut Connection,
+    opts: &StreamOptions,
+) -> Result<Lsn, ReceiverError> {
+    let Some(slot) = opts.slot.as_deref() else {
+        return Ok(Lsn::INVALID);
+    };
+    if !opts.report_flush || conn.server.server_version_num().unwrap_or(0) < 150000 {
+        return Ok(Lsn::INVALID);
+    }
+    let rs = conn.query(&read_replication_slot_command(slot)).await?;
+    Ok(match parse_read_replication_slot(&rs)? {
+        SlotInfo::Physical {
+            restart_lsn: Some(lsn),
+            ..
+        } => lsn,
+        _ => Lsn::INVALID,
+    })
 }
 
 /// Reads a result set that began with `first` up to ReadyForQuery and parses the next
@@ -162,7 +192,7 @@ async fn drain_until_ready(conn: &mut Connection) {
 impl Session<'_> {
     fn flush_to_report(&self) -> Lsn {
         let flushed = self.writer.state.borrow().flushed;
-        if self.opts.report_flush && flushed > self.start {
+        if self.opts.report_flush && flushed > self.start && flushed >= self.confirmed {
             flushed
         } else {
             Lsn::INVALID
