@@ -816,6 +816,7 @@ fn walsink_reconnects_after_fast_and_immediate_server_restarts_without_a_gap() {
     let seg = Seg::of(&pg);
     let dir = archive_dir();
     let first = create_slot(&pg);
+    let retries = |w: &WalsinkProcess| w.stderr_text().matches("; retrying (attempt").count();
 
     let mut w = spawn_walsink(&pg, dir.path(), &[]);
     for mode in [StopMode::Fast, StopMode::Immediate] {
@@ -830,11 +831,26 @@ fn walsink_reconnects_after_fast_and_immediate_server_restarts_without_a_gap() {
             tail(&w.stderr_text(), 60)
         );
     }
+    // It is streaming again (a received position past the restarts proves it), then the server goes away
+    // for good and walsink is stopped while it waits to reconnect.
     pg.generate_wal(seg.bytes());
     let target = mid_segment(&pg);
     wait_received(&pg, &mut w, target);
+    let retries_before = retries(&w);
+    pg.stop(StopMode::Fast);
+    assert!(
+        wait_for(|| retries(&w) > retries_before, RECEIVE_TIMEOUT),
+        "walsink did not log a retry after the server stopped:\n{}",
+        tail(&w.stderr_text(), 60)
+    );
+    let sent = Instant::now();
     w.interrupt();
     let stderr = expect_exit(&mut w, EXIT_TIMEOUT, 0);
+    assert!(
+        sent.elapsed() < PROMPT_EXIT,
+        "walsink took {:?} to exit after SIGINT while reconnecting",
+        sent.elapsed()
+    );
     let reconnects = stderr
         .lines()
         .filter(|l| l.contains("connected to server") && l.trim_end().ends_with("again"))
@@ -844,5 +860,57 @@ fn walsink_reconnects_after_fast_and_immediate_server_restarts_without_a_gap() {
         "expected two reconnections in the log:\n{}",
         tail(&stderr, 60)
     );
-    assert_archive(&pg, dir.path(), first, stopped_at(&stderr), true);
+    assert_archive(&pg, dir.path(), first, target, false);
+    // A fast shutdown ends only once the receiver has confirmed all WAL, so the archive holds the server's
+    // WAL to its very end, the shutdown checkpoint, although walsink was stopped during the outage.
+    let end = shutdown_checkpoint_end(&pg);
+    assert_eq!(
+        seg.no(end),
+        seg.no(target),
+        "the shutdown checkpoint ends at {}, outside the segment of {}",
+        format_lsn(end),
+        format_lsn(target)
+    );
+    assert_archive(&pg, dir.path(), first, end, true);
+}
+
+/// The end of the WAL of a cleanly stopped server: where its shutdown checkpoint record ends (from
+/// `pg_controldata` and `pg_waldump` on its `pg_wal`).
+fn shutdown_checkpoint_end(pg: &PgCluster) -> u64 {
+    let run = |cmd| {
+        let out = Walsink::run_command(cmd, EXIT_TIMEOUT);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let mut cmd = clean_command(pg.bin("pg_controldata"));
+    cmd.arg(pg.data_dir());
+    let control = run(cmd);
+    let field = |key: &str| {
+        control
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {key:?} in pg_controldata output:\n{control}"))
+    };
+    assert_eq!(field("Database cluster state:"), "shut down");
+    let checkpoint = field("Latest checkpoint location:");
+    let mut cmd = clean_command(pg.bin("pg_waldump"));
+    cmd.arg("--path")
+        .arg(pg.pg_wal_dir())
+        .args(["--start", &checkpoint, "--limit", "1"]);
+    let record = run(cmd);
+    // "rmgr: XLOG len (rec/tot): 114/ 114, tx: 0, lsn: 0/09013210, prev ..., desc: CHECKPOINT_SHUTDOWN ..."
+    assert!(record.contains("CHECKPOINT_SHUTDOWN"), "{record}");
+    let total: u64 = record
+        .split_once("len (rec/tot):")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .and_then(|lens| lens.split('/').nth(1))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no record length in pg_waldump output: {record}"));
+    parse_lsn(&checkpoint) + total
 }
