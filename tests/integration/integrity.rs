@@ -385,6 +385,14 @@ fn byte_identical_scenario(seg_mb: u32, segments_to_end: u64) {
         stdout.contains("XLOG/SWITCH") && stdout.contains("LogicalMessage/MESSAGE"),
         "pg_waldump did not see the switch and the generated records:\n{stdout}"
     );
+
+    // An end position exactly on a segment boundary: the .partial is completed and nothing after it is
+    // started (no new .partial, no prepared file left behind).
+    let boundary = seg.start(end) + seg.bytes();
+    let mut w = spawn_walsink(&pg, dir.path(), &["-E", &format_lsn(boundary)]);
+    generate_past(&pg, boundary);
+    expect_exit(&mut w, EXIT_TIMEOUT, 0);
+    assert_archive(&pg, dir.path(), first, boundary, true);
 }
 
 #[test]
