@@ -19,7 +19,7 @@ use walsink_wal::{Lsn, TimelineId, WalSegSize};
 use crate::conn::{Connection, connect, describe};
 use crate::error::{ErrorKind, ReceiverError};
 use crate::stream::{ArcArchiveError, StreamEnd, StreamOptions, stream};
-use crate::writer::{Writer, WriterConfig};
+use crate::writer::{Writer, WriterConfig, writer_options};
 
 /// Everything `walsink receive` needs.
 #[derive(Clone, Debug)]
@@ -176,13 +176,14 @@ async fn run_once(
         report_flush: (cfg.slot.is_some() || cfg.synchronous) && !cfg.no_sync,
         synchronous: cfg.synchronous,
     };
+    let writer_cfg = WriterConfig {
+        synchronous: cfg.synchronous,
+        flush_bytes: cfg.flush_bytes,
+        flush_interval: cfg.flush_interval,
+    };
     let writer = Writer::spawn(
-        archive.segment_writer(seg)?,
-        WriterConfig {
-            synchronous: cfg.synchronous,
-            flush_bytes: cfg.flush_bytes,
-            flush_interval: cfg.flush_interval,
-        },
+        archive.segment_writer_with(seg, writer_options(&writer_cfg))?,
+        writer_cfg,
         tokio::runtime::Handle::current(),
     );
     let result = async {

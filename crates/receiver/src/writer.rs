@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
-use walsink_archive::{ArchiveError, SegmentWriter};
+use walsink_archive::{ArchiveError, Prefill, SegmentWriter, WriterOptions};
 use walsink_wal::{Lsn, TimelineId};
 
 /// Capacity of the queue between the network task and the writer, in messages.
@@ -39,6 +39,38 @@ pub struct WriterConfig {
     pub flush_bytes: u64,
     /// Flush when the oldest unsynced byte is this old.
     pub flush_interval: Duration,
+}
+
+/// How the segment files are prepared and written, per mode, chosen by measurement
+/// (BENCHMARKS.md): new segments are `fallocate`d (pre-writing zeros doubled the disk
+/// writes and cost more than the extent conversions it saves) and prepared ahead on a
+/// helper thread, and written through the page cache: `O_DIRECT` cut the CPU per GiB
+/// by about a quarter in the default mode but, as each write then waits for the disk,
+/// also cut throughput by a third on the reference machine.
+///
+/// For benchmark comparisons only, `WALSINK_BENCH_PREFILL` (`zeros`|`fallocate`),
+/// `WALSINK_BENCH_DIRECT` (`0`|`1`) and `WALSINK_BENCH_WRITE_BEHIND` (bytes) override
+/// the choices.
+pub fn writer_options(cfg: &WriterConfig) -> WriterOptions {
+    let mut o = WriterOptions {
+        prefill: Prefill::Fallocate,
+        prepare_ahead: true,
+        direct_io: false,
+        write_behind: if cfg.synchronous { 0 } else { 1 << 20 },
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    match env("WALSINK_BENCH_PREFILL").as_deref() {
+        Some("zeros") => o.prefill = Prefill::Zeros,
+        Some("fallocate") => o.prefill = Prefill::Fallocate,
+        _ => {}
+    }
+    if let Some(v) = env("WALSINK_BENCH_DIRECT") {
+        o.direct_io = v != "0";
+    }
+    if let Some(v) = env("WALSINK_BENCH_WRITE_BEHIND").and_then(|v| v.parse().ok()) {
+        o.write_behind = v;
+    }
+    o
 }
 
 /// What the writer has made durable, published after every flush.
