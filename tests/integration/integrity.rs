@@ -824,7 +824,7 @@ fn walsink_reconnects_after_fast_and_immediate_server_restarts_without_a_gap() {
     let seg = Seg::of(&pg);
     let dir = archive_dir();
     let first = create_slot(&pg);
-    let retries = |w: &WalsinkProcess| w.stderr_text().matches("; retrying (attempt").count();
+    let retries = |w: &WalsinkProcess| w.stderr_text().matches("retrying with backoff").count();
 
     let mut w = spawn_walsink(&pg, dir.path(), &[]);
     for mode in [StopMode::Fast, StopMode::Immediate] {

@@ -21,3 +21,5 @@ mod timeline;
 mod errors;
 // Feedback: honest flush positions, synchronous standby.
 mod feedback;
+// Faults injected by a TCP proxy in front of a real server: stalls, cuts at random byte offsets.
+mod faults;

@@ -12,7 +12,13 @@ use walsink_wal::Lsn;
 
 /// PostgreSQL WAL streaming receiver: a durable, pg_receivewal-compatible archive.
 #[derive(Parser, Debug)]
-#[command(name = "walsink", version, about, propagate_version = true)]
+#[command(
+    name = "walsink",
+    version,
+    about,
+    propagate_version = true,
+    term_width = 95
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +58,12 @@ pub struct ReceiveArgs {
     #[arg(short = 's', long = "status-interval", value_name = "SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(0..=2_147_483))]
     pub status_interval: u32,
+
+    /// Reconnect when the server has sent nothing for this long (it is asked for a reply
+    /// after half of it); 0 disables. Catches dead servers and networks that do not close
+    /// the connection.
+    #[arg(long = "receive-timeout", value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    pub receive_timeout: Duration,
 
     /// Replication slot to stream from.
     #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
@@ -156,6 +168,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// Like [`parse_duration`], but `0` means "disabled" (returned as zero).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        parse_duration(s)
+    }
+}
+
 /// Parses durations like `200ms`, `1s`, `2` (seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -255,6 +276,7 @@ impl ReceiveArgs {
             endpos: self.endpos,
             status_interval: (self.status_interval > 0)
                 .then(|| Duration::from_secs(self.status_interval.into())),
+            receive_timeout: (!self.receive_timeout.is_zero()).then_some(self.receive_timeout),
             synchronous: self.synchronous,
             no_sync: self.no_sync,
             no_loop: self.no_loop,

@@ -6,7 +6,7 @@ mod cli;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
@@ -70,11 +70,15 @@ fn main() -> ExitCode {
     let (mut config, action, verbose) = match args.into_config(&env) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!(
-                "walsink: error: {}\nTry \"walsink receive --help\" for more information.",
-                e.0
-            );
-            return ExitCode::from(exit::USAGE);
+            // The same shape as clap's own usage errors; exits with status 2.
+            let mut cmd = Cli::command();
+            cmd.build();
+            let receive = cmd
+                .find_subcommand_mut("receive")
+                .expect("receive subcommand");
+            receive
+                .error(clap::error::ErrorKind::ArgumentConflict, e.0)
+                .exit();
         }
     };
     init_logging(verbose);

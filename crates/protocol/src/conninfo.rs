@@ -656,13 +656,21 @@ impl Env {
         let vars: HashMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
+        // As libpq: the user name of the effective uid from the password database; the
+        // home directory from $HOME, else from the password database.
+        let passwd = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten();
         let home = vars
             .get("HOME")
             .filter(|h| !h.is_empty())
-            .map(PathBuf::from);
-        let os_user = ["USER", "LOGNAME"]
-            .iter()
-            .find_map(|k| vars.get(*k).filter(|u| !u.is_empty()).cloned());
+            .map(PathBuf::from)
+            .or_else(|| passwd.as_ref().map(|p| p.dir.clone()));
+        let os_user = passwd.map(|p| p.name).or_else(|| {
+            ["USER", "LOGNAME"]
+                .iter()
+                .find_map(|k| vars.get(*k).filter(|u| !u.is_empty()).cloned())
+        });
         let run = Path::new("/var/run/postgresql");
         let default_socket_dir = if run.is_dir() {
             run.to_path_buf()

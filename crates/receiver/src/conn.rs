@@ -142,16 +142,12 @@ fn configure_keepalive(s: &TcpStream, cfg: &ConnConfig) {
         return;
     }
     let sock = socket2::SockRef::from(s);
-    let mut ka = socket2::TcpKeepalive::new();
-    if let Some(d) = cfg.keepalives_idle {
-        ka = ka.with_time(d);
-    }
-    if let Some(d) = cfg.keepalives_interval {
-        ka = ka.with_interval(d);
-    }
-    if let Some(n) = cfg.keepalives_count {
-        ka = ka.with_retries(n);
-    }
+    // libpq leaves the timing to the kernel (2 hours of idle on Linux); a daemon that must
+    // notice a vanished server wants minutes at most. Explicit options win.
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(cfg.keepalives_idle.unwrap_or(Duration::from_secs(60)))
+        .with_interval(cfg.keepalives_interval.unwrap_or(Duration::from_secs(10)))
+        .with_retries(cfg.keepalives_count.unwrap_or(6));
     if let Err(e) = sock.set_tcp_keepalive(&ka) {
         debug!("could not set TCP keepalive: {e}");
     }
@@ -189,7 +185,7 @@ async fn connect_one(
     loop {
         let msg = conn.read_message().await?;
         let outcome = startup.handle(msg, &mut conn.wbuf).map_err(|e| match e {
-            ProtocolError::Server(se) => ReceiverError::from_server(&se, "could not connect"),
+            ProtocolError::Server(se) => ReceiverError::from_server(&se, ""),
             other => ReceiverError::from(other),
         })?;
         conn.flush().await?;

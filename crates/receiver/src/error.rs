@@ -84,13 +84,20 @@ impl ReceiverError {
     /// Classifies a server error by SQLSTATE and message.
     pub fn from_server(e: &ServerError, doing: &str) -> ReceiverError {
         let kind = classify_server_error(e);
-        let mut message = format!("{doing}: {e}");
+        let mut message = if doing.is_empty() {
+            e.to_string()
+        } else {
+            format!("{doing}: {e}")
+        };
         let advice = match kind {
             ErrorKind::AuthFailed => {
                 Some("check the user name and password (PGPASSWORD, ~/.pgpass or -W)")
             }
+            ErrorKind::NotPermitted if e.code == "42501" => {
+                Some("give the role the REPLICATION attribute: ALTER ROLE <user> REPLICATION")
+            }
             ErrorKind::NotPermitted => Some(
-                "add a \"host replication <user> <address> scram-sha-256\" line to pg_hba.conf and reload, and make sure the role has the REPLICATION attribute",
+                "add a \"host replication <user> <address> scram-sha-256\" line to pg_hba.conf and reload",
             ),
             ErrorKind::SlotMissing => {
                 Some("create it with --create-slot, or name an existing slot with -S")

@@ -1,6 +1,7 @@
 //! The daemon loop: connect, decide where to start, stream, follow timelines, and
 //! reconnect with capped, jittered backoff.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ pub struct ReceiveConfig {
     pub endpos: Option<Lsn>,
     /// Periodic status update interval; `None` disables them.
     pub status_interval: Option<Duration>,
+    /// Reconnect when the server has sent nothing for this long; `None` disables it.
+    pub receive_timeout: Option<Duration>,
     /// `--synchronous`: flush when the queue drains and report at once.
     pub synchronous: bool,
     /// `--no-sync`: no fsync at all.
@@ -72,16 +75,24 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
     let mut failures: u32 = 0;
     let mut last_error: Option<String> = None;
     let mut first_failure_at: Option<Instant> = None;
+    let mut last_kind: Option<ErrorKind> = None;
     loop {
         let started = Instant::now();
-        let result = run_once(&cfg, &mut archive, &cancel, failures > 0).await;
+        let streamed = Cell::new(false);
+        // Announce each recovery; not while waiting for a busy slot, where every
+        // attempt connects and then finds the slot still busy.
+        let announce = failures > 0 && last_kind != Some(ErrorKind::SlotInUse);
+        let result = run_once(&cfg, &mut archive, &cancel, announce, &streamed).await;
+        last_kind = result.as_ref().err().map(|e| e.kind());
         match result {
             Ok(()) => return Ok(()),
             Err(e) => {
                 if cancel.is_cancelled() {
                     return Ok(());
                 }
-                if started.elapsed() >= HEALTHY_STREAM {
+                // A connection that streamed before it broke proves the server is
+                // reachable: start the backoff over.
+                if streamed.get() || started.elapsed() >= HEALTHY_STREAM {
                     backoff = BACKOFF_MIN;
                     failures = 0;
                     first_failure_at = None;
@@ -94,15 +105,26 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
                     return Err(e);
                 }
                 failures += 1;
+                // Each failure is logged once; the same failure again only at debug level.
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
-                    warn!("{msg}; retrying (attempt {failures})");
+                    warn!("{msg}");
+                    if slot_grace {
+                        warn!(
+                            "retrying for up to {} s in case the slot's previous user is just going away",
+                            SLOT_IN_USE_GRACE.as_secs()
+                        );
+                    } else {
+                        info!(
+                            "retrying with backoff (at most {} s between attempts) until it succeeds",
+                            BACKOFF_MAX.as_secs()
+                        );
+                    }
                     last_error = Some(msg);
-                } else {
-                    debug!("{msg}; retrying (attempt {failures})");
                 }
                 // Full jitter between half and all of the current backoff.
                 let pause = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+                debug!("retrying in {} ms (attempt {failures})", pause.as_millis());
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(pause) => {}
@@ -142,14 +164,17 @@ async fn run_once(
     cfg: &ReceiveConfig,
     archive: &mut Archive,
     cancel: &CancellationToken,
-    reconnecting: bool,
+    announce_reconnect: bool,
+    streamed: &Cell<bool>,
 ) -> Result<(), ReceiverError> {
     let (mut conn, id) = tokio::select! {
         r = open(cfg) => r?,
         _ = cancel.cancelled() => return Ok(()),
     };
-    if reconnecting {
+    if announce_reconnect {
         info!("connected to server {} again", describe(&conn.target));
+    } else {
+        debug!("connected to server {}", describe(&conn.target));
     }
     let seg = parse_wal_segment_size(&conn.query("SHOW wal_segment_size").await?)?;
     archive.check_identity(id.system_id, seg)?;
@@ -173,6 +198,7 @@ async fn run_once(
         slot: cfg.slot.clone(),
         endpos: cfg.endpos,
         status_interval: cfg.status_interval,
+        receive_timeout: cfg.receive_timeout,
         report_flush: (cfg.slot.is_some() || cfg.synchronous) && !cfg.no_sync,
         synchronous: cfg.synchronous,
     };
@@ -199,7 +225,7 @@ async fn run_once(
             }
             writer.reset(tli, start).await.map_err(|_| ReceiverError::from(ArcArchiveError(writer.failure())))?;
             info!("starting log streaming at {start} (timeline {tli})");
-            match stream(&mut conn, &writer, tli, start, &opts, cancel).await? {
+            match stream(&mut conn, &writer, tli, start, &opts, cancel, streamed).await? {
                 StreamEnd::EndOfTimeline { next, received } => {
                     if next.tli <= tli {
                         return Err(ReceiverError::fatal(format!(

@@ -41,6 +41,9 @@ pub struct StreamOptions {
     pub endpos: Option<Lsn>,
     /// Interval of periodic status updates; `None` disables them.
     pub status_interval: Option<Duration>,
+    /// Give up on a server that has sent nothing for this long (it is pinged with a
+    /// reply request after half of it); `None` disables the check.
+    pub receive_timeout: Option<Duration>,
     /// Report the flush position (with a slot or `--synchronous`, and not `--no-sync`).
     pub report_flush: bool,
     /// Send a status update the moment the writer's flush position advances.
@@ -82,6 +85,8 @@ struct Session<'a> {
 
 /// Streams `tli` from `start` until the timeline ends, `--endpos`, cancellation or an
 /// error. The writer must already be positioned at `start`.
+/// `streaming` is set once the server has entered copy mode, so the caller can tell a
+/// connection that streamed (and then broke) from one that never got that far.
 pub async fn stream(
     conn: &mut Connection,
     writer: &Writer,
@@ -89,6 +94,7 @@ pub async fn stream(
     start: Lsn,
     opts: &StreamOptions,
     cancel: &CancellationToken,
+    streaming: &std::cell::Cell<bool>,
 ) -> Result<StreamEnd, ReceiverError> {
     let confirmed = slot_confirmed_flush(conn, opts).await?;
     let cmd = start_replication_command(opts.slot.as_deref(), start, tli);
@@ -96,7 +102,7 @@ pub async fn stream(
     encode_query(&cmd, conn.send_buf());
     conn.flush().await?;
     match conn.read_message().await? {
-        BackendMessage::CopyBothResponse => {}
+        BackendMessage::CopyBothResponse => streaming.set(true),
         BackendMessage::ErrorResponse(e) => {
             drain_until_ready(conn).await;
             return Err(ReceiverError::from_server(
@@ -221,6 +227,8 @@ impl Session<'_> {
         let mut flush_rx = self.writer.state.clone();
         let interval = self.opts.status_interval;
         let mut next_status = Instant::now();
+        let mut last_heard = Instant::now();
+        let mut pinged = false;
         // WAL decoded but not yet queued for the writer (at most one message).
         let mut pending: Option<(Lsn, Bytes)> = None;
         loop {
@@ -237,6 +245,14 @@ impl Session<'_> {
                 continue;
             }
             let status_due = interval.map(|_| next_status);
+            // Dead-peer detection: ping at half the timeout, give up at the timeout.
+            let silence_due = self.opts.receive_timeout.map(|t| {
+                if pinged {
+                    last_heard + t
+                } else {
+                    last_heard + t / 2
+                }
+            });
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -265,7 +281,23 @@ impl Session<'_> {
                     self.send_status(false).await?;
                     next_status = Instant::now() + interval.expect("interval set");
                 }
-                r = self.conn.fill(), if pending.is_none() => r?,
+                _ = sleep_until(silence_due.unwrap_or_else(Instant::now)), if silence_due.is_some() => {
+                    let t = self.opts.receive_timeout.expect("timeout set");
+                    if pinged {
+                        return Err(ReceiverError::transient(format!(
+                            "no message from the server for {} s (receive timeout); the server or the network is not responding",
+                            t.as_secs()
+                        )));
+                    }
+                    debug!("no message from the server for {} ms; asking for a reply", (t / 2).as_millis());
+                    self.send_status(true).await?;
+                    pinged = true;
+                }
+                r = self.conn.fill(), if pending.is_none() => {
+                    r?;
+                    last_heard = Instant::now();
+                    pinged = false;
+                }
             }
         }
     }

@@ -16,6 +16,7 @@
 
 pub mod archive;
 pub mod pg;
+pub mod proxy;
 pub mod walsink;
 
 use std::time::{Duration, Instant};
