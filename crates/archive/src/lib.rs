@@ -38,11 +38,11 @@
 //!   (or the segment's completion), before any of its bytes is reported flushed. A
 //!   leftover `walsink.prepared.tmp` is never taken for WAL; it is replaced by the
 //!   next preparation and removed when the writer is dropped;
-//! * new segment files are written with `O_DIRECT` where the filesystem allows it
-//!   ([`WriterOptions::direct_io`]): whole 4 KiB blocks from an aligned buffer, the
-//!   partial last block padded with the zeros the file holds there anyway and written
-//!   again as more data arrives. `O_DIRECT` does not replace `fdatasync`: every rule
-//!   here holds unchanged;
+//! * optionally ([`WriterOptions::direct_io`]) new segment files are written with
+//!   `O_DIRECT` where the filesystem allows it: whole 4 KiB blocks from an aligned
+//!   buffer, the partial last block padded with the zeros the file holds there anyway
+//!   and written again as more data arrives. `O_DIRECT` does not replace `fdatasync`:
+//!   every rule here holds unchanged;
 //! * reused `NAME.partial`: fix its size if needed (extend with zeros, never drop
 //!   bytes of the segment), `fdatasync` it, `fsync` the directory;
 //! * `flush`: `fdatasync` the open `.partial` if it has unsynced bytes;
@@ -101,14 +101,16 @@ pub struct StartPoint {
 /// How new segment files are pre-filled before WAL is written into them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prefill {
-    /// Write zeros over the whole file (with direct I/O where possible, which costs
-    /// little CPU), as pg_receivewal does. Later `fdatasync`s of overwrites then
-    /// commit no allocation metadata.
+    /// Write zeros over the whole file, as pg_receivewal does (with direct I/O when
+    /// [`WriterOptions::direct_io`] is set, which costs little CPU but still doubles
+    /// the bytes the disk writes). Later `fdatasync`s of overwrites then commit no
+    /// allocation metadata.
     Zeros,
     /// `fallocate` the file (unwritten extents; nothing is written). Cheapest to
     /// prepare, but the first write to each block converts its extent, so each
     /// `fdatasync` also commits metadata. Falls back to [`Prefill::Zeros`] where the
-    /// filesystem does not support it.
+    /// filesystem does not support it. The default: it measured better than zeros in
+    /// both modes (BENCHMARKS.md).
     Fallocate,
 }
 
@@ -122,7 +124,9 @@ pub struct WriterOptions {
     pub prepare_ahead: bool,
     /// Write new segment files with `O_DIRECT`, bypassing the page cache, where the
     /// filesystem accepts it (others, like tmpfs on older kernels, get buffered
-    /// writes). Segment files that already existed are always written buffered.
+    /// writes). Segment files that already existed are always written buffered. Off
+    /// by default: it saves CPU, but each write then waits for the disk, which cost
+    /// a third of the throughput on the reference machine (BENCHMARKS.md).
     pub direct_io: bool,
     /// With direct I/O: how many bytes may stay in the writer's buffer when
     /// [`SegmentWriter::write`] returns; they are written at the next flush, close or
@@ -135,9 +139,9 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
-            prefill: Prefill::Zeros,
+            prefill: Prefill::Fallocate,
             prepare_ahead: true,
-            direct_io: true,
+            direct_io: false,
             write_behind: 0,
         }
     }
