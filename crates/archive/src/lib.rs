@@ -68,6 +68,7 @@ mod scan;
 mod stage;
 #[cfg(test)]
 mod testutil;
+mod writeback;
 mod writer;
 
 pub use archive::{Archive, LOCK_FILE, META_FILE};
@@ -128,11 +129,12 @@ pub struct WriterOptions {
     /// by default: it saves CPU, but each write then waits for the disk, which cost
     /// a third of the throughput on the reference machine (BENCHMARKS.md).
     pub direct_io: bool,
-    /// With direct I/O: how many bytes may stay in the writer's buffer when
-    /// [`SegmentWriter::write`] returns; they are written at the next flush, close or
-    /// segment completion, or when the buffer is full. 0 (the default): everything
-    /// reaches the file before `write` returns. Larger values make fewer, larger
-    /// writes.
+    /// With direct I/O: the size of the writer's staging buffers. A full buffer is
+    /// written by a helper thread while the next one fills; a partly filled one at the
+    /// next flush, close or segment completion. So when [`SegmentWriter::write`]
+    /// returns, up to three buffers of bytes may not be in the file yet (nothing is
+    /// reported flushed before they are). 0 (the default): everything reaches the file
+    /// before `write` returns. Larger values make fewer, larger writes.
     pub write_behind: usize,
 }
 

@@ -20,7 +20,9 @@ use walsink_wal::{Lsn, SegmentName, TimelineId, WalSegSize};
 use crate::ArchiveError;
 use crate::fsops::{RealFs, SegmentFs};
 
-/// One recorded operation. Names are file names in the archive directory.
+/// One recorded operation. Names are file names in the archive directory. Writes are
+/// recorded when they have finished, syncs when they start, so that the model never
+/// counts a write as covered by a sync that ran at the same time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     Create {
@@ -81,6 +83,8 @@ pub(crate) struct RecordingFs {
     real: RealFs,
     pub(crate) log: Mutex<Vec<Op>>,
     fail: Mutex<Option<FailOn>>,
+    /// Make every write take a while, so that writes on other threads finish late.
+    slow_writes: std::sync::atomic::AtomicBool,
 }
 
 fn name(p: &Path) -> String {
@@ -102,6 +106,11 @@ impl RecordingFs {
 
     pub(crate) fn report(&self, flushed: Lsn, written: Lsn) {
         self.push(Op::Reported { flushed, written });
+    }
+
+    pub(crate) fn slow_writes(&self) {
+        self.slow_writes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn fail_next(&self, what: FailOn) {
@@ -182,6 +191,9 @@ impl SegmentFs for RecordingFs {
         offset: u64,
     ) -> Result<(), ArchiveError> {
         self.should_fail(FailOn::Write, path, "write to")?;
+        if self.slow_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
         self.real.write_at(file, path, buf, offset)?;
         self.push(Op::Write {
             name: name(path),
@@ -193,26 +205,24 @@ impl SegmentFs for RecordingFs {
     }
     fn datasync(&self, file: &File, path: &Path) -> Result<(), ArchiveError> {
         self.should_fail(FailOn::Datasync, path, "fdatasync")?;
-        self.real.datasync(file, path)?;
+        // Recorded when it starts: it covers only the writes finished by then.
         self.push(Op::Datasync {
             name: name(path),
             ino: ino(file),
         });
-        Ok(())
+        self.real.datasync(file, path)
     }
     fn fsync(&self, file: &File, path: &Path) -> Result<(), ArchiveError> {
-        self.real.fsync(file, path)?;
         self.push(Op::Fsync {
             name: name(path),
             ino: ino(file),
         });
-        Ok(())
+        self.real.fsync(file, path)
     }
     fn fsync_dir(&self, dir: &File, path: &Path) -> Result<(), ArchiveError> {
         self.should_fail(FailOn::FsyncDir, path, "fsync directory")?;
-        self.real.fsync_dir(dir, path)?;
         self.push(Op::FsyncDir);
-        Ok(())
+        self.real.fsync_dir(dir, path)
     }
     fn rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError> {
         self.real.rename(from, to)?;
@@ -537,7 +547,7 @@ mod tests {
         for prepare_ahead in [false, true] {
             for direct_io in [false, true] {
                 for prefill in [Prefill::Zeros, Prefill::Fallocate] {
-                    for write_behind in [0, 300_000] {
+                    for write_behind in [0, 300_000, 1 << 20] {
                         configs.push(WriterOptions {
                             prefill,
                             prepare_ahead,
@@ -557,6 +567,8 @@ mod tests {
         };
         for opts in configs {
             let (_d, _a, mut w, fs) = setup(opts);
+            // Writes handed to I/O threads finish late, unless waited for.
+            fs.slow_writes();
             let data = pattern(3 * SEG as usize + 123_457, 3);
             let mut at = 0usize;
             while at < data.len() {
@@ -600,6 +612,33 @@ mod tests {
         assert!(w.write(tli(1), w.written(), &[6; 10]).is_err());
         assert_eq!(w.flushed(), S3);
         assert!(!w.is_broken());
+    }
+
+    #[test]
+    fn a_failed_background_direct_write_breaks_the_writer() {
+        let opts = WriterOptions {
+            prefill: Prefill::Fallocate,
+            prepare_ahead: false,
+            direct_io: true,
+            write_behind: 1 << 20,
+        };
+        let (_d, _a, mut w, fs) = setup(opts);
+        w.write(tli(1), S3, &[1; 10]).unwrap();
+        fs.fail_next(FailOn::Write);
+        // Fills the staging buffer, which goes to an I/O thread, whose write fails.
+        let more = vec![2u8; 1_500_000 - 10];
+        let r = w.write(tli(1), w.written(), &more);
+        let r = r.and_then(|()| w.flush().map(|_| ()));
+        assert!(r.is_err());
+        assert!(
+            w.is_broken(),
+            "accepted bytes were lost: the writer must stop"
+        );
+        assert_eq!(w.flushed(), S3);
+        report(&fs, &w);
+        let mut data = vec![1u8; 10];
+        data.extend_from_slice(&more);
+        check_crash_consistency(&fs.ops(), seg1m(), tli(1), S3, &data);
     }
 
     #[test]

@@ -122,6 +122,19 @@ impl Stage {
         (&self.buf.as_slice()[..end], self.base)
     }
 
+    /// Swaps a full buffer for `spare` (of the same size) and moves on past it:
+    /// returns the full buffer and the file offset to write it at.
+    pub(crate) fn swap_full(&mut self, spare: AlignedBuf) -> (AlignedBuf, u64) {
+        debug_assert!(self.is_full());
+        debug_assert_eq!(spare.len(), self.buf.len());
+        let full = std::mem::replace(&mut self.buf, spare);
+        let at = self.base;
+        self.base += self.len as u64;
+        self.len = 0;
+        self.dirty = false;
+        (full, at)
+    }
+
     /// After [`blocks`](Self::blocks) were written: drops the whole blocks and keeps
     /// a partial last block at the start of the buffer.
     pub(crate) fn written_out(&mut self) {

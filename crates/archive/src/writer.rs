@@ -15,10 +15,11 @@ use crate::archive::Shared;
 use crate::fsops::SegmentFs;
 use crate::prepare::Preparer;
 use crate::stage::Stage;
+use crate::writeback::{Job, Writeback};
 use crate::{ArchiveError, SyncMode, WriterOptions, fsops};
 
-/// Size of the direct-I/O staging buffer (at least; larger if
-/// [`WriterOptions::write_behind`] asks for more).
+/// Size of the direct-I/O staging buffers without write-behind; with it, they are
+/// [`WriterOptions::write_behind`] bytes (rounded up to whole blocks).
 const STAGE_BYTES: usize = 1 << 20;
 
 /// The segment file currently being written.
@@ -26,8 +27,9 @@ const STAGE_BYTES: usize = 1 << 20;
 struct OpenSegment {
     /// Which segment.
     name: SegmentName,
-    /// `NAME.partial`, open for writing, always exactly one segment long.
-    file: File,
+    /// `NAME.partial`, open for writing, always exactly one segment long (shared with
+    /// the I/O threads while direct writes are in flight).
+    file: Arc<File>,
     /// Path of `NAME.partial`.
     partial: PathBuf,
     /// Path of `NAME`, which it is renamed to when complete.
@@ -75,6 +77,8 @@ pub struct SegmentWriter {
     /// Bytes of the open (direct I/O) segment not written to it yet; allocated with
     /// the first direct segment.
     stage: Option<Stage>,
+    /// Threads writing full stage buffers (started with the first direct segment).
+    writeback: Option<Writeback>,
     /// A rename in the directory (a prepared file to `NAME.partial`) is not durable
     /// yet: the next flush `fsync`s the directory.
     dir_dirty: bool,
@@ -124,6 +128,7 @@ impl SegmentWriter {
             opts,
             preparer,
             stage: None,
+            writeback: None,
             dir_dirty: false,
             seg,
             sync,
@@ -215,7 +220,7 @@ impl SegmentWriter {
                     chunk = &chunk[k..];
                     self.written = Lsn(self.written.0 + k as u64);
                     if stage.is_full() {
-                        self.write_out()?;
+                        self.submit_full()?;
                     }
                 }
                 let stage = self.stage.as_ref().expect("direct segments have a stage");
@@ -235,8 +240,52 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Writes what the stage holds of the open direct segment to its file.
+    /// Hands the full stage buffer of the open direct segment to the I/O threads
+    /// (or writes it here without them).
+    fn submit_full(&mut self) -> Result<(), ArchiveError> {
+        let (Some(open), Some(stage), Some(wb)) =
+            (&self.open, &mut self.stage, &mut self.writeback)
+        else {
+            return self.write_out();
+        };
+        let path = open.partial.clone();
+        let spare = match wb.spare() {
+            Ok(b) => b,
+            // Bytes already accepted are lost: nothing may be reported past them.
+            Err(e) => return self.fatal(&path, Err(e)),
+        };
+        let (buf, offset) = stage.swap_full(spare);
+        wb.submit(Job {
+            file: Arc::clone(&open.file),
+            path,
+            buf,
+            offset,
+        });
+        Ok(())
+    }
+
+    /// Waits for the direct writes in flight. Their bytes were accepted by `write`,
+    /// so a failure breaks the writer.
+    fn settle(&mut self) -> Result<(), ArchiveError> {
+        let Some(wb) = &mut self.writeback else {
+            return Ok(());
+        };
+        let r = wb.drain();
+        if r.is_err() {
+            let path = self
+                .open
+                .as_ref()
+                .map(|o| o.partial.clone())
+                .unwrap_or_default();
+            return self.fatal(&path, r);
+        }
+        Ok(())
+    }
+
+    /// Writes what the stage holds of the open direct segment to its file, after the
+    /// writes in flight.
     fn write_out(&mut self) -> Result<(), ArchiveError> {
+        self.settle()?;
         let (Some(open), Some(stage)) = (&self.open, &mut self.stage) else {
             return Ok(());
         };
@@ -438,18 +487,24 @@ impl SegmentWriter {
         } else {
             None
         };
-        let file = match file {
+        let file = Arc::new(match file {
             Some(f) => f,
             None => {
                 let file = fs.open_existing(&partial)?;
                 self.reuse_existing(&file, &partial)?;
                 file
             }
-        };
+        });
         if direct {
-            let cap = STAGE_BYTES.max(crate::stage::round_up(self.opts.write_behind));
+            let cap = match self.opts.write_behind {
+                0 => STAGE_BYTES,
+                n => crate::stage::round_up(n),
+            };
             let stage = self.stage.get_or_insert_with(|| Stage::new(cap));
             stage.reset(0);
+            if self.writeback.is_none() {
+                self.writeback = Writeback::start(Arc::clone(&fs), cap);
+            }
         }
         if fs.exists(&complete)? {
             info!(
