@@ -6,8 +6,9 @@
 //! streaming, timeline history files, and the segment files themselves, written as
 //! `NAME.partial` and renamed to `NAME` once complete. It must not touch the network,
 //! know about the replication protocol or use async I/O: callers hand it bytes at
-//! absolute LSNs and it tells them what is durable. Its only thread is the helper
-//! that prepares the next segment file ahead of time (see below).
+//! absolute LSNs and it tells them what is durable. Its only threads are helpers of
+//! the one writer: one prepares the next segment file ahead of time, and, with direct
+//! I/O, two write full staging buffers (see below).
 //!
 //! The directory stays interchangeable with pg_receivewal's: the same file names, the
 //! same zero pre-filled `.partial` segments, the same resume rule
