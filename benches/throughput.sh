@@ -83,7 +83,9 @@ for rep in $(seq 1 "$REPS"); do
             if [ "$tool" = walsink ]; then
                 # WALSINK_WRAP, e.g. "perf record -g -o /tmp/walsink.perf", profiles walsink's runs.
                 read -r -a wrap <<<"${WALSINK_WRAP:-}"
-                cmd=("${wrap[@]}" "$WALSINK" receive)
+                # WALSINK_FLAGS, e.g. "--flush-bytes 16MB", adds flags to walsink's runs.
+                read -r -a extra <<<"${WALSINK_FLAGS:-}"
+                cmd=("${wrap[@]}" "$WALSINK" receive "${extra[@]}")
             else
                 cmd=("$PGBIN/pg_receivewal")
             fi
