@@ -262,6 +262,21 @@ impl Archive {
         scan::find_start(&self.path, seg)
     }
 
+    /// [`find_start`](Self::find_start) for each timeline separately: per timeline
+    /// that has WAL files in the archive, where streaming would resume on it. Sorted by
+    /// timeline (empty if there is no WAL file).
+    ///
+    /// After a failover the old timeline may run past the point where the new one
+    /// forked from it (WAL of the old primary the promoted standby never had); then the
+    /// newest file by pg_receivewal's rule is on the old timeline, while streaming must
+    /// resume on the newest timeline.
+    pub fn find_starts(&self, seg: WalSegSize) -> Result<Vec<StartPoint>, ArchiveError> {
+        if let Some(pinned) = self.pinned_seg {
+            self.check_seg(pinned, seg)?;
+        }
+        scan::find_starts(&self.path, seg)
+    }
+
     /// Whether `NNNNNNNN.history` of `tli` exists as a regular file.
     pub fn has_history(&self, tli: TimelineId) -> bool {
         fs::metadata(self.path.join(tli.history_file_name())).is_ok_and(|m| m.is_file())

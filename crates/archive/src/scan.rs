@@ -1,5 +1,6 @@
 //! Reading the directory: where to resume streaming, and whose WAL is already there.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,39 @@ fn entry_names(dir: &Path) -> Result<Vec<String>, ArchiveError> {
 /// start). The newest file is the maximum by (segment number, timeline, completed over
 /// partial).
 pub(crate) fn find_start(dir: &Path, seg: WalSegSize) -> Result<Option<StartPoint>, ArchiveError> {
-    let mut best: Option<(SegNo, TimelineId, bool)> = None;
+    let best = usable_files(dir, seg)?.into_iter().max();
+    Ok(best.map(|key| start_point(key, seg)))
+}
+
+/// [`find_start`] per timeline: for each timeline that has a usable WAL file, the
+/// position after its newest one, by the same rules. Sorted by timeline.
+pub(crate) fn find_starts(dir: &Path, seg: WalSegSize) -> Result<Vec<StartPoint>, ArchiveError> {
+    let mut newest: BTreeMap<TimelineId, (SegNo, TimelineId, bool)> = BTreeMap::new();
+    for key in usable_files(dir, seg)? {
+        let e = newest.entry(key.1).or_insert(key);
+        if key > *e {
+            *e = key;
+        }
+    }
+    Ok(newest.into_values().map(|k| start_point(k, seg)).collect())
+}
+
+fn start_point((segno, tli, complete): (SegNo, TimelineId, bool), seg: WalSegSize) -> StartPoint {
+    StartPoint {
+        tli,
+        lsn: seg.start_of(if complete { segno.next() } else { segno }),
+        from_partial: !complete,
+    }
+}
+
+/// The usable WAL files of `dir` as (segment number, timeline, completed): uncompressed
+/// regular files; completed ones only at exactly the segment size (others are skipped
+/// with a warning).
+fn usable_files(
+    dir: &Path,
+    seg: WalSegSize,
+) -> Result<Vec<(SegNo, TimelineId, bool)>, ArchiveError> {
+    let mut files = Vec::new();
     for name in entry_names(dir)? {
         let Some((sn, kind)) = SegmentName::parse_file_name(&name, seg) else {
             continue;
@@ -62,16 +95,9 @@ pub(crate) fn find_start(dir: &Path, seg: WalSegSize) -> Result<Option<StartPoin
             );
             continue;
         }
-        let key = (sn.segno, sn.tli, complete);
-        if best.is_none_or(|b| key > b) {
-            best = Some(key);
-        }
+        files.push((sn.segno, sn.tli, complete));
     }
-    Ok(best.map(|(segno, tli, complete)| StartPoint {
-        tli,
-        lsn: seg.start_of(if complete { segno.next() } else { segno }),
-        from_partial: !complete,
-    }))
+    Ok(files)
 }
 
 /// The long page header of the newest uncompressed WAL file (completed or `.partial`)
@@ -240,6 +266,38 @@ mod tests {
                 from_partial: false
             }
         );
+    }
+
+    #[test]
+    fn per_timeline_starts_ignore_other_timelines() {
+        let d = tempdir();
+        assert_eq!(find_starts(d.path(), seg1m()).unwrap(), vec![]);
+        // Timeline 1 ran past the point where timeline 2 forked (in segment 5).
+        put(d.path(), "000000010000000000000005", SEG as usize);
+        put(d.path(), "000000010000000000000006", SEG as usize);
+        put(d.path(), "000000010000000000000007.partial", SEG as usize);
+        put(d.path(), "000000020000000000000005", SEG as usize);
+        put(d.path(), "000000020000000000000006.partial", SEG as usize);
+        // A wrong-size completed file is skipped here too.
+        put(d.path(), "000000020000000000000006", 3);
+        let starts = find_starts(d.path(), seg1m()).unwrap();
+        assert_eq!(
+            starts,
+            vec![
+                StartPoint {
+                    tli: tli(1),
+                    lsn: Lsn(7 * SEG),
+                    from_partial: true
+                },
+                StartPoint {
+                    tli: tli(2),
+                    lsn: Lsn(6 * SEG),
+                    from_partial: true
+                },
+            ]
+        );
+        // pg_receivewal's rule picks the higher segment on the old timeline.
+        assert_eq!(find_start(d.path(), seg1m()).unwrap(), Some(starts[0]));
     }
 
     #[test]
