@@ -144,6 +144,13 @@ pub fn parse_wal_segment_size(rs: &ResultSet) -> Result<WalSegSize, ProtocolErro
     })
 }
 
+/// Parses the result of `SHOW <name>`: one row with the setting's text.
+pub fn parse_show(rs: &ResultSet) -> Result<String, ProtocolError> {
+    const C: &str = "SHOW";
+    rs.check_shape(C, 1, 1)?;
+    rs.text(0, 0).ok_or_else(|| bad(C, "NULL value"))
+}
+
 /// The result of `READ_REPLICATION_SLOT` (PostgreSQL 15+).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SlotInfo {
@@ -324,6 +331,13 @@ mod tests {
         assert!(parse_identify_system(&short).is_err());
         let junk = rs(&["a", "b", "c"], &[Some("x"), Some("1"), Some("0/0")]);
         assert!(parse_identify_system(&junk).is_err());
+    }
+
+    #[test]
+    fn show_value() {
+        let r = rs(&["transaction_read_only"], &[Some("on")]);
+        assert_eq!(parse_show(&r).unwrap(), "on");
+        assert!(parse_show(&rs(&["x"], &[None])).is_err());
     }
 
     #[test]

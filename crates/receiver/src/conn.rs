@@ -13,10 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tracing::{debug, warn};
 use walsink_protocol::ProtocolError;
-use walsink_protocol::conninfo::{ConnConfig, Host, Target};
+use walsink_protocol::conninfo::{ConnConfig, Host, Target, TargetSessionAttrs};
 use walsink_protocol::copy::{encode_query, encode_terminate};
 use walsink_protocol::frame::{self, BackendMessage};
-use walsink_protocol::query::{QueryCollector, ResultSet};
+use walsink_protocol::query::{QueryCollector, ResultSet, parse_show};
 use walsink_protocol::startup::{ServerParams, Startup, StartupOutcome, StartupParams};
 
 use crate::error::{ErrorKind, ReceiverError};
@@ -49,47 +49,84 @@ pub struct Connection {
     pub target: Target,
 }
 
-/// Opens a replication connection, trying each target in order as libpq does.
+/// Opens a replication connection, trying each target in order as libpq does, and
+/// keeping the first that qualifies for `target_session_attrs` (libpq's rules: see
+/// [`disqualification`]). `prefer-standby` makes two passes: standbys only, then any.
 /// `password` overrides the configured one (from a prompt).
+///
+/// When no target connects and qualifies, the error lists every target and why it
+/// failed. A server that connected but does not qualify counts as transient (after a
+/// failover another one soon will), like a refused connection.
 pub async fn connect(
     cfg: &ConnConfig,
     password: Option<&str>,
 ) -> Result<Connection, ReceiverError> {
+    let passes: &[Wanted] = match cfg.target_session_attrs {
+        TargetSessionAttrs::Any => &[Wanted::Any],
+        TargetSessionAttrs::ReadWrite => &[Wanted::ReadWrite],
+        TargetSessionAttrs::ReadOnly => &[Wanted::ReadOnly],
+        TargetSessionAttrs::Primary => &[Wanted::Primary],
+        TargetSessionAttrs::Standby => &[Wanted::Standby],
+        TargetSessionAttrs::PreferStandby => &[Wanted::Standby, Wanted::Any],
+    };
     let mut failures: Vec<String> = Vec::new();
     let mut worst: Option<ReceiverError> = None;
-    for target in &cfg.targets {
-        let pw = match password {
-            Some(p) => Some(p.to_owned()),
-            None => {
-                let lookup = cfg.password_for(target);
-                if let Some(w) = lookup.warning {
-                    warn!("{w}");
+    let mut disqualified = false;
+    for &wanted in passes {
+        // Only the last pass's failures matter: it accepts what the earlier ones did.
+        failures.clear();
+        worst = None;
+        disqualified = false;
+        for target in &cfg.targets {
+            let pw = match password {
+                Some(p) => Some(p.to_owned()),
+                None => {
+                    let lookup = cfg.password_for(target);
+                    if let Some(w) = lookup.warning {
+                        warn!("{w}");
+                    }
+                    lookup.password
                 }
-                lookup.password
-            }
-        };
-        let attempt = connect_one(cfg, target, pw);
-        let result = match cfg.connect_timeout {
-            Some(t) => match tokio::time::timeout(t, attempt).await {
-                Ok(r) => r,
-                Err(_) => Err(ReceiverError::transient(format!(
-                    "timeout expired after {}s",
-                    t.as_secs()
-                ))),
-            },
-            None => attempt.await,
-        };
-        match result {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                debug!(target = %describe(target), error = %e, "connection attempt failed");
-                failures.push(format!(
-                    "connection to server {} failed: {e}",
-                    describe(target)
-                ));
-                // Prefer reporting the error that needs a human over a refused connection.
-                if worst.as_ref().is_none_or(|w| w.is_transient()) {
-                    worst = Some(e);
+            };
+            let attempt = async {
+                let mut conn = connect_one(cfg, target, pw).await?;
+                let why = disqualification(&mut conn, wanted).await?;
+                Ok::<_, ReceiverError>((conn, why))
+            };
+            let result = match cfg.connect_timeout {
+                Some(t) => match tokio::time::timeout(t, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ReceiverError::transient(format!(
+                        "timeout expired after {}s",
+                        t.as_secs()
+                    ))),
+                },
+                None => attempt.await,
+            };
+            match result {
+                Ok((c, None)) => return Ok(c),
+                Ok((c, Some(why))) => {
+                    debug!(target = %describe(target), "server does not qualify: {why}");
+                    c.close().await;
+                    disqualified = true;
+                    failures.push(format!(
+                        "connection to server {} failed: {why}",
+                        describe(target)
+                    ));
+                    if worst.is_none() {
+                        worst = Some(ReceiverError::transient(why));
+                    }
+                }
+                Err(e) => {
+                    debug!(target = %describe(target), error = %e, "connection attempt failed");
+                    failures.push(format!(
+                        "connection to server {} failed: {e}",
+                        describe(target)
+                    ));
+                    // Prefer reporting the error that needs a human over a refused connection.
+                    if worst.as_ref().is_none_or(|w| w.is_transient()) {
+                        worst = Some(e);
+                    }
                 }
             }
         }
@@ -98,7 +135,74 @@ pub async fn connect(
     if failures.is_empty() {
         return Err(ReceiverError::fatal("no host to connect to"));
     }
-    Err(ReceiverError::new(kind, failures.join("\n")))
+    let mut message = failures.join("\n");
+    if disqualified {
+        message.push_str(&format!(
+            "\nHINT (walsink):  no server qualifies for target_session_attrs={}; without -n walsink keeps trying until one does (after a promotion, for example)",
+            cfg.target_session_attrs.as_str()
+        ));
+    }
+    Err(ReceiverError::new(kind, message))
+}
+
+/// What one pass over the targets accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wanted {
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+}
+
+/// Why the server of `conn` is not what `wanted` asks for, in libpq's words, or `None`
+/// if it qualifies.
+///
+/// As libpq: PostgreSQL 14 and later report `in_hot_standby` and
+/// `default_transaction_read_only` at startup, so no query is needed. Read-write means
+/// neither is on. For older servers, where the replication protocol allows no
+/// `pg_is_in_recovery()`, `SHOW transaction_read_only` decides (for `primary` and
+/// `standby` too: a primary whose `default_transaction_read_only` is on then counts
+/// as a standby).
+async fn disqualification(
+    conn: &mut Connection,
+    wanted: Wanted,
+) -> Result<Option<&'static str>, ReceiverError> {
+    let param = |c: &Connection, name: &str| c.server.params.get(name).map(|v| v == "on");
+    Ok(match wanted {
+        Wanted::Any => None,
+        Wanted::ReadWrite | Wanted::ReadOnly => {
+            let read_only = match (
+                param(conn, "default_transaction_read_only"),
+                param(conn, "in_hot_standby"),
+            ) {
+                (Some(d), Some(h)) => d || h,
+                _ => show_on(conn, "transaction_read_only").await?,
+            };
+            match (wanted, read_only) {
+                (Wanted::ReadWrite, true) => Some("session is read-only"),
+                (Wanted::ReadOnly, false) => Some("session is not read-only"),
+                _ => None,
+            }
+        }
+        Wanted::Primary | Wanted::Standby => {
+            let hot_standby = match conn.in_hot_standby() {
+                Some(h) => h,
+                None => show_on(conn, "transaction_read_only").await?,
+            };
+            match (wanted, hot_standby) {
+                (Wanted::Primary, true) => Some("server is in hot standby mode"),
+                (Wanted::Standby, false) => Some("server is not in hot standby mode"),
+                _ => None,
+            }
+        }
+    })
+}
+
+/// Whether the boolean setting `name` is on (`SHOW` works on replication connections).
+async fn show_on(conn: &mut Connection, name: &str) -> Result<bool, ReceiverError> {
+    let rs = conn.query(&format!("SHOW {name}")).await?;
+    Ok(parse_show(&rs)? == "on")
 }
 
 /// How a target is named in messages, like libpq does.
@@ -277,6 +381,12 @@ impl Connection {
                 });
             }
         }
+    }
+
+    /// Whether the server reported at startup that it is in hot standby mode
+    /// (`in_hot_standby`, PostgreSQL 14+); `None` if it did not say.
+    pub fn in_hot_standby(&self) -> Option<bool> {
+        self.server.params.get("in_hot_standby").map(|v| v == "on")
     }
 
     /// Sends Terminate and closes the socket, ignoring errors.
