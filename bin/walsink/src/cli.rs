@@ -89,6 +89,11 @@ pub struct ReceiveArgs {
     #[arg(long = "create-slot")]
     pub create_slot: bool,
 
+    /// With --slot: create the slot (reserving WAL) on a server that does not have it, e.g.
+    /// a promoted standby, and stream, instead of exiting with code 12.
+    #[arg(long = "create-slot-if-missing")]
+    pub create_slot_if_missing: bool,
+
     /// Drop the replication slot named by --slot, then exit.
     #[arg(long = "drop-slot")]
     pub drop_slot: bool,
@@ -215,6 +220,9 @@ impl ReceiveArgs {
                 "--drop-slot needs a slot to be specified using --slot"
             });
         }
+        if self.create_slot_if_missing && self.slot.is_none() {
+            return u("--create-slot-if-missing needs a slot to be specified using --slot");
+        }
         if self.synchronous && self.no_sync {
             return u("cannot use --synchronous together with --no-sync");
         }
@@ -273,6 +281,7 @@ impl ReceiveArgs {
             password: None,
             dir,
             slot: self.slot,
+            create_slot_if_missing: self.create_slot_if_missing,
             endpos: self.endpos,
             status_interval: (self.status_interval > 0)
                 .then(|| Duration::from_secs(self.status_interval.into())),

@@ -7,6 +7,8 @@
 //! * [`writer`]: the writer thread, which owns the segment files and runs fdatasync by
 //!   policy, publishing the durable position;
 //! * [`stream`]: one `START_REPLICATION` session, the copy-both loop;
+//! * `failover`: continuing on the server's timeline after a promotion, and the slot
+//!   on a new server;
 //! * [`receive`]: the daemon loop: start position, timeline following, reconnects with
 //!   backoff, shutdown.
 //!
@@ -16,6 +18,7 @@
 
 pub mod conn;
 mod error;
+mod failover;
 pub mod run;
 pub mod stream;
 pub mod writer;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use walsink_archive::{Archive, SyncMode};
-use walsink_protocol::conninfo::ConnConfig;
+use walsink_archive::{Archive, StartPoint, SyncMode};
+use walsink_protocol::conninfo::{ConnConfig, Target};
 use walsink_protocol::query::{
     IdentifySystem, SlotInfo, create_physical_slot_command, drop_slot_command,
     parse_identify_system, parse_read_replication_slot, parse_timeline_history,
@@ -19,6 +19,7 @@ use walsink_wal::{Lsn, TimelineId, WalSegSize};
 
 use crate::conn::{Connection, connect, describe};
 use crate::error::{ErrorKind, ReceiverError};
+use crate::failover;
 use crate::stream::{ArcArchiveError, StreamEnd, StreamOptions, stream};
 use crate::writer::{Writer, WriterConfig, writer_options};
 
@@ -33,6 +34,9 @@ pub struct ReceiveConfig {
     pub dir: PathBuf,
     /// Physical replication slot.
     pub slot: Option<String>,
+    /// `--create-slot-if-missing`: create `slot` (reserving WAL) on a server that does
+    /// not have it, e.g. a promoted standby, instead of stopping.
+    pub create_slot_if_missing: bool,
     /// Stop at this position.
     pub endpos: Option<Lsn>,
     /// Periodic status update interval; `None` disables them.
@@ -76,13 +80,22 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
     let mut last_error: Option<String> = None;
     let mut first_failure_at: Option<Instant> = None;
     let mut last_kind: Option<ErrorKind> = None;
+    let mut last_target: Option<Target> = None;
     loop {
         let started = Instant::now();
         let streamed = Cell::new(false);
         // Announce each recovery; not while waiting for a busy slot, where every
         // attempt connects and then finds the slot still busy.
         let announce = failures > 0 && last_kind != Some(ErrorKind::SlotInUse);
-        let result = run_once(&cfg, &mut archive, &cancel, announce, &streamed).await;
+        let result = run_once(
+            &cfg,
+            &mut archive,
+            &cancel,
+            announce,
+            &streamed,
+            &mut last_target,
+        )
+        .await;
         last_kind = result.as_ref().err().map(|e| e.kind());
         match result {
             Ok(()) => return Ok(()),
@@ -166,20 +179,55 @@ async fn run_once(
     cancel: &CancellationToken,
     announce_reconnect: bool,
     streamed: &Cell<bool>,
+    last_target: &mut Option<Target>,
 ) -> Result<(), ReceiverError> {
     let (mut conn, id) = tokio::select! {
         r = open(cfg) => r?,
         _ = cancel.cancelled() => return Ok(()),
     };
-    if announce_reconnect {
-        info!("connected to server {} again", describe(&conn.target));
-    } else {
-        debug!("connected to server {}", describe(&conn.target));
+    let what = match conn.in_hot_standby() {
+        Some(true) => ", a standby",
+        Some(false) => ", a primary",
+        None => "",
+    };
+    match last_target.replace(conn.target.clone()) {
+        Some(previous) if previous != conn.target => info!(
+            "connected to server {} (timeline {}{what}); the previous connection was to server {}",
+            describe(&conn.target),
+            id.timeline,
+            describe(&previous)
+        ),
+        _ if announce_reconnect => info!("connected to server {} again", describe(&conn.target)),
+        None if cfg.conn.targets.len() > 1 => info!(
+            "connected to server {} (timeline {}{what})",
+            describe(&conn.target),
+            id.timeline
+        ),
+        _ => debug!("connected to server {}", describe(&conn.target)),
     }
     let seg = parse_wal_segment_size(&conn.query("SHOW wal_segment_size").await?)?;
     archive.check_identity(id.system_id, seg)?;
 
-    let (mut tli, mut start) = start_position(cfg, archive, &mut conn, &id, seg).await?;
+    if cfg.create_slot_if_missing
+        && let Some(slot) = &cfg.slot
+    {
+        failover::ensure_slot(&mut conn, slot).await?;
+    }
+    let (tli, start, from_archive) = start_position(cfg, archive, &mut conn, &id, seg).await?;
+    // After a failover: the archive's timeline may have ended (or run past the fork
+    // point) in the server's history.
+    let (mut tli, mut start) = failover::follow_history(
+        &mut conn,
+        tli,
+        start,
+        id.timeline,
+        seg,
+        from_archive.as_ref(),
+    )
+    .await?;
+    if let Some(slot) = &cfg.slot {
+        failover::check_slot_coverage(&mut conn, slot, tli, start, seg).await?;
+    }
     if let Some(end) = cfg.endpos
         && end <= start
     {
@@ -187,13 +235,6 @@ async fn run_once(
         conn.close().await;
         return Ok(());
     }
-    if tli > id.timeline {
-        return Err(ReceiverError::fatal(format!(
-            "the archive continues on timeline {tli}, which is not present on the server (its timeline is {}); the archive is ahead of this server",
-            id.timeline
-        )));
-    }
-
     let opts = StreamOptions {
         slot: cfg.slot.clone(),
         endpos: cfg.endpos,
@@ -266,16 +307,27 @@ async fn run_once(
 
 /// pg_receivewal's start-position rule: the archive's newest segment, else the slot's
 /// restart_lsn (PostgreSQL 15+), else the server's flush position; segment aligned.
+/// Unlike pg_receivewal, "newest" is on the archive's newest timeline: an older
+/// timeline may hold higher segments, written by an old primary past the point where
+/// the newer timeline forked from it. Also returns the archive's start point, if the
+/// position came from the archive.
 async fn start_position(
     cfg: &ReceiveConfig,
     archive: &Archive,
     conn: &mut Connection,
     id: &IdentifySystem,
     seg: WalSegSize,
-) -> Result<(TimelineId, Lsn), ReceiverError> {
-    if let Some(sp) = archive.find_start(seg)? {
+) -> Result<(TimelineId, Lsn, Option<StartPoint>), ReceiverError> {
+    let starts = archive.find_starts(seg)?;
+    if let Some(&sp) = starts.last() {
         debug!(?sp, "resuming from the archive");
-        return Ok((sp.tli, sp.lsn));
+        for old in starts.iter().filter(|o| o.lsn > sp.lsn) {
+            debug!(
+                "the archive's timeline {} reaches further ({}) than its newest timeline {}; that WAL is not on timeline {}",
+                old.tli, old.lsn, sp.tli, sp.tli
+            );
+        }
+        return Ok((sp.tli, sp.lsn, Some(sp)));
     }
     if let Some(slot) = &cfg.slot
         && conn.server.server_version_num().unwrap_or(0) >= 150000
@@ -300,14 +352,14 @@ async fn start_position(
                 restart_tli,
             } => {
                 let tli = restart_tli.unwrap_or(id.timeline);
-                return Ok((tli, seg.segment_start(lsn)));
+                return Ok((tli, seg.segment_start(lsn), None));
             }
             SlotInfo::Physical {
                 restart_lsn: None, ..
             } => {}
         }
     }
-    Ok((id.timeline, seg.segment_start(id.xlogpos)))
+    Ok((id.timeline, seg.segment_start(id.xlogpos), None))
 }
 
 /// `--create-slot`: creates a physical slot that reserves WAL at once, then returns.

@@ -1,0 +1,333 @@
+//! Following the primary through a failover: continuing the archive on the server's
+//! timeline when the archive's own timeline ran past the fork point, and making sure
+//! the slot walsink streams from exists and covers what it needs.
+
+use tracing::{debug, info, warn};
+use walsink_archive::StartPoint;
+use walsink_protocol::query::{
+    SlotInfo, create_physical_slot_command, parse_read_replication_slot, parse_timeline_history,
+    read_replication_slot_command, timeline_history_command,
+};
+use walsink_wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
+
+use crate::conn::{Connection, describe};
+use crate::error::ReceiverError;
+
+/// Where streaming starts on a server, given where the archive ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Start where the archive ends: on the server's timeline, or on an ancestor of it
+    /// at or before the point where the server's history left that ancestor (the
+    /// server streams the rest of it, then switches).
+    AsIs,
+    /// The archive's timeline runs past the point where the server's history forked
+    /// from it: start on the timeline that followed it, at the segment holding the fork.
+    Fork {
+        /// The timeline the server's history continued on.
+        tli: TimelineId,
+        /// Segment start of the fork point.
+        start: Lsn,
+        /// Where the archive's timeline ended in the server's history.
+        fork: Lsn,
+    },
+    /// The archive's timeline is newer than the server's.
+    Ahead,
+    /// The archive's timeline is not in the server's history at all.
+    NotInHistory,
+}
+
+/// Decides where to start on a server whose timeline has `history`, when the archive
+/// would resume on `tli` at `start` (a segment start).
+///
+/// A start exactly at the fork point is left to the server: it answers
+/// START_REPLICATION there with the next timeline at once.
+pub(crate) fn plan(
+    tli: TimelineId,
+    start: Lsn,
+    history: &TimelineHistory,
+    seg: WalSegSize,
+) -> Plan {
+    if tli == history.tli {
+        return Plan::AsIs;
+    }
+    if tli > history.tli {
+        return Plan::Ahead;
+    }
+    let Some(i) = history.ancestors.iter().position(|e| e.tli == tli) else {
+        return Plan::NotInHistory;
+    };
+    let fork = history.ancestors[i].switchpoint;
+    if start <= fork {
+        return Plan::AsIs;
+    }
+    let next = history.ancestors.get(i + 1).map_or(history.tli, |e| e.tli);
+    Plan::Fork {
+        tli: next,
+        start: seg.segment_start(fork),
+        fork,
+    }
+}
+
+/// Applies [`plan`] against the server of `conn` (on `server_tli`): returns the
+/// timeline and position to start streaming at, or a fatal error when the archive
+/// cannot continue on this server. `archive` is the archive's start point that `tli`
+/// and `start` came from, if they came from the archive (for messages).
+pub(crate) async fn follow_history(
+    conn: &mut Connection,
+    tli: TimelineId,
+    start: Lsn,
+    server_tli: TimelineId,
+    seg: WalSegSize,
+    archive: Option<&StartPoint>,
+) -> Result<(TimelineId, Lsn), ReceiverError> {
+    if tli == server_tli {
+        return Ok((tli, start));
+    }
+    if tli > server_tli {
+        return Err(ReceiverError::fatal(format!(
+            "the archive continues on timeline {tli}, which is not present on the server (its timeline is {server_tli}); the archive is ahead of this server"
+        )));
+    }
+    let rs = conn.query(&timeline_history_command(server_tli)).await?;
+    let file = parse_timeline_history(&rs, server_tli)?;
+    let history = TimelineHistory::parse(server_tli, &file.content).map_err(|e| {
+        ReceiverError::fatal(format!(
+            "server sent an invalid history file {}: {e}",
+            file.filename
+        ))
+    })?;
+    match plan(tli, start, &history, seg) {
+        Plan::AsIs => Ok((tli, start)),
+        Plan::Ahead => unreachable!("checked above"),
+        Plan::NotInHistory => Err(ReceiverError::fatal(format!(
+            "the archive continues timeline {tli}, which is not in the history of timeline {server_tli} of server {} ({}); the archive followed another branch than this server: use a new archive directory for it, or connect to a server of the archive's branch",
+            describe(&conn.target),
+            describe_history(&history)
+        ))),
+        Plan::Fork {
+            tli: next,
+            start: next_start,
+            fork,
+        } => {
+            let newest = archive.map_or_else(String::new, |sp| {
+                format!(" (its newest file there is {})", newest_file_name(sp, seg))
+            });
+            warn!(
+                "the archive holds WAL of timeline {tli} past {fork}, where timeline {next} forked from it on server {}{newest}: that WAL is not part of timeline {server_tli}'s history (the old primary wrote it after the promoted server stopped receiving); keeping those files, and continuing on timeline {next} at {next_start}",
+                describe(&conn.target)
+            );
+            Ok((next, next_start))
+        }
+    }
+}
+
+/// `1 until 0/5000123, 2 until 0/7000000, 3` for messages.
+fn describe_history(h: &TimelineHistory) -> String {
+    let mut parts: Vec<String> = h
+        .ancestors
+        .iter()
+        .map(|e| format!("timeline {} until {}", e.tli, e.switchpoint))
+        .collect();
+    parts.push(format!("then timeline {}", h.tli));
+    parts.join(", ")
+}
+
+/// The name of the archive file a start point was derived from.
+fn newest_file_name(sp: &StartPoint, seg: WalSegSize) -> String {
+    if sp.from_partial {
+        SegmentName::containing(sp.tli, sp.lsn, seg).partial_file_name(seg)
+    } else {
+        let last = Lsn(sp.lsn.0.saturating_sub(seg.bytes()));
+        SegmentName::containing(sp.tli, last, seg).file_name(seg)
+    }
+}
+
+/// `--create-slot-if-missing`: creates the physical slot `slot`, reserving WAL, when
+/// the server does not have it (a promoted standby has none of its primary's slots).
+///
+/// PostgreSQL 15 and later are asked with READ_REPLICATION_SLOT first; older servers
+/// get CREATE_REPLICATION_SLOT at every connection, and "already exists" is fine.
+pub(crate) async fn ensure_slot(conn: &mut Connection, slot: &str) -> Result<(), ReceiverError> {
+    if conn.server.server_version_num().unwrap_or(0) >= 150000 {
+        let rs = conn.query(&read_replication_slot_command(slot)).await?;
+        if parse_read_replication_slot(&rs)? != SlotInfo::Missing {
+            return Ok(());
+        }
+    }
+    match conn.query(&create_physical_slot_command(slot, true)).await {
+        Ok(rs) => {
+            let reserved = rs
+                .rows
+                .first()
+                .and_then(|r| r.get(1).cloned().flatten())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_else(|| "?".into());
+            warn!(
+                "replication slot \"{slot}\" did not exist on server {}; created it (--create-slot-if-missing): it retains WAL from {reserved} on",
+                describe(&conn.target)
+            );
+            Ok(())
+        }
+        Err(e) if e.sqlstate() == Some("42710") => {
+            debug!("replication slot \"{slot}\" already exists");
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!(
+            "could not create replication slot \"{slot}\" (--create-slot-if-missing)"
+        ))),
+    }
+}
+
+/// Before streaming from `start` through `slot`: says so loudly when the slot does not
+/// retain the WAL walsink needs (its restart_lsn is in a later segment than `start`,
+/// e.g. a slot just created on a promoted standby). Streaming then works only if the
+/// server still has that WAL anyway; if it does not, START_REPLICATION fails with
+/// "has already been removed". Needs READ_REPLICATION_SLOT (PostgreSQL 15+); says
+/// nothing on older servers.
+pub(crate) async fn check_slot_coverage(
+    conn: &mut Connection,
+    slot: &str,
+    tli: TimelineId,
+    start: Lsn,
+    seg: WalSegSize,
+) -> Result<(), ReceiverError> {
+    if conn.server.server_version_num().unwrap_or(0) < 150000 {
+        return Ok(());
+    }
+    let rs = conn.query(&read_replication_slot_command(slot)).await?;
+    match parse_read_replication_slot(&rs)? {
+        SlotInfo::Physical {
+            restart_lsn: Some(restart),
+            restart_tli,
+        } if seg.segment_start(restart) > start => {
+            let on = restart_tli.map_or_else(String::new, |t| format!(" (timeline {t})"));
+            warn!(
+                "replication slot \"{slot}\" on server {} retains WAL only from {restart}{on}, but walsink needs it from {start} (timeline {tli}): the slot does not protect the WAL in between; streaming works only while the server still has it in pg_wal",
+                describe(&conn.target)
+            );
+        }
+        SlotInfo::Physical {
+            restart_lsn: None, ..
+        } => info!(
+            "replication slot \"{slot}\" on server {} has reserved no WAL yet; it will retain WAL from where walsink reports",
+            describe(&conn.target)
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tli(n: u32) -> TimelineId {
+        TimelineId::new(n).unwrap()
+    }
+
+    fn lsn(s: &str) -> Lsn {
+        s.parse().unwrap()
+    }
+
+    fn seg() -> WalSegSize {
+        WalSegSize::new(1 << 20).unwrap()
+    }
+
+    fn history(t: u32, content: &str) -> TimelineHistory {
+        TimelineHistory::parse(tli(t), content.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn same_timeline_starts_as_is() {
+        let h = history(2, "1\t0/5000123\tno recovery target specified\n");
+        assert_eq!(plan(tli(2), lsn("0/7000000"), &h, seg()), Plan::AsIs);
+    }
+
+    #[test]
+    fn old_timeline_before_the_fork_is_streamed_by_the_server() {
+        let h = history(2, "1\t0/5000123\tx\n");
+        // In the segment holding the fork, and exactly at the fork: the server handles it.
+        assert_eq!(plan(tli(1), lsn("0/5000000"), &h, seg()), Plan::AsIs);
+        assert_eq!(plan(tli(1), lsn("0/3000000"), &h, seg()), Plan::AsIs);
+        let aligned = history(2, "1\t0/5000000\tx\n");
+        assert_eq!(plan(tli(1), lsn("0/5000000"), &aligned, seg()), Plan::AsIs);
+    }
+
+    #[test]
+    fn old_timeline_past_the_fork_continues_on_the_next_timeline() {
+        let h = history(2, "1\t0/5000123\tx\n");
+        assert_eq!(
+            plan(tli(1), lsn("0/6000000"), &h, seg()),
+            Plan::Fork {
+                tli: tli(2),
+                start: lsn("0/5000000"),
+                fork: lsn("0/5000123")
+            }
+        );
+        // Two promotions: timeline 1 ran past its fork; continue on 2, not 3.
+        let h3 = history(3, "1\t0/5000123\tx\n2\t0/9000040\ty\n");
+        assert_eq!(
+            plan(tli(1), lsn("0/A000000"), &h3, seg()),
+            Plan::Fork {
+                tli: tli(2),
+                start: lsn("0/5000000"),
+                fork: lsn("0/5000123")
+            }
+        );
+        assert_eq!(
+            plan(tli(2), lsn("0/A000000"), &h3, seg()),
+            Plan::Fork {
+                tli: tli(3),
+                start: lsn("0/9000000"),
+                fork: lsn("0/9000040")
+            }
+        );
+        // An aligned fork point: start there on the new timeline.
+        let aligned = history(2, "1\t0/5000000\tx\n");
+        assert_eq!(
+            plan(tli(1), lsn("0/5100000"), &aligned, seg()),
+            Plan::Fork {
+                tli: tli(2),
+                start: lsn("0/5000000"),
+                fork: lsn("0/5000000")
+            }
+        );
+    }
+
+    #[test]
+    fn foreign_and_newer_timelines_are_refused() {
+        // Timeline 3 forked from 1: an archive on timeline 2 followed another branch.
+        let h = history(3, "1\t0/5000123\tx\n");
+        assert_eq!(
+            plan(tli(2), lsn("0/6000000"), &h, seg()),
+            Plan::NotInHistory
+        );
+        assert_eq!(plan(tli(4), lsn("0/6000000"), &h, seg()), Plan::Ahead);
+        assert_eq!(
+            describe_history(&h),
+            "timeline 1 until 0/5000123, then timeline 3"
+        );
+    }
+
+    #[test]
+    fn newest_file_names() {
+        let partial = StartPoint {
+            tli: tli(1),
+            lsn: lsn("0/7000000"),
+            from_partial: true,
+        };
+        assert_eq!(
+            newest_file_name(&partial, seg()),
+            "000000010000000000000070.partial"
+        );
+        let complete = StartPoint {
+            tli: tli(1),
+            lsn: lsn("0/7000000"),
+            from_partial: false,
+        };
+        assert_eq!(
+            newest_file_name(&complete, seg()),
+            "00000001000000000000006F"
+        );
+    }
+}
