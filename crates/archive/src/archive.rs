@@ -282,6 +282,12 @@ impl Archive {
         fs::metadata(self.path.join(tli.history_file_name())).is_ok_and(|m| m.is_file())
     }
 
+    /// The content of `NNNNNNNN.history` of `tli`, or `None` if the archive does not
+    /// have it.
+    pub fn read_history(&self, tli: TimelineId) -> Result<Option<Vec<u8>>, ArchiveError> {
+        fsops::read_if_exists(&self.path.join(tli.history_file_name()))
+    }
+
     /// Writes the history file of `tli` durably (`NNNNNNNN.history.tmp`, fsync,
     /// rename, fsync of the directory; mode 0600).
     ///
@@ -588,9 +594,11 @@ mod tests {
         let a = Archive::open(d.path(), SyncMode::Sync).unwrap();
         let t2 = tli(2);
         assert!(!a.has_history(t2));
+        assert_eq!(a.read_history(t2).unwrap(), None);
         let content = b"1\t0/3000000\tno recovery target specified\n";
         a.write_history(t2, content).unwrap();
         assert!(a.has_history(t2));
+        assert_eq!(a.read_history(t2).unwrap().as_deref(), Some(&content[..]));
         let path = d.path().join("00000002.history");
         assert_eq!(fs::read(&path).unwrap(), content);
         assert_eq!(mode(&path), 0o600);

@@ -68,10 +68,25 @@ pub(crate) fn plan(
     }
 }
 
+/// Whether timeline `archived.tli`, as the archive's history file describes it, is
+/// the same timeline in `server`'s history: the same ancestors with the same switch
+/// points. Two promotions can pick the same timeline number on different branches (two
+/// standbys of one primary, each promoted); their WAL must not be mixed.
+pub(crate) fn same_branch(archived: &TimelineHistory, server: &TimelineHistory) -> bool {
+    let n = archived.ancestors.len();
+    if archived.tli == server.tli {
+        return archived.ancestors == server.ancestors;
+    }
+    server.ancestors.len() > n
+        && server.ancestors[..n] == archived.ancestors[..]
+        && server.ancestors[n].tli == archived.tli
+}
+
 /// Applies [`plan`] against the server of `conn` (on `server_tli`): returns the
 /// timeline and position to start streaming at, or a fatal error when the archive
 /// cannot continue on this server. `archive` is the archive's start point that `tli`
-/// and `start` came from, if they came from the archive (for messages).
+/// and `start` came from, if they came from the archive (for messages), and
+/// `archived_history` the archive's history file of `tli`, if it has one.
 pub(crate) async fn follow_history(
     conn: &mut Connection,
     tli: TimelineId,
@@ -79,8 +94,9 @@ pub(crate) async fn follow_history(
     server_tli: TimelineId,
     seg: WalSegSize,
     archive: Option<&StartPoint>,
+    archived_history: Option<&[u8]>,
 ) -> Result<(TimelineId, Lsn), ReceiverError> {
-    if tli == server_tli {
+    if tli == server_tli && tli == TimelineId::ONE {
         return Ok((tli, start));
     }
     if tli > server_tli {
@@ -96,6 +112,22 @@ pub(crate) async fn follow_history(
             file.filename
         ))
     })?;
+    if let Some(content) = archived_history {
+        match TimelineHistory::parse(tli, content) {
+            Ok(mine) if !same_branch(&mine, &history) => {
+                return Err(ReceiverError::fatal(format!(
+                    "the archive's timeline {tli} ({}) is not timeline {tli} of server {} ({}): two different promotions created a timeline {tli}; the archive followed the other one. Use a new archive directory for this server",
+                    describe_history(&mine),
+                    describe(&conn.target),
+                    describe_history(&history)
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => warn!(
+                "cannot compare the archive's history file of timeline {tli} with the server's: {e}"
+            ),
+        }
+    }
     match plan(tli, start, &history, seg) {
         Plan::AsIs => Ok((tli, start)),
         Plan::Ahead => unreachable!("checked above"),
@@ -307,6 +339,33 @@ mod tests {
             describe_history(&h),
             "timeline 1 until 0/5000123, then timeline 3"
         );
+    }
+
+    #[test]
+    fn branches_are_told_apart_by_their_history() {
+        let server = history(3, "1\t0/5000123\tx\n2\t0/9000040\ty\n");
+        // The same timelines, with or without the reason text.
+        assert!(same_branch(
+            &history(2, "1\t0/5000123\tother reason\n"),
+            &server
+        ));
+        assert!(same_branch(
+            &history(3, "1\t0/5000123\n2\t0/9000040\n"),
+            &server
+        ));
+        // Timeline 2 of another promotion (another switch point).
+        assert!(!same_branch(&history(2, "1\t0/5000200\tx\n"), &server));
+        assert!(!same_branch(
+            &history(3, "1\t0/5000123\tx\n2\t0/9000041\ty\n"),
+            &server
+        ));
+        // A timeline the server's history does not have.
+        assert!(!same_branch(
+            &history(4, "1\t0/5000123\tx\n2\t0/9000040\ty\n3\t0/A000000\n"),
+            &server
+        ));
+        let skipping = history(3, "1\t0/5000123\tx\n");
+        assert!(!same_branch(&history(2, "1\t0/5000123\tx\n"), &skipping));
     }
 
     #[test]

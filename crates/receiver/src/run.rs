@@ -216,6 +216,11 @@ async fn run_once(
     let (tli, start, from_archive) = start_position(cfg, archive, &mut conn, &id, seg).await?;
     // After a failover: the archive's timeline may have ended (or run past the fork
     // point) in the server's history.
+    let archived_history = if tli == TimelineId::ONE {
+        None
+    } else {
+        archive.read_history(tli)?
+    };
     let (mut tli, mut start) = failover::follow_history(
         &mut conn,
         tli,
@@ -223,6 +228,7 @@ async fn run_once(
         id.timeline,
         seg,
         from_archive.as_ref(),
+        archived_history.as_deref(),
     )
     .await?;
     if let Some(slot) = &cfg.slot {

@@ -114,6 +114,10 @@ pub async fn stream(
         // the next timeline at once, without entering copy mode.
         m @ BackendMessage::RowDescription(_) => {
             let next = finish_result(conn, m).await?;
+            info!(
+                "timeline {tli} ends exactly at {start}: the server answered with the next timeline {} at once",
+                next.tli
+            );
             return Ok(StreamEnd::EndOfTimeline {
                 next,
                 received: start,
