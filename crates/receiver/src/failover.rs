@@ -112,6 +112,14 @@ pub(crate) async fn follow_history(
             file.filename
         ))
     })?;
+    let plan = plan(tli, start, &history, seg);
+    if plan == Plan::NotInHistory {
+        return Err(ReceiverError::fatal(format!(
+            "the archive continues timeline {tli}, which is not in the history of timeline {server_tli} of server {} ({}); the archive followed another branch than this server: use a new archive directory for it, or connect to a server of the archive's branch",
+            describe(&conn.target),
+            describe_history(&history)
+        )));
+    }
     if let Some(content) = archived_history {
         match TimelineHistory::parse(tli, content) {
             Ok(mine) if !same_branch(&mine, &history) => {
@@ -128,14 +136,9 @@ pub(crate) async fn follow_history(
             ),
         }
     }
-    match plan(tli, start, &history, seg) {
+    match plan {
         Plan::AsIs => Ok((tli, start)),
-        Plan::Ahead => unreachable!("checked above"),
-        Plan::NotInHistory => Err(ReceiverError::fatal(format!(
-            "the archive continues timeline {tli}, which is not in the history of timeline {server_tli} of server {} ({}); the archive followed another branch than this server: use a new archive directory for it, or connect to a server of the archive's branch",
-            describe(&conn.target),
-            describe_history(&history)
-        ))),
+        Plan::Ahead | Plan::NotInHistory => unreachable!("handled above"),
         Plan::Fork {
             tli: next,
             start: next_start,
@@ -153,7 +156,7 @@ pub(crate) async fn follow_history(
     }
 }
 
-/// `1 until 0/5000123, 2 until 0/7000000, 3` for messages.
+/// `timeline 1 until 0/5000123, then timeline 2` for messages.
 fn describe_history(h: &TimelineHistory) -> String {
     let mut parts: Vec<String> = h
         .ancestors
@@ -187,15 +190,21 @@ pub(crate) async fn ensure_slot(conn: &mut Connection, slot: &str) -> Result<(),
         }
     }
     match conn.query(&create_physical_slot_command(slot, true)).await {
-        Ok(rs) => {
-            let reserved = rs
-                .rows
-                .first()
-                .and_then(|r| r.get(1).cloned().flatten())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_else(|| "?".into());
+        Ok(_) => {
+            // The command's consistent_point is 0/0 for physical slots: read the slot.
+            let mut from = String::new();
+            if conn.server.server_version_num().unwrap_or(0) >= 150000 {
+                let rs = conn.query(&read_replication_slot_command(slot)).await?;
+                if let SlotInfo::Physical {
+                    restart_lsn: Some(lsn),
+                    ..
+                } = parse_read_replication_slot(&rs)?
+                {
+                    from = format!(": it retains WAL from {lsn} on");
+                }
+            }
             warn!(
-                "replication slot \"{slot}\" did not exist on server {}; created it (--create-slot-if-missing): it retains WAL from {reserved} on",
+                "replication slot \"{slot}\" did not exist on server {}; created it (--create-slot-if-missing){from}",
                 describe(&conn.target)
             );
             Ok(())
