@@ -23,3 +23,5 @@ mod errors;
 mod feedback;
 // Faults injected by a TCP proxy in front of a real server: stalls, cuts at random byte offsets.
 mod faults;
+// Following the primary: several hosts and target_session_attrs, slots on a promoted server, forks past the archive's end.
+mod failover;

@@ -121,15 +121,15 @@ fn lsn_ahead(server: &PgCluster, bytes: u64) -> u64 {
 
 /// One WAL file in the archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct WalFile {
-    tli: u32,
-    segno: u64,
-    partial: bool,
-    name: String,
+pub(crate) struct WalFile {
+    pub(crate) tli: u32,
+    pub(crate) segno: u64,
+    pub(crate) partial: bool,
+    pub(crate) name: String,
 }
 
 /// Every uncompressed WAL segment file (completed or `.partial`) in `dir`, by (segno, tli).
-fn wal_files(dir: &Path, seg_size: u64) -> Vec<WalFile> {
+pub(crate) fn wal_files(dir: &Path, seg_size: u64) -> Vec<WalFile> {
     let per_id = 0x1_0000_0000 / seg_size;
     let mut files: Vec<WalFile> = archive::list(dir)
         .into_iter()
@@ -180,7 +180,7 @@ fn switch_points(history: &str) -> Vec<(u32, u64)> {
 ///   or `end` (last timeline).
 ///
 /// Returns the archive's files.
-fn assert_archive_follows(
+pub(crate) fn assert_archive_follows(
     dir: &Path,
     seg_size: u64,
     last_tli: u32,
@@ -300,7 +300,7 @@ fn assert_archive_follows(
     files
 }
 
-fn sources(list: &[(u32, &PgCluster)]) -> BTreeMap<u32, Vec<PathBuf>> {
+pub(crate) fn sources(list: &[(u32, &PgCluster)]) -> BTreeMap<u32, Vec<PathBuf>> {
     let mut map: BTreeMap<u32, Vec<PathBuf>> = BTreeMap::new();
     for (tli, pg) in list {
         map.entry(*tli).or_default().push(pg.pg_wal_dir());
