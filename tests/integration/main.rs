@@ -23,3 +23,5 @@ mod errors;
 mod feedback;
 // Faults injected by a TCP proxy in front of a real server: stalls, cuts at random byte offsets.
 mod faults;
+// Protocol faults no real server produces, played by a scripted fake server (harness/fake.rs).
+mod protocol_faults;
