@@ -25,3 +25,5 @@ mod feedback;
 mod faults;
 // Following the primary: several hosts and target_session_attrs, slots on a promoted server, forks past the archive's end.
 mod failover;
+// Protocol faults no real server produces, played by a scripted fake server (harness/fake.rs).
+mod protocol_faults;

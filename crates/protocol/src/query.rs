@@ -242,14 +242,19 @@ pub struct NextTimeline {
 pub fn parse_next_timeline(rs: &ResultSet) -> Result<NextTimeline, ProtocolError> {
     const C: &str = "START_REPLICATION (end of timeline)";
     rs.check_shape(C, 1, 2)?;
-    let tli = rs
-        .text(0, 0)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(C, "could not parse next timeline"))?;
-    let start = rs
+    let tli_text = rs.text(0, 0).ok_or_else(|| bad(C, "NULL next timeline"))?;
+    let tli = tli_text
+        .parse()
+        .map_err(|_| bad(C, format!("could not parse next timeline \"{tli_text}\"")))?;
+    let start_text = rs
         .text(0, 1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(C, "could not parse next timeline's start position"))?;
+        .ok_or_else(|| bad(C, "NULL next timeline start position"))?;
+    let start = start_text.parse().map_err(|_| {
+        bad(
+            C,
+            format!("could not parse next timeline's start position \"{start_text}\""),
+        )
+    })?;
     Ok(NextTimeline { tli, start })
 }
 
@@ -395,13 +400,22 @@ mod tests {
                 start: Lsn(0x30000A0)
             }
         );
+        let e = parse_next_timeline(&rs(
+            &["next_tli", "next_tli_startpos"],
+            &[Some("0"), Some("0/1")],
+        ))
+        .unwrap_err();
         assert!(
-            parse_next_timeline(&rs(
-                &["next_tli", "next_tli_startpos"],
-                &[Some("0"), Some("0/1")]
-            ))
-            .is_err()
+            e.to_string()
+                .contains("could not parse next timeline \"0\""),
+            "{e}"
         );
+        let e = parse_next_timeline(&rs(
+            &["next_tli", "next_tli_startpos"],
+            &[Some("2"), Some("0/XYZ")],
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("\"0/XYZ\""), "{e}");
     }
 
     #[test]

@@ -347,9 +347,11 @@ impl Connection {
             ReceiverError::transient(format!("could not receive data from server: {e}"))
         })?;
         if n == 0 {
-            return Err(ReceiverError::transient(
-                "server closed the connection unexpectedly",
-            ));
+            return Err(ReceiverError::transient(if self.rbuf.is_empty() {
+                "server closed the connection unexpectedly"
+            } else {
+                "server closed the connection unexpectedly, in the middle of a message"
+            }));
         }
         Ok(())
     }

@@ -280,9 +280,13 @@ async fn run_once(
                             next.tli
                         )));
                     }
-                    if next.start > received && received.is_valid() && next.start.0 - received.0 > seg.bytes() {
+                    // The server ends a historic timeline only once it has sent all of it (up
+                    // to the switch point, sometimes a little past it), so the next timeline
+                    // cannot begin past what was received: following it would leave this
+                    // timeline's WAL between the two missing from the archive.
+                    if next.start > received {
                         return Err(ReceiverError::fatal(format!(
-                            "server stopped streaming timeline {tli} at {received}, but reported next timeline {} to begin at {}",
+                            "server stopped streaming timeline {tli} at {received}, but reported next timeline {} to begin at {}; the WAL of timeline {tli} in between was never sent",
                             next.tli, next.start
                         )));
                     }

@@ -223,6 +223,18 @@ impl Session<'_> {
         self.conn.flush().await
     }
 
+    /// A protocol violation by the server, saying where the archive stands: everything
+    /// received before it is written, nothing of it or after it.
+    fn violation(&self, e: ReceiverError) -> ReceiverError {
+        ReceiverError::new(
+            e.kind(),
+            format!(
+                "{e}; nothing after {} (timeline {}) was written",
+                self.received, self.tli
+            ),
+        )
+    }
+
     fn writer_error(&self) -> ReceiverError {
         ReceiverError::from(ArcArchiveError(self.writer.failure()))
     }
@@ -241,7 +253,7 @@ impl Session<'_> {
             }
             // Handle every whole message already buffered before waiting again.
             if pending.is_none()
-                && let Some(msg) = self.conn.try_decode()?
+                && let Some(msg) = self.conn.try_decode().map_err(|e| self.violation(e))?
             {
                 if let Some(end) = self.handle_message(msg, &mut pending).await? {
                     return Ok(end);
@@ -313,21 +325,24 @@ impl Session<'_> {
         pending: &mut Option<(Lsn, Bytes)>,
     ) -> Result<Option<StreamEnd>, ReceiverError> {
         match msg {
-            BackendMessage::CopyData(payload) => match parse_replication_message(payload)? {
+            BackendMessage::CopyData(payload) => match parse_replication_message(payload)
+                .map_err(|e| self.violation(ReceiverError::from(e)))?
+            {
                 ReplicationMessage::XLogData {
                     start, mut data, ..
                 } => {
                     if start != self.received {
-                        return Err(ReceiverError::fatal(format!(
-                            "server sent WAL starting at {start}, but walsink expected {}: {}; nothing after {} was written",
-                            self.received,
-                            if start > self.received {
-                                "a gap in the stream"
-                            } else {
-                                "an overlap in the stream"
-                            },
+                        let what = if self.received == self.start {
+                            "the stream must begin where START_REPLICATION asked"
+                        } else if start > self.received {
+                            "a gap in the stream"
+                        } else {
+                            "an overlap in the stream"
+                        };
+                        return Err(self.violation(ReceiverError::fatal(format!(
+                            "server sent WAL starting at {start}, but walsink expected {}: {what}",
                             self.received
-                        )));
+                        ))));
                     }
                     if let Some(end) = self.opts.endpos
                         && start.0 + data.len() as u64 > end.0
@@ -397,10 +412,10 @@ impl Session<'_> {
             BackendMessage::NoticeResponse(n) => info!("server notice: {n}"),
             BackendMessage::ParameterStatus { .. } => {}
             other => {
-                return Err(ReceiverError::fatal(format!(
+                return Err(self.violation(ReceiverError::fatal(format!(
                     "unexpected message '{}' from server during streaming",
-                    other.tag()
-                )));
+                    other.tag().escape_default()
+                ))));
             }
         }
         Ok(None)

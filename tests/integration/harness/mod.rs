@@ -6,6 +6,8 @@
 //! - [`walsink`]: [`Walsink`], which builds `walsink` command lines with a clean environment, and
 //!   [`WalsinkProcess`], a running child whose output can be read while it runs.
 //! - [`archive`]: checks that what walsink wrote matches what the server has in `pg_wal`, byte for byte.
+//! - [`fake`]: [`fake::FakeServer`], a scripted fake replication server for what PostgreSQL never sends.
+//! - [`proxy`]: [`proxy::FaultProxy`], a TCP proxy in front of a real server that stalls and cuts.
 //!
 //! Everything here is parallel-safe: each value owns its temp directory and port, and the only global state
 //! is the once-per-process lookup (or creation) of the unprivileged OS user that runs the servers when the
@@ -15,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod fake;
 pub mod pg;
 pub mod proxy;
 pub mod walsink;
