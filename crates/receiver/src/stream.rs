@@ -212,7 +212,9 @@ impl Session<'_> {
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), ReceiverError> {
         let flush = self.flush_to_report();
         StatusUpdate {
-            write: self.received,
+            // What the writer has handed to the OS, as PostgreSQL's own walreceiver
+            // reports it (remote_write relies on it), not what is only queued in memory.
+            write: self.writer.written().min(self.received),
             flush,
             apply: Lsn::INVALID,
             send_time: pg_timestamp(SystemTime::now()),

@@ -17,7 +17,7 @@
 //! makes the reported flush position honest by construction.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,9 @@ enum Cmd {
 pub struct Writer {
     tx: mpsc::Sender<Cmd>,
     flush_requested: Arc<AtomicBool>,
+    /// End of the bytes the thread has handed to the operating system (`pwrite`
+    /// returned), not yet necessarily durable: the `write` position of status updates.
+    written: Arc<AtomicU64>,
     /// Durable position and failure, as published by the thread.
     pub state: watch::Receiver<WriterState>,
     thread: Option<JoinHandle<()>>,
@@ -126,13 +129,16 @@ impl Writer {
         });
         let flush_requested = Arc::new(AtomicBool::new(false));
         let req = flush_requested.clone();
+        let written = Arc::new(AtomicU64::new(seg.written().0));
+        let thread_written = written.clone();
         let thread = std::thread::Builder::new()
             .name("walsink-writer".into())
-            .spawn(move || run(seg, cfg, rx, state_tx, req, rt))
+            .spawn(move || run(seg, cfg, rx, state_tx, req, thread_written, rt))
             .expect("spawning the writer thread");
         Writer {
             tx,
             flush_requested,
+            written,
             state,
             thread: Some(thread),
         }
@@ -141,6 +147,11 @@ impl Writer {
     /// Waits for room in the queue. Cancellation-safe.
     pub async fn reserve(&self) -> Result<Permit<'_>, ()> {
         self.tx.reserve().await.map(Permit).map_err(|_| ())
+    }
+
+    /// End of the bytes the thread has written to the operating system.
+    pub fn written(&self) -> Lsn {
+        Lsn(self.written.load(Ordering::Acquire))
     }
 
     /// Reserves queue space if there is some right now.
@@ -208,6 +219,7 @@ fn run(
     mut rx: mpsc::Receiver<Cmd>,
     state: watch::Sender<WriterState>,
     flush_requested: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
     rt: tokio::runtime::Handle,
 ) {
     let mut oldest_unflushed: Option<Instant> = None;
@@ -275,6 +287,7 @@ fn run(
             Cmd::Data { tli, start, data } => {
                 let before = seg.flushed();
                 let r = seg.write(tli, start, &data);
+                written.store(seg.written().0, Ordering::Release);
                 if r.is_ok() {
                     if seg.unflushed_bytes() > 0 && oldest_unflushed.is_none() {
                         oldest_unflushed = Some(Instant::now());
@@ -297,6 +310,7 @@ fn run(
             }
             Cmd::Reset { tli, lsn } => {
                 seg.reset_position(tli, lsn);
+                written.store(seg.written().0, Ordering::Release);
                 oldest_unflushed = None;
                 publish(&seg, &state);
                 Ok(())
