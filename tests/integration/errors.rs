@@ -624,3 +624,42 @@ fn removed_wal_exits_14_with_a_hint() {
         ],
     );
 }
+
+/// Proves that a connection string that requires TLS fails with exit 2 and says why,
+/// instead of connecting without encryption (TLS is not implemented yet), whether the
+/// requirement comes from the connection string or from PGSSLMODE.
+#[test]
+fn tls_required_modes_fail_instead_of_falling_back_to_plaintext() {
+    let dir = archive_dir();
+    for (conninfo, env) in [
+        (
+            "host=127.0.0.1 port=5432 user=postgres sslmode=require",
+            None,
+        ),
+        (
+            "host=127.0.0.1 port=5432 user=postgres sslmode=verify-ca",
+            None,
+        ),
+        (
+            "host=127.0.0.1 port=5432 user=postgres",
+            Some("verify-full"),
+        ),
+    ] {
+        let mut cmd = Walsink::cmd(["receive", "-n", "-w", "-d", conninfo, "-D"]);
+        cmd.arg(dir.path());
+        if let Some(mode) = env {
+            cmd.env("PGSSLMODE", mode);
+        }
+        let out = Walsink::run_command(cmd, Duration::from_secs(10));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{conninfo} {env:?}: {stderr}");
+        assert!(
+            stderr.contains("requires TLS, which this version of walsink does not support yet"),
+            "{conninfo} {env:?}: {stderr}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing may be written"
+    );
+}

@@ -276,6 +276,9 @@ impl ReceiveArgs {
         }
         let conn = ConnConfig::resolve(&opts, env, "walsink")
             .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
+        if let Some(msg) = walsink_receiver::conn::unsupported_tls(&conn) {
+            return Err(UsageError(msg));
+        }
         let config = ReceiveConfig {
             conn,
             password: None,

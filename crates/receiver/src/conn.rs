@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tracing::{debug, warn};
 use walsink_protocol::ProtocolError;
-use walsink_protocol::conninfo::{ConnConfig, Host, Target, TargetSessionAttrs};
+use walsink_protocol::conninfo::{ConnConfig, Host, SslMode, Target, TargetSessionAttrs};
 use walsink_protocol::copy::{encode_query, encode_terminate};
 use walsink_protocol::frame::{self, BackendMessage};
 use walsink_protocol::query::{QueryCollector, ResultSet, parse_show};
@@ -61,6 +61,9 @@ pub async fn connect(
     cfg: &ConnConfig,
     password: Option<&str>,
 ) -> Result<Connection, ReceiverError> {
+    if let Some(msg) = unsupported_tls(cfg) {
+        return Err(ReceiverError::fatal(msg));
+    }
     let passes: &[Wanted] = match cfg.target_session_attrs {
         TargetSessionAttrs::Any => &[Wanted::Any],
         TargetSessionAttrs::ReadWrite => &[Wanted::ReadWrite],
@@ -203,6 +206,23 @@ async fn disqualification(
 async fn show_on(conn: &mut Connection, name: &str) -> Result<bool, ReceiverError> {
     let rs = conn.query(&format!("SHOW {name}")).await?;
     Ok(parse_show(&rs)? == "on")
+}
+
+/// TLS is not implemented yet: a connection that requires it must fail, never fall back
+/// to plaintext silently. `prefer` and `allow` connect without TLS, which libpq also does
+/// when the server does not offer it.
+pub fn unsupported_tls(cfg: &ConnConfig) -> Option<String> {
+    matches!(
+        cfg.sslmode,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    )
+    .then(|| {
+        format!(
+            "sslmode={} requires TLS, which this version of walsink does not support yet; \
+             use sslmode=disable or sslmode=prefer (unencrypted), or tunnel the connection",
+            cfg.sslmode.as_str()
+        )
+    })
 }
 
 /// How a target is named in messages, like libpq does.
