@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{debug, info, warn};
-use walsink_wal::{TimelineId, WalSegSize};
+use walsink_wal::{Lsn, TimelineId, WalSegSize};
 
 use crate::fsops::{RealFs, SegmentFs};
-use crate::meta::Meta;
+use crate::meta::{Gap, Meta};
 use crate::writer::SegmentWriter;
 use crate::{ArchiveError, StartPoint, SyncMode, WriterOptions, fsops, scan};
 
@@ -51,6 +51,11 @@ pub struct Archive {
     /// The segment size of the cluster the directory was pinned to by
     /// [`Archive::check_identity`], once it was called.
     pinned_seg: Option<WalSegSize>,
+    /// What `walsink.meta` holds, once [`Archive::check_identity`] has read or
+    /// written it.
+    meta: Option<Meta>,
+    /// Whether the recorded gaps were reported (once per process).
+    gaps_reported: bool,
 }
 
 impl Archive {
@@ -146,6 +151,8 @@ impl Archive {
                 writer_active: AtomicBool::new(false),
             }),
             pinned_seg: None,
+            meta: None,
+            gaps_reported: false,
         })
     }
 
@@ -167,6 +174,9 @@ impl Archive {
     /// If it does not, but the directory already holds WAL files (for example written
     /// by pg_receivewal), the long page header of the newest file with a plausible one
     /// must match instead; then `walsink.meta` is written durably (0600).
+    ///
+    /// The first call that reads a `walsink.meta` with recorded gaps logs them (warn):
+    /// see [`Archive::gap_report`].
     pub fn check_identity(&mut self, system_id: u64, seg: WalSegSize) -> Result<(), ArchiveError> {
         let meta_path = self.path.join(META_FILE);
         if let Some(bytes) = fsops::read_if_exists(&meta_path)? {
@@ -178,6 +188,13 @@ impl Archive {
             let meta = Meta::parse(&text).map_err(bad)?;
             self.compare(meta.system_identifier, meta.seg, system_id, seg)?;
             self.pinned_seg = Some(seg);
+            self.meta = Some(meta);
+            if !self.gaps_reported {
+                self.gaps_reported = true;
+                if let Some(report) = self.gap_report() {
+                    warn!("{report}");
+                }
+            }
             return Ok(());
         }
 
@@ -203,6 +220,7 @@ impl Archive {
         let meta = Meta {
             system_identifier: system_id,
             seg,
+            gaps: Vec::new(),
         };
         fsops::write_file_atomically(
             &self.dir,
@@ -216,6 +234,70 @@ impl Archive {
             self.path.display()
         );
         self.pinned_seg = Some(seg);
+        self.meta = Some(meta);
+        Ok(())
+    }
+
+    /// The gaps recorded in `walsink.meta` (WAL the archive does not have, accepted
+    /// with `--allow-gap`), oldest first. Empty until [`Archive::check_identity`] ran.
+    pub fn gaps(&self) -> &[Gap] {
+        self.meta.as_ref().map_or(&[], |m| &m.gaps)
+    }
+
+    /// The warning about the recorded gaps, if there are any: `archive "DIR" has 1
+    /// recorded gap: 0/3000000..0/5000000 accepted at ... (reason); ...`.
+    pub fn gap_report(&self) -> Option<String> {
+        let gaps = self.gaps();
+        if gaps.is_empty() {
+            return None;
+        }
+        let list = gaps
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(format!(
+            "archive \"{}\" has {} recorded gap{}: {list}; the WAL in {} is not in the archive (the server had removed it; accepted with --allow-gap), so recovery from this archive cannot replay past the start of a gap",
+            self.path.display(),
+            gaps.len(),
+            if gaps.len() == 1 { "" } else { "s" },
+            if gaps.len() == 1 { "it" } else { "them" },
+        ))
+    }
+
+    /// The recorded gap that a start at `start` (a segment start, from
+    /// [`Archive::find_start`]) falls into: the newest gap whose range, widened to the
+    /// start of the segment of its `from`, contains `start`. Streaming must then
+    /// resume at the gap's `to` instead: the archive has nothing after the gap yet.
+    pub fn gap_containing(&self, start: Lsn, seg: WalSegSize) -> Option<&Gap> {
+        self.gaps()
+            .iter()
+            .rev()
+            .find(|g| seg.segment_start(g.from) <= start && start < g.to)
+    }
+
+    /// Records a gap in `walsink.meta`, durably and atomically (`walsink.meta.tmp`,
+    /// fsync, rename, directory fsync with [`SyncMode::Sync`]): afterwards the file
+    /// holds the old content plus the gap, or, if this fails, the old content. Needs
+    /// the identity pinned by [`Archive::check_identity`] first.
+    pub fn record_gap(&mut self, gap: Gap) -> Result<(), ArchiveError> {
+        let path = self.path.join(META_FILE);
+        let Some(meta) = &self.meta else {
+            return Err(ArchiveError::BadMetadata {
+                path,
+                reason: "cannot record a gap before the archive's identity is known".into(),
+            });
+        };
+        let mut updated = meta.clone();
+        updated.gaps.push(gap);
+        fsops::write_file_atomically(
+            &self.dir,
+            &self.path,
+            META_FILE,
+            updated.render().as_bytes(),
+            self.sync == SyncMode::Sync,
+        )?;
+        self.meta = Some(updated);
         Ok(())
     }
 
@@ -375,6 +457,7 @@ mod tests {
     use crate::testutil::*;
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
+    use walsink_wal::Lsn;
 
     fn open(d: &tempfile::TempDir) -> Archive {
         Archive::open(d.path(), SyncMode::NoSync).unwrap()
@@ -617,6 +700,111 @@ mod tests {
         a.write_history(tli(3), b"x\n").unwrap();
         assert_eq!(fs::read(d.path().join("00000003.history")).unwrap(), b"x\n");
         assert!(a.has_history(tli(3)));
+    }
+
+    #[test]
+    fn gaps_are_recorded_durably_and_read_back() {
+        let d = tempdir();
+        let mut a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+        // Not before the identity is known.
+        let g1 = Gap::new(Lsn(0x30_0000), Lsn(0x50_0000), 1_700_000_000, "removed");
+        let e = a.record_gap(g1.clone()).unwrap_err();
+        assert!(matches!(e, ArchiveError::BadMetadata { .. }), "{e:?}");
+        a.check_identity(111, seg1m()).unwrap();
+        assert!(a.gaps().is_empty());
+        assert_eq!(a.gap_report(), None);
+
+        a.record_gap(g1.clone()).unwrap();
+        assert_eq!(a.gaps(), std::slice::from_ref(&g1));
+        let meta = d.path().join(META_FILE);
+        let text = fs::read_to_string(&meta).unwrap();
+        assert!(text.contains("system_identifier = 111\n"), "{text}");
+        assert!(text.contains("wal_segment_size = 1048576\n"), "{text}");
+        assert!(
+            text.contains("\ngap = 0/300000 0/500000 1700000000 removed\n"),
+            "{text}"
+        );
+        assert_eq!(mode(&meta), 0o600);
+        assert!(!d.path().join("walsink.meta.tmp").exists());
+
+        let g2 = Gap::new(Lsn(0x70_0000), Lsn(0x90_0000), 1_700_000_100, "again");
+        a.record_gap(g2.clone()).unwrap();
+        drop(a);
+
+        // A new process reads them back, oldest first, and the identity still holds.
+        let mut a = open(&d);
+        a.check_identity(111, seg1m()).unwrap();
+        assert_eq!(a.gaps(), [g1, g2]);
+        let report = a.gap_report().unwrap();
+        assert!(
+            report.contains("has 2 recorded gaps: 0/300000..0/500000 accepted at 2023-11-14 22:13:20 UTC (removed); 0/700000..0/900000 accepted at"),
+            "{report}"
+        );
+        assert!(report.contains(&d.path().display().to_string()), "{report}");
+        assert!(matches!(
+            a.check_identity(222, seg1m()),
+            Err(ArchiveError::SystemIdMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn one_gap_is_reported_in_the_singular() {
+        let d = tempdir();
+        let mut a = open(&d);
+        a.check_identity(1, seg1m()).unwrap();
+        a.record_gap(Gap::new(Lsn(0x30_0000), Lsn(0x50_0000), 0, "r"))
+            .unwrap();
+        let report = a.gap_report().unwrap();
+        assert!(
+            report.contains(
+                "has 1 recorded gap: 0/300000..0/500000 accepted at 1970-01-01 00:00:00 UTC (r); the WAL in it is not in the archive"
+            ),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn a_failed_gap_record_leaves_the_metadata_as_it_was() {
+        let d = tempdir();
+        let mut a = open(&d);
+        a.check_identity(111, seg1m()).unwrap();
+        let meta = d.path().join(META_FILE);
+        let before = fs::read_to_string(&meta).unwrap();
+        // Something the temporary file cannot replace.
+        fs::create_dir(d.path().join("walsink.meta.tmp")).unwrap();
+        let e = a
+            .record_gap(Gap::new(Lsn(0x30_0000), Lsn(0x50_0000), 1, "r"))
+            .unwrap_err();
+        assert!(matches!(e, ArchiveError::Io { .. }), "{e:?}");
+        assert_eq!(fs::read_to_string(&meta).unwrap(), before);
+        assert!(a.gaps().is_empty(), "not recorded in memory either");
+        fs::remove_dir(d.path().join("walsink.meta.tmp")).unwrap();
+        a.record_gap(Gap::new(Lsn(0x30_0000), Lsn(0x50_0000), 1, "r"))
+            .unwrap();
+        assert_eq!(a.gaps().len(), 1);
+    }
+
+    #[test]
+    fn a_start_inside_a_gap_moves_to_its_end() {
+        let d = tempdir();
+        let mut a = open(&d);
+        a.check_identity(1, seg1m()).unwrap();
+        // The archive ended mid-segment 3; the server had segments from 5 on.
+        a.record_gap(Gap::new(Lsn(0x30_1234), Lsn(0x50_0000), 1, "r"))
+            .unwrap();
+        let s = |n: u64| Lsn(n * SEG);
+        assert_eq!(a.gap_containing(s(2), seg1m()), None);
+        assert_eq!(a.gap_containing(s(3), seg1m()).unwrap().to, s(5));
+        assert_eq!(a.gap_containing(s(4), seg1m()).unwrap().to, s(5));
+        assert_eq!(a.gap_containing(s(5), seg1m()), None);
+        assert_eq!(a.gap_containing(s(9), seg1m()), None);
+        // A later gap that starts where the first ended: the newest wins.
+        a.record_gap(Gap::new(s(5), s(8), 2, "again")).unwrap();
+        assert_eq!(a.gap_containing(s(5), seg1m()).unwrap().to, s(8));
+        assert_eq!(a.gap_containing(s(3), seg1m()).unwrap().to, s(5));
+        // The start scan itself does not know about gaps.
+        put(d.path(), "000000010000000000000003.partial", SEG as usize);
+        assert_eq!(a.find_start(seg1m()).unwrap().unwrap().lsn, s(3));
     }
 
     #[test]

@@ -51,7 +51,9 @@
 //!   existing `NAME` aside first), `fsync` the directory; only then does `flushed()`
 //!   move to the segment end;
 //! * `walsink.meta` and history files: write `*.tmp`, `fsync`, rename, `fsync` the
-//!   directory.
+//!   directory. `walsink.meta` also records the gaps an operator accepted
+//!   ([`Archive::record_gap`], [`Gap`]): WAL the server had removed before walsink
+//!   could archive it.
 //!
 //! [`SyncMode::NoSync`] skips every `fsync`/`fdatasync` (like `pg_receivewal
 //! --no-sync`) and reports everything written as flushed. A failed sync is returned
@@ -74,6 +76,7 @@ mod writer;
 
 pub use archive::{Archive, LOCK_FILE, META_FILE};
 pub use error::ArchiveError;
+pub use meta::Gap;
 pub use prepare::PREPARED_FILE;
 pub use writer::SegmentWriter;
 
