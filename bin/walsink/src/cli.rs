@@ -81,6 +81,11 @@ pub struct ReceiveArgs {
     #[arg(long = "flush-interval", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: Duration,
 
+    /// If the server no longer has WAL the archive needs, continue from the oldest WAL it
+    /// still has instead of exiting (code 14), and record the gap in walsink.meta.
+    #[arg(long = "allow-gap")]
+    pub allow_gap: bool,
+
     /// More output (repeat for more).
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
@@ -294,6 +299,7 @@ impl ReceiveArgs {
             no_loop: self.no_loop,
             flush_bytes: self.flush_bytes,
             flush_interval: self.flush_interval,
+            allow_gap: self.allow_gap,
         };
         Ok((config, action, self.verbose))
     }

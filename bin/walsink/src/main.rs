@@ -41,7 +41,7 @@ fn exit_code(e: &ReceiverError) -> u8 {
         ErrorKind::WalRemoved => exit::WAL_REMOVED,
         ErrorKind::SystemIdMismatch => exit::SYSTEM_ID_MISMATCH,
         ErrorKind::ArchiveLocked => exit::ARCHIVE_LOCKED,
-        ErrorKind::Archive => exit::ARCHIVE_ERROR,
+        ErrorKind::Archive | ErrorKind::DiskFull => exit::ARCHIVE_ERROR,
         _ => exit::ERROR,
     }
 }

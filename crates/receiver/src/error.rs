@@ -28,6 +28,9 @@ pub enum ErrorKind {
     /// The archive directory is missing, unwritable or damaged, or a write or fsync
     /// failed.
     Archive,
+    /// The archive's filesystem is full (`ENOSPC`) or the quota is exhausted
+    /// (`EDQUOT`). Retried like [`ErrorKind::Transient`]: space may come back.
+    DiskFull,
     /// The server is of an unsupported version or misbehaved; anything else.
     Fatal,
 }
@@ -38,6 +41,7 @@ pub struct ReceiverError {
     kind: ErrorKind,
     message: String,
     sqlstate: Option<String>,
+    server_message: Option<String>,
 }
 
 impl ReceiverError {
@@ -47,6 +51,7 @@ impl ReceiverError {
             kind,
             message: message.into(),
             sqlstate: None,
+            server_message: None,
         }
     }
 
@@ -70,9 +75,22 @@ impl ReceiverError {
         self.kind
     }
 
+    /// The server's primary message behind this error (`requested WAL segment ... has
+    /// already been removed`), if it came from the server.
+    pub fn server_message(&self) -> Option<&str> {
+        self.server_message.as_deref()
+    }
+
+    /// The message without walsink's hint (everything before `HINT (walsink):`).
+    pub fn summary(&self) -> &str {
+        self.message
+            .split_once("\nHINT (walsink):")
+            .map_or(self.message.as_str(), |(head, _)| head)
+    }
+
     /// Whether walsink should retry after this error (when looping).
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::DiskFull)
     }
 
     /// Prefixes the message with context.
@@ -118,6 +136,7 @@ impl ReceiverError {
             kind,
             message,
             sqlstate: Some(e.code.clone()),
+            server_message: Some(e.message.clone()),
         }
     }
 }
@@ -154,6 +173,7 @@ impl std::error::Error for ReceiverError {}
 impl From<ArchiveError> for ReceiverError {
     fn from(e: ArchiveError) -> Self {
         let kind = match &e {
+            _ if e.is_disk_full() => ErrorKind::DiskFull,
             ArchiveError::Locked { .. } => ErrorKind::ArchiveLocked,
             ArchiveError::SystemIdMismatch { .. } | ArchiveError::SegSizeMismatch { .. } => {
                 ErrorKind::SystemIdMismatch
@@ -176,5 +196,47 @@ impl From<ProtocolError> for ReceiverError {
             }
             _ => ReceiverError::fatal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_retried_other_archive_errors_are_not() {
+        let io = |errno| ArchiveError::Io {
+            path: "x".into(),
+            op: "write to",
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = ReceiverError::from(io(errno));
+            assert_eq!(e.kind(), ErrorKind::DiskFull);
+            assert!(e.is_transient());
+        }
+        let e = ReceiverError::from(io(libc::EIO));
+        assert_eq!(e.kind(), ErrorKind::Archive);
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn server_errors_keep_their_primary_message() {
+        let se = ServerError {
+            severity: "ERROR".into(),
+            code: "58P01".into(),
+            message: "requested WAL segment 000000010000000000000003 has already been removed"
+                .into(),
+            detail: None,
+            hint: None,
+        };
+        let e = ReceiverError::from_server(&se, "streaming");
+        assert_eq!(e.kind(), ErrorKind::WalRemoved);
+        assert_eq!(e.server_message(), Some(se.message.as_str()));
+        assert_eq!(
+            e.summary(),
+            "streaming: ERROR:  requested WAL segment 000000010000000000000003 has already been removed"
+        );
+        assert!(e.to_string().contains("\nHINT (walsink):  "));
     }
 }

@@ -10,7 +10,8 @@
 //! * `failover`: continuing on the server's timeline after a promotion, and the slot
 //!   on a new server;
 //! * [`receive`]: the daemon loop: start position, timeline following, reconnects with
-//!   backoff, shutdown.
+//!   backoff, shutdown;
+//! * `gap`: WAL the server no longer has: the missing range, and `--allow-gap`.
 //!
 //! It does no argument parsing and never exits the process; the binary maps
 //! [`ReceiverError::kind`] to exit codes.
@@ -19,6 +20,7 @@
 pub mod conn;
 mod error;
 mod failover;
+mod gap;
 pub mod run;
 pub mod stream;
 pub mod writer;

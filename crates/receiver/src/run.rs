@@ -20,6 +20,7 @@ use walsink_wal::{Lsn, TimelineId, WalSegSize};
 use crate::conn::{Connection, connect, describe};
 use crate::error::{ErrorKind, ReceiverError};
 use crate::failover;
+use crate::gap;
 use crate::stream::{ArcArchiveError, StreamEnd, StreamOptions, stream};
 use crate::writer::{Writer, WriterConfig, writer_options};
 
@@ -53,6 +54,17 @@ pub struct ReceiveConfig {
     pub flush_bytes: u64,
     /// Flush once the oldest unsynced byte is this old.
     pub flush_interval: Duration,
+    /// `--allow-gap`: when the server no longer has the WAL the archive needs, record
+    /// the gap in `walsink.meta` and continue from the oldest WAL it still has.
+    pub allow_gap: bool,
+}
+
+/// How a run that did not fail ended.
+enum RunEnd {
+    /// `--endpos` reached or shutdown requested.
+    Finished,
+    /// A gap was accepted and recorded: start again at once, after it.
+    AfterGap,
 }
 
 /// Smallest and largest pause between reconnection attempts.
@@ -98,7 +110,13 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
         .await;
         last_kind = result.as_ref().err().map(|e| e.kind());
         match result {
-            Ok(()) => return Ok(()),
+            Ok(RunEnd::Finished) => return Ok(()),
+            Ok(RunEnd::AfterGap) => {
+                backoff = BACKOFF_MIN;
+                failures = 0;
+                first_failure_at = None;
+                last_error = None;
+            }
             Err(e) => {
                 if cancel.is_cancelled() {
                     return Ok(());
@@ -149,7 +167,9 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
 }
 
 /// Connects, checks the server and identifies the system.
-async fn open(cfg: &ReceiveConfig) -> Result<(Connection, IdentifySystem), ReceiverError> {
+pub(crate) async fn open(
+    cfg: &ReceiveConfig,
+) -> Result<(Connection, IdentifySystem), ReceiverError> {
     let mut conn = connect(&cfg.conn, cfg.password.as_deref()).await?;
     let version = conn.server.server_version_num().unwrap_or(0);
     if version < MIN_SERVER_VERSION {
@@ -180,10 +200,10 @@ async fn run_once(
     announce_reconnect: bool,
     streamed: &Cell<bool>,
     last_target: &mut Option<Target>,
-) -> Result<(), ReceiverError> {
+) -> Result<RunEnd, ReceiverError> {
     let (mut conn, id) = tokio::select! {
         r = open(cfg) => r?,
-        _ = cancel.cancelled() => return Ok(()),
+        _ = cancel.cancelled() => return Ok(RunEnd::Finished),
     };
     let what = match conn.in_hot_standby() {
         Some(true) => ", a standby",
@@ -239,7 +259,7 @@ async fn run_once(
     {
         info!("end position {end} reached before streaming started at {start}");
         conn.close().await;
-        return Ok(());
+        return Ok(RunEnd::Finished);
     }
     let opts = StreamOptions {
         slot: cfg.slot.clone(),
@@ -258,6 +278,7 @@ async fn run_once(
         archive.segment_writer_with(seg, writer_options(&writer_cfg))?,
         writer_cfg,
         tokio::runtime::Handle::current(),
+        cancel.clone(),
     );
     let result = async {
         loop {
@@ -309,9 +330,21 @@ async fn run_once(
     conn.close().await;
     let flushed = closed.map_err(|e| ReceiverError::from(ArcArchiveError(e)));
     match (result, flushed) {
+        (Err(e), flushed) if e.kind() == ErrorKind::WalRemoved && !cancel.is_cancelled() => {
+            // What the archive has now ends where this session's WAL ended (all of it
+            // written by the close), or at the session's start.
+            let from = match flushed {
+                Ok(f) if f > start => f,
+                _ => start,
+            };
+            tokio::select! {
+                r = gap::missing_wal(cfg, archive, seg, tli, from, e) => r.map(|()| RunEnd::AfterGap),
+                _ = cancel.cancelled() => Ok(RunEnd::Finished),
+            }
+        }
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(_)) => Ok(()),
+        (Ok(()), Ok(_)) => Ok(RunEnd::Finished),
     }
 }
 
@@ -330,6 +363,17 @@ async fn start_position(
 ) -> Result<(TimelineId, Lsn, Option<StartPoint>), ReceiverError> {
     let starts = archive.find_starts(seg)?;
     if let Some(&sp) = starts.last() {
+        if let Some(g) = archive.gap_containing(sp.lsn, seg) {
+            // Accepted with --allow-gap; nothing after the gap is archived yet. The
+            // gap's end is on the server's timeline of that position.
+            let to = seg.segment_start(g.to);
+            let tli = gap::server_timeline_of(conn, id, to).await?;
+            info!(
+                "the archive ends in the recorded gap {}..{}; resuming after it at {to}",
+                g.from, g.to
+            );
+            return Ok((tli, to, None));
+        }
         debug!(?sp, "resuming from the archive");
         for old in starts.iter().filter(|o| o.lsn > sp.lsn) {
             debug!(

@@ -263,14 +263,20 @@ impl Session<'_> {
                 continue;
             }
             let status_due = interval.map(|_| next_status);
-            // Dead-peer detection: ping at half the timeout, give up at the timeout.
-            let silence_due = self.opts.receive_timeout.map(|t| {
-                if pinged {
-                    last_heard + t
-                } else {
-                    last_heard + t / 2
-                }
-            });
+            // Dead-peer detection: ping at half the timeout, give up at the timeout. Only
+            // while the socket is being read: waiting for room in the writer's queue (a
+            // slow or full disk) is silence of our own making.
+            let silence_due = self
+                .opts
+                .receive_timeout
+                .filter(|_| pending.is_none())
+                .map(|t| {
+                    if pinged {
+                        last_heard + t
+                    } else {
+                        last_heard + t / 2
+                    }
+                });
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -294,6 +300,9 @@ impl Session<'_> {
                     let permit = permit.map_err(|_| self.writer_error())?;
                     let (start, data) = pending.take().expect("pending checked");
                     permit.send(self.tli, start, data);
+                    // Listening again: the silence is measured from now.
+                    last_heard = Instant::now();
+                    pinged = false;
                 }
                 _ = sleep_until(status_due.unwrap_or_else(Instant::now)), if status_due.is_some() => {
                     self.send_status(false).await?;
@@ -459,9 +468,13 @@ pub(crate) struct ArcArchiveError(pub std::sync::Arc<walsink_archive::ArchiveErr
 
 impl From<ArcArchiveError> for ReceiverError {
     fn from(e: ArcArchiveError) -> Self {
-        ReceiverError::new(
-            crate::error::ErrorKind::Archive,
-            format!("could not write WAL: {}", e.0),
-        )
+        // A full disk that broke the writer (a failed fsync): the session ends and the
+        // reconnect loop starts over from the archive, once there is space again.
+        let kind = if e.0.is_disk_full() {
+            crate::error::ErrorKind::DiskFull
+        } else {
+            crate::error::ErrorKind::Archive
+        };
+        ReceiverError::new(kind, format!("could not write WAL: {}", e.0))
     }
 }

@@ -15,6 +15,16 @@
 //! After each flush it publishes the durable position through a `watch` channel. That
 //! channel is the only source of the flush LSN the network task reports, which is what
 //! makes the reported flush position honest by construction.
+//!
+//! A full disk (`ENOSPC`, `EDQUOT`) while writing or preparing a segment pauses the
+//! thread: it retries the same write every [`DISK_FULL_RETRY`] from where the data got
+//! to, logs the condition once (again every [`DISK_FULL_REMINDER`] while it lasts), and
+//! resumes on its own when space comes back. Meanwhile the flush position stays where
+//! it was (so a slot keeps the WAL on the server), the queue fills up and the network
+//! task stops reading the socket, but keeps sending status updates. Shutdown
+//! (cancellation) while paused gives up on the unwritten WAL, which was never reported
+//! flushed. A failed sync breaks the segment writer instead: the thread stops with the
+//! error, and the session ends (as a transient error when the disk is full).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,12 +33,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 use walsink_archive::{ArchiveError, Prefill, SegmentWriter, WriterOptions};
 use walsink_wal::{Lsn, TimelineId};
 
 /// Capacity of the queue between the network task and the writer, in messages.
 pub const QUEUE_MESSAGES: usize = 64;
+
+/// How often a write that failed for lack of space is tried again.
+pub const DISK_FULL_RETRY: Duration = Duration::from_secs(2);
+
+/// How often a disk that stays full is logged again.
+pub const DISK_FULL_REMINDER: Duration = Duration::from_secs(60);
 
 /// Flush policy.
 #[derive(Clone, Copy, Debug)]
@@ -119,8 +136,14 @@ impl Permit<'_> {
 }
 
 impl Writer {
-    /// Starts the writer thread. `rt` is the runtime whose timers the thread waits on.
-    pub fn spawn(seg: SegmentWriter, cfg: WriterConfig, rt: tokio::runtime::Handle) -> Writer {
+    /// Starts the writer thread. `rt` is the runtime whose timers the thread waits on;
+    /// `cancel` (shutdown) ends a wait for disk space.
+    pub fn spawn(
+        seg: SegmentWriter,
+        cfg: WriterConfig,
+        rt: tokio::runtime::Handle,
+        cancel: CancellationToken,
+    ) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
         let flushed = seg.flushed();
         let (state_tx, state) = watch::channel(WriterState {
@@ -133,7 +156,7 @@ impl Writer {
         let thread_written = written.clone();
         let thread = std::thread::Builder::new()
             .name("walsink-writer".into())
-            .spawn(move || run(seg, cfg, rx, state_tx, req, thread_written, rt))
+            .spawn(move || run(seg, cfg, rx, state_tx, req, thread_written, rt, cancel))
             .expect("spawning the writer thread");
         Writer {
             tx,
@@ -213,6 +236,118 @@ impl Drop for Writer {
     }
 }
 
+/// Whether the disk is full, for logging it once and then at a low rate.
+#[derive(Default)]
+struct DiskFull {
+    /// When the condition was last logged at warn level.
+    announced_at: Option<Instant>,
+}
+
+/// How [`DiskFull::retry`] ended.
+enum Retried<T> {
+    /// The operation succeeded.
+    Done(T),
+    /// It failed for another reason, or the writer broke.
+    Failed(ArchiveError),
+    /// Shutdown was requested while waiting for space.
+    Abandoned,
+}
+
+impl DiskFull {
+    /// Runs `op` until it succeeds, fails other than for a full disk (or breaks the
+    /// writer), or shutdown is requested while waiting for space.
+    fn retry<T>(
+        &mut self,
+        seg: &mut SegmentWriter,
+        state: &watch::Sender<WriterState>,
+        cancel: &CancellationToken,
+        rt: &tokio::runtime::Handle,
+        mut op: impl FnMut(&mut SegmentWriter) -> Result<T, ArchiveError>,
+    ) -> Retried<T> {
+        // (when the pause began, whether it was logged at warn level)
+        let mut paused: Option<(Instant, bool)> = None;
+        loop {
+            let e = match op(seg) {
+                Ok(v) => {
+                    if let Some((since, announced)) = paused {
+                        let secs = since.elapsed().as_secs();
+                        if announced {
+                            info!(
+                                "disk space is available again: resumed writing WAL at {} after {secs} s",
+                                seg.written()
+                            );
+                        } else {
+                            debug!("resumed writing WAL at {} after {secs} s", seg.written());
+                        }
+                    }
+                    return Retried::Done(v);
+                }
+                Err(e) if e.is_disk_full() && !seg.is_broken() => e,
+                Err(e) => return Retried::Failed(e),
+            };
+            // A segment may have been completed before the failure.
+            publish(seg, state);
+            let now = Instant::now();
+            let due = self
+                .announced_at
+                .is_none_or(|t| now.duration_since(t) >= DISK_FULL_REMINDER);
+            match &mut paused {
+                None => {
+                    paused = Some((now, due));
+                    if due {
+                        self.announced_at = Some(now);
+                        warn!(
+                            "disk full: pausing WAL writes at {} ({e}); WAL is durable and reported flushed up to {}, and with a replication slot the server keeps the rest; retrying every {} s",
+                            seg.written(),
+                            seg.flushed(),
+                            DISK_FULL_RETRY.as_secs()
+                        );
+                    } else {
+                        debug!("disk full again at {}: {e}", seg.written());
+                    }
+                }
+                Some((since, announced)) => {
+                    if due {
+                        self.announced_at = Some(now);
+                        *announced = true;
+                        warn!(
+                            "disk still full after {} s: WAL writes paused at {} ({e})",
+                            since.elapsed().as_secs(),
+                            seg.written()
+                        );
+                    } else {
+                        debug!("disk still full: {e}");
+                    }
+                }
+            }
+            let cancelled = rt.block_on(async {
+                tokio::select! {
+                    _ = cancel.cancelled() => true,
+                    _ = tokio::time::sleep(DISK_FULL_RETRY) => false,
+                }
+            });
+            if cancelled {
+                warn!(
+                    "stopping while the disk is full: WAL received after {} was not written (it was never reported flushed; the next start streams it again)",
+                    seg.written()
+                );
+                return Retried::Abandoned;
+            }
+        }
+    }
+}
+
+/// Publishes the durable position if it changed.
+fn publish(seg: &SegmentWriter, state: &watch::Sender<WriterState>) {
+    let f = seg.flushed();
+    state.send_if_modified(|s| {
+        let changed = s.flushed != f;
+        s.flushed = f;
+        changed
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     mut seg: SegmentWriter,
     cfg: WriterConfig,
@@ -221,27 +356,42 @@ fn run(
     flush_requested: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
     rt: tokio::runtime::Handle,
+    cancel: CancellationToken,
 ) {
     let mut oldest_unflushed: Option<Instant> = None;
+    let mut disk = DiskFull::default();
+    // Set when shutdown came while waiting for space: WAL still arriving is dropped.
+    let mut abandoned = false;
     let fail = |e: ArchiveError, state: &watch::Sender<WriterState>| {
         let e = Arc::new(e);
         state.send_modify(|s| s.error = Some(e.clone()));
         e
     };
-    let publish = |seg: &SegmentWriter, state: &watch::Sender<WriterState>| {
-        let f = seg.flushed();
-        state.send_if_modified(|s| {
-            let changed = s.flushed != f;
-            s.flushed = f;
-            changed
-        });
+    // A flush, retried while the disk is full. `Err` is the error that stops the thread.
+    let flush = |seg: &mut SegmentWriter,
+                 oldest: &mut Option<Instant>,
+                 abandoned: &mut bool,
+                 disk: &mut DiskFull|
+     -> Result<(), ArchiveError> {
+        if *abandoned {
+            // One attempt: whatever fits is made durable.
+            return match seg.flush() {
+                Err(e) if e.is_disk_full() && !seg.is_broken() => Ok(()),
+                r => r.map(|_| *oldest = None),
+            };
+        }
+        match disk.retry(seg, &state, &cancel, &rt, |seg| seg.flush()) {
+            Retried::Done(_) => {
+                *oldest = None;
+                Ok(())
+            }
+            Retried::Failed(e) => Err(e),
+            Retried::Abandoned => {
+                *abandoned = true;
+                Ok(())
+            }
+        }
     };
-    let flush =
-        |seg: &mut SegmentWriter, oldest: &mut Option<Instant>| -> Result<(), ArchiveError> {
-            seg.flush()?;
-            *oldest = None;
-            Ok(())
-        };
     loop {
         let cmd = match rx.try_recv() {
             Ok(c) => Some(c),
@@ -254,7 +404,9 @@ fn run(
                         || flush_requested.swap(false, Ordering::AcqRel)
                         || oldest_unflushed.is_some_and(|t| t.elapsed() >= cfg.flush_interval);
                     if due {
-                        if let Err(e) = flush(&mut seg, &mut oldest_unflushed) {
+                        if let Err(e) =
+                            flush(&mut seg, &mut oldest_unflushed, &mut abandoned, &mut disk)
+                        {
                             fail(e, &state);
                             return;
                         }
@@ -284,28 +436,46 @@ fn run(
             return;
         };
         let result = match cmd {
+            Cmd::Data { .. } if abandoned => Ok(()),
             Cmd::Data { tli, start, data } => {
                 let before = seg.flushed();
-                let r = seg.write(tli, start, &data);
-                written.store(seg.written().0, Ordering::Release);
-                if r.is_ok() {
-                    if seg.unflushed_bytes() > 0 && oldest_unflushed.is_none() {
-                        oldest_unflushed = Some(Instant::now());
+                // After a failed write, the retry continues where the data got to.
+                let end = start.0 + data.len() as u64;
+                let mut from = start;
+                let r = disk.retry(&mut seg, &state, &cancel, &rt, |seg| {
+                    let skip = usize::try_from(from.0 - start.0).expect("within the data");
+                    let r = seg.write(tli, from, &data[skip..]);
+                    let w = seg.written();
+                    written.store(w.0, Ordering::Release);
+                    if r.is_err() && w > from && w.0 <= end {
+                        from = w;
                     }
-                    if seg.unflushed_bytes() == 0 {
-                        oldest_unflushed = None;
+                    r
+                });
+                match r {
+                    Retried::Done(()) => {
+                        if seg.unflushed_bytes() > 0 && oldest_unflushed.is_none() {
+                            oldest_unflushed = Some(Instant::now());
+                        }
+                        if seg.unflushed_bytes() == 0 {
+                            oldest_unflushed = None;
+                        }
+                        if seg.flushed() != before {
+                            publish(&seg, &state);
+                        }
+                        if seg.unflushed_bytes() >= cfg.flush_bytes {
+                            debug!(bytes = seg.unflushed_bytes(), "flushing on size");
+                            flush(&mut seg, &mut oldest_unflushed, &mut abandoned, &mut disk)
+                                .map(|_| publish(&seg, &state))
+                        } else {
+                            Ok(())
+                        }
                     }
-                    if seg.flushed() != before {
-                        publish(&seg, &state);
-                    }
-                    if seg.unflushed_bytes() >= cfg.flush_bytes {
-                        debug!(bytes = seg.unflushed_bytes(), "flushing on size");
-                        flush(&mut seg, &mut oldest_unflushed).map(|_| publish(&seg, &state))
-                    } else {
+                    Retried::Failed(e) => Err(e),
+                    Retried::Abandoned => {
+                        abandoned = true;
                         Ok(())
                     }
-                } else {
-                    r
                 }
             }
             Cmd::Reset { tli, lsn } => {
@@ -315,27 +485,42 @@ fn run(
                 publish(&seg, &state);
                 Ok(())
             }
-            Cmd::Flush => flush(&mut seg, &mut oldest_unflushed).map(|_| publish(&seg, &state)),
-            Cmd::Close(reply) => match seg.close() {
-                Ok(()) => {
-                    oldest_unflushed = None;
-                    publish(&seg, &state);
-                    let _ = reply.send(Ok(seg.flushed()));
-                    Ok(())
+            Cmd::Flush => flush(&mut seg, &mut oldest_unflushed, &mut abandoned, &mut disk)
+                .map(|_| publish(&seg, &state)),
+            Cmd::Close(reply) => {
+                let closed = if abandoned {
+                    seg.close()
+                } else {
+                    match disk.retry(&mut seg, &state, &cancel, &rt, |seg| seg.close()) {
+                        Retried::Done(()) => Ok(()),
+                        Retried::Failed(e) => Err(e),
+                        Retried::Abandoned => {
+                            abandoned = true;
+                            seg.close()
+                        }
+                    }
+                };
+                match closed {
+                    Ok(()) => {
+                        oldest_unflushed = None;
+                        publish(&seg, &state);
+                        let _ = reply.send(Ok(seg.flushed()));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let e = fail(e, &state);
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
                 }
-                Err(e) => {
-                    let e = fail(e, &state);
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-            },
+            }
         };
         if let Err(e) = result {
             fail(e, &state);
             return;
         }
         if flush_requested.swap(false, Ordering::AcqRel) && seg.unflushed_bytes() > 0 {
-            if let Err(e) = flush(&mut seg, &mut oldest_unflushed) {
+            if let Err(e) = flush(&mut seg, &mut oldest_unflushed, &mut abandoned, &mut disk) {
                 fail(e, &state);
                 return;
             }
