@@ -27,3 +27,5 @@ mod faults;
 mod failover;
 // Protocol faults no real server produces, played by a scripted fake server (harness/fake.rs).
 mod protocol_faults;
+// No silent gaps (exit 14 naming the missing range, --allow-gap and its record) and disk-full pauses.
+mod gaps;

@@ -478,3 +478,31 @@ impl From<ArcArchiveError> for ReceiverError {
         ReceiverError::new(kind, format!("could not write WAL: {}", e.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use walsink_archive::ArchiveError;
+
+    #[test]
+    fn a_writer_broken_by_a_full_disk_ends_the_session_as_retryable() {
+        let io = |errno| {
+            ReceiverError::from(ArcArchiveError(std::sync::Arc::new(ArchiveError::Io {
+                path: "x".into(),
+                op: "fdatasync",
+                source: std::io::Error::from_raw_os_error(errno),
+            })))
+        };
+        let full = io(libc::ENOSPC);
+        assert_eq!(full.kind(), ErrorKind::DiskFull);
+        assert!(full.is_transient());
+        assert!(
+            full.to_string()
+                .starts_with("could not write WAL: could not fdatasync")
+        );
+        let other = io(libc::EIO);
+        assert_eq!(other.kind(), ErrorKind::Archive);
+        assert!(!other.is_transient());
+    }
+}

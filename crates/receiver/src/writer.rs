@@ -264,20 +264,19 @@ impl DiskFull {
         rt: &tokio::runtime::Handle,
         mut op: impl FnMut(&mut SegmentWriter) -> Result<T, ArchiveError>,
     ) -> Retried<T> {
-        // (when the pause began, whether it was logged at warn level)
-        let mut paused: Option<(Instant, bool)> = None;
+        // (when the pause began, whether it was logged at warn level, where)
+        let mut paused: Option<(Instant, bool, Lsn)> = None;
         loop {
             let e = match op(seg) {
                 Ok(v) => {
-                    if let Some((since, announced)) = paused {
+                    if let Some((since, announced, at)) = paused {
                         let secs = since.elapsed().as_secs();
                         if announced {
                             info!(
-                                "disk space is available again: resumed writing WAL at {} after {secs} s",
-                                seg.written()
+                                "disk space is available again: resumed writing WAL at {at} after {secs} s"
                             );
                         } else {
-                            debug!("resumed writing WAL at {} after {secs} s", seg.written());
+                            debug!("resumed writing WAL at {at} after {secs} s");
                         }
                     }
                     return Retried::Done(v);
@@ -293,7 +292,7 @@ impl DiskFull {
                 .is_none_or(|t| now.duration_since(t) >= DISK_FULL_REMINDER);
             match &mut paused {
                 None => {
-                    paused = Some((now, due));
+                    paused = Some((now, due, seg.written()));
                     if due {
                         self.announced_at = Some(now);
                         warn!(
@@ -306,7 +305,7 @@ impl DiskFull {
                         debug!("disk full again at {}: {e}", seg.written());
                     }
                 }
-                Some((since, announced)) => {
+                Some((since, announced, _)) => {
                     if due {
                         self.announced_at = Some(now);
                         *announced = true;
