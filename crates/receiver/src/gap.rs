@@ -225,6 +225,10 @@ pub(crate) async fn missing_wal(
 ) -> Result<(), ReceiverError> {
     let wal = match inspect(cfg, seg, from).await {
         Ok(w) => w,
+        // Before accepting a gap, know how large it is: try again later.
+        Err(e) if cfg.allow_gap && e.is_transient() => {
+            return Err(e.context("could not ask the server which WAL it still has"));
+        }
         Err(e) => {
             debug!("could not ask the server which WAL it still has: {e}");
             return Err(missing_error(
@@ -275,6 +279,15 @@ pub(crate) async fn missing_wal(
     }
 
     // --allow-gap: continue from the oldest WAL the server still has, best known first.
+    // A probe that failed for a passing reason (a lost connection, no free walsender)
+    // is tried again later rather than settling for a later position.
+    if let Err(e) = &wal.oldest
+        && e.is_transient()
+    {
+        return Err(ReceiverError::transient(format!(
+            "could not find out which WAL the server still has: {e}"
+        )));
+    }
     let (to, why) = match (&wal.oldest, wal.slot_restart) {
         (Ok(oldest), _) => (
             *oldest,
