@@ -284,7 +284,15 @@ impl DiskFull {
                 Err(e) if e.is_disk_full() && !seg.is_broken() => e,
                 Err(e) => return Retried::Failed(e),
             };
-            // A segment may have been completed before the failure.
+            if paused.is_none() && seg.unflushed_bytes() > 0 {
+                // Make what did get written durable (and reported) before waiting.
+                match seg.flush() {
+                    Ok(_) => {}
+                    Err(e) if e.is_disk_full() && !seg.is_broken() => {}
+                    Err(e) => return Retried::Failed(e),
+                }
+            }
+            // A segment may also have been completed before the failure.
             publish(seg, state);
             let now = Instant::now();
             let due = self
@@ -296,7 +304,7 @@ impl DiskFull {
                     if due {
                         self.announced_at = Some(now);
                         warn!(
-                            "disk full: pausing WAL writes at {} ({e}); WAL is durable and reported flushed up to {}, and with a replication slot the server keeps the rest; retrying every {} s",
+                            "disk full: pausing WAL writes at {} ({e}); WAL is durable up to {} and the flush position reported to the server stays there, so with a replication slot the server keeps the rest; retrying every {} s",
                             seg.written(),
                             seg.flushed(),
                             DISK_FULL_RETRY.as_secs()
