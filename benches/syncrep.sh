@@ -38,6 +38,7 @@ start_cluster "$ROOT/primary" "$PORT" -c fsync=on -c synchronous_commit=on -c sh
 "$PGBIN/pgbench" -q -i -s "$SCALE" -h "$ROOT/primary/sock" -p "$PORT" -U postgres postgres >/dev/null 2>&1
 psql_ -c "SELECT pg_create_physical_replication_slot('bench_pgrw', true)" >/dev/null
 psql_ -c "SELECT pg_create_physical_replication_slot('bench_walsink', true)" >/dev/null
+psql_ -c "SELECT pg_create_physical_replication_slot('bench_walsink_z', true)" >/dev/null
 
 echo "==> real standby on 127.0.0.1:$SPORT (pg_basebackup -R)"
 server_dir "$ROOT/standby" "$ROOT/standby/sock"
@@ -45,7 +46,7 @@ server_dir "$ROOT/standby" "$ROOT/standby/sock"
     -d "application_name=bench_standby" >/dev/null
 echo "primary_conninfo = 'host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_standby'" |
     "${RUNAS[@]}" tee -a "$ROOT/standby/data/postgresql.auto.conf" >/dev/null
-install -d -m 700 "$ROOT/arch_pgrw" "$ROOT/arch_walsink"
+install -d -m 700 "$ROOT/arch_pgrw" "$ROOT/arch_walsink" "$ROOT/arch_walsink_z"
 
 set_sync_names() {
     psql_ -c "ALTER SYSTEM SET synchronous_standby_names = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
@@ -63,6 +64,17 @@ start_case() {
             "$WALSINK" receive -D "$ROOT/arch_walsink" -S bench_walsink --synchronous \
                 -d "host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_walsink" 2>"$ROOT/walsink.log" &
             RECEIVER_PID=$!; set_sync_names bench_walsink; name=bench_walsink ;;
+        walsink_alt)
+            # Another walsink build, for before/after comparisons: WALSINK_ALT=/path/to/walsink.
+            "${WALSINK_ALT:?set WALSINK_ALT to a walsink binary}" receive -D "$ROOT/arch_walsink_z" -S bench_walsink_z --synchronous \
+                -d "host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_walsink_z" 2>"$ROOT/walsink_z.log" &
+            RECEIVER_PID=$!; set_sync_names bench_walsink_z; name=bench_walsink_z ;;
+        walsink_zeros)
+            # The same, with segments zero-filled ahead instead of fallocated (an fdatasync
+            # after writing into unwritten extents also commits their conversion).
+            WALSINK_BENCH_PREFILL=zeros "$WALSINK" receive -D "$ROOT/arch_walsink_z" -S bench_walsink_z --synchronous \
+                -d "host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_walsink_z" 2>"$ROOT/walsink_z.log" &
+            RECEIVER_PID=$!; set_sync_names bench_walsink_z; name=bench_walsink_z ;;
         standby)
             start_cluster "$ROOT/standby" "$SPORT" -c hot_standby=on
             set_sync_names bench_standby; name=bench_standby ;;
@@ -109,7 +121,9 @@ for c, tps, lat in rows:
 print(f"\npgbench tpcb-like, scale {sys.argv[2]}, {sys.argv[3]} clients, {sys.argv[4]} s per run; medians [min-max]\n")
 print("| synchronous standby | TPS | latency avg ms |")
 print("|---|---|---|")
-labels = {"none": "none", "pg_receivewal": "pg_receivewal --synchronous", "walsink": "walsink --synchronous", "standby": "streaming standby"}
+labels = {"none": "none", "pg_receivewal": "pg_receivewal --synchronous", "walsink": "walsink --synchronous",
+          "walsink_zeros": "walsink --synchronous, zero-filled segments",
+          "walsink_alt": "walsink --synchronous (WALSINK_ALT build)", "standby": "streaming standby"}
 med = statistics.median
 for c, (t, l) in by.items():
     print(f"| {labels.get(c, c)} | {med(t):.0f} [{min(t):.0f}-{max(t):.0f}] | {med(l):.2f} |")
