@@ -43,3 +43,31 @@ psql_at() {
     shift 2
     "$PGBIN/psql" -X -q -At -h "$sock" -p "$port" -U postgres -d postgres "$@"
 }
+
+# pregenerate_wal PSQL_FN GIB: with a guard slot retaining it, writes GIB GiB of WAL as 1 MiB
+# logical messages (half random bytes, half a repeated 8 kB pattern), ending on a segment
+# boundary with one small committed record after it (so the server's flush is past the end).
+# Sets START, END (LSNs), BYTES and SEGS (completed segments in [START, END)).
+pregenerate_wal() {
+    local q=$1 gib=$2
+    $q -c "SELECT pg_create_physical_replication_slot('guard', true)" >/dev/null
+    $q -c "SELECT pg_switch_wal()" >/dev/null
+    START=$($q -c "SELECT pg_current_wal_lsn()")
+    $q <<'SQL'
+CREATE TABLE payload AS
+  SELECT (SELECT decode(string_agg(lpad(to_hex((random()*255)::int), 2, '0'), ''), 'hex')
+            FROM generate_series(1, 524288))
+      || (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) ||
+         (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) AS b;
+SQL
+    local msgs batch=64 i
+    msgs=$(python3 -c "print(int(float('$gib') * 1024))")
+    for ((i = 0; i < msgs; i += batch)); do
+        $q -c "SELECT count(pg_logical_emit_message(false, 'bench', b)) FROM payload, generate_series(1, LEAST($batch, $msgs - $i))" >/dev/null
+    done
+    $q -c "SELECT pg_switch_wal()" >/dev/null
+    END=$($q -c "SELECT pg_current_wal_lsn()")
+    $q -c "CREATE TABLE after_end(x int); INSERT INTO after_end VALUES (1)" >/dev/null
+    BYTES=$($q -c "SELECT pg_wal_lsn_diff('$END', '$START')::bigint")
+    SEGS=$($q -c "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND name >= pg_walfile_name('$START') AND name < pg_walfile_name('$END')")
+}

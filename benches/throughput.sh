@@ -40,27 +40,7 @@ start_cluster "$ROOT" "$PORT" -c fsync=on -c shared_buffers=1GB -c wal_buffers=6
 psql_() { psql_at "$ROOT/sock" "$PORT" "$@"; }
 
 echo "==> generating $GIB GiB of WAL"
-psql_ -c "SELECT pg_create_physical_replication_slot('guard', true)" >/dev/null
-psql_ -c "SELECT pg_switch_wal()" >/dev/null
-START=$(psql_ -c "SELECT pg_current_wal_lsn()")
-# 1 MiB messages: half random bytes, half a repeated 8 kB pattern (as machine-figures.md).
-psql_ <<'SQL'
-CREATE TABLE payload AS
-  SELECT (SELECT decode(string_agg(lpad(to_hex((random()*255)::int), 2, '0'), ''), 'hex')
-            FROM generate_series(1, 524288))
-      || (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) ||
-         (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) AS b;
-SQL
-MSGS=$(python3 -c "print(int(float('$GIB') * 1024))")
-BATCH=64
-for ((i = 0; i < MSGS; i += BATCH)); do
-    psql_ -c "SELECT count(pg_logical_emit_message(false, 'bench', b)) FROM payload, generate_series(1, LEAST($BATCH, $MSGS - $i))" >/dev/null
-done
-psql_ -c "SELECT pg_switch_wal()" >/dev/null
-END=$(psql_ -c "SELECT pg_current_wal_lsn()")
-psql_ -c "CREATE TABLE after_end(x int); INSERT INTO after_end VALUES (1)" >/dev/null
-BYTES=$(psql_ -c "SELECT pg_wal_lsn_diff('$END', '$START')::bigint")
-SEGS=$(psql_ -c "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND name >= pg_walfile_name('$START') AND name < pg_walfile_name('$END')")
+pregenerate_wal psql_ "$GIB"
 echo "    WAL $START .. $END: $BYTES bytes, $SEGS segments"
 
 results="$ROOT/results.tsv"

@@ -18,25 +18,7 @@ start_cluster "$ROOT" "$PORT" -c fsync=on -c shared_buffers=1GB -c wal_buffers=6
     -c max_wal_senders=10 -c max_replication_slots=40 -c autovacuum=off
 [ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required" >&2; exit 1; }
 psql_() { psql_at "$ROOT/sock" "$PORT" "$@"; }
-psql_ -c "SELECT pg_create_physical_replication_slot('guard', true)" >/dev/null
-psql_ -c "SELECT pg_switch_wal()" >/dev/null
-START=$(psql_ -c "SELECT pg_current_wal_lsn()")
-psql_ <<'SQL'
-CREATE TABLE payload AS
-  SELECT (SELECT decode(string_agg(lpad(to_hex((random()*255)::int), 2, '0'), ''), 'hex')
-            FROM generate_series(1, 524288))
-      || (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) ||
-         (SELECT decode(repeat(md5('walsink'), 16384), 'hex')) AS b;
-SQL
-MSGS=$(python3 -c "print(int(float('$GIB') * 1024))"); BATCH=64
-for ((i = 0; i < MSGS; i += BATCH)); do
-    psql_ -c "SELECT count(pg_logical_emit_message(false, 'bench', b)) FROM payload, generate_series(1, LEAST($BATCH, $MSGS - $i))" >/dev/null
-done
-psql_ -c "SELECT pg_switch_wal()" >/dev/null
-END=$(psql_ -c "SELECT pg_current_wal_lsn()")
-psql_ -c "CREATE TABLE after_end(x int); INSERT INTO after_end VALUES (1)" >/dev/null
-BYTES=$(psql_ -c "SELECT pg_wal_lsn_diff('$END', '$START')::bigint")
-SEGS=$(psql_ -c "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND name >= pg_walfile_name('$START') AND name < pg_walfile_name('$END')")
+pregenerate_wal psql_ "$GIB"
 echo "mode $MODE, $BYTES bytes"
 res=$ROOT/res.tsv; : >"$res"; run=0
 for _ in $(seq 1 "$REPS"); do

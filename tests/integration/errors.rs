@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::pg::free_port;
 use crate::harness::{
@@ -19,31 +19,8 @@ use crate::harness::{
 /// Upper bound for a walsink run that should end by itself; errors normally end it in well under a second.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A finished walsink run.
-struct Run {
-    code: Option<i32>,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Run {
-    /// Asserts the exit code and that stderr contains every one of `needles`.
-    fn expect(&self, what: &str, code: i32, needles: &[&str]) {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "{what}: expected exit code {code}, stderr:\n{}",
-            self.stderr
-        );
-        for needle in needles {
-            assert!(
-                self.stderr.contains(needle),
-                "{what}: stderr lacks {needle:?}:\n{}",
-                self.stderr
-            );
-        }
-    }
-}
+/// A finished walsink run (exit code, stderr, elapsed time).
+use crate::harness::walsink::RunOutcome as Run;
 
 /// `walsink receive <args>` with a clean environment.
 fn receive<I, S>(args: I) -> Command
@@ -57,13 +34,7 @@ where
 }
 
 fn run(cmd: Command) -> Run {
-    let started = Instant::now();
-    let out = Walsink::run_command(cmd, TIMEOUT);
-    Run {
-        code: out.status.code(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    }
+    Run::of(cmd, TIMEOUT)
 }
 
 /// A fresh archive directory.

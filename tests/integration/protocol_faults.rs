@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::fake::{
     FakeServer, FakeSession, FakeSlot, StatusUpdate, Step, frame, wal_byte, wal_bytes,
@@ -38,44 +38,15 @@ const TL1_SLOT: FakeSlot = FakeSlot::Physical {
 /// Upper bound for a walsink run; every case ends by itself in a second or two.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A finished walsink run.
-struct Run {
-    code: Option<i32>,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Run {
-    /// Asserts the exit code and that stderr contains every one of `needles`.
-    fn expect(&self, what: &str, code: i32, needles: &[&str]) {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "{what}: expected exit code {code}, stderr:\n{}",
-            self.stderr
-        );
-        for needle in needles {
-            assert!(
-                self.stderr.contains(needle),
-                "{what}: stderr lacks {needle:?}:\n{}",
-                self.stderr
-            );
-        }
-    }
-}
+/// A finished walsink run (exit code, stderr, elapsed time).
+use crate::harness::walsink::RunOutcome as Run;
 
 /// `walsink receive -D dir -d <fake> -S walsink -s 1 -w <extra>`: durable mode, flush reported, a status
 /// update every second.
 fn run(fake: &FakeServer, dir: &Path, extra: &[&str]) -> Run {
     let mut cmd = Walsink::cmd(["receive", "-S", "walsink", "-s", "1", "-w", "-d"]);
     cmd.arg(fake.conninfo()).arg("-D").arg(dir).args(extra);
-    let started = Instant::now();
-    let out = Walsink::run_command(cmd, TIMEOUT);
-    Run {
-        code: out.status.code(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    }
+    Run::of(cmd, TIMEOUT)
 }
 
 /// One fake connection at `START` on timeline 1 playing `script`, walsink with `-n`.

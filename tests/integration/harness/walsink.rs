@@ -240,3 +240,43 @@ fn read_lossy(path: &Path) -> String {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
+
+/// A finished walsink run: exit code, stderr and how long it took.
+pub struct RunOutcome {
+    /// The exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Everything walsink wrote to stderr.
+    pub stderr: String,
+    /// Wall time from start to exit.
+    pub elapsed: Duration,
+}
+
+impl RunOutcome {
+    /// Runs `cmd` to completion (killed and failing the test after `timeout`).
+    pub fn of(cmd: Command, timeout: Duration) -> RunOutcome {
+        let started = Instant::now();
+        let out = Walsink::run_command(cmd, timeout);
+        RunOutcome {
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Asserts the exit code and that stderr contains every one of `needles`.
+    pub fn expect(&self, what: &str, code: i32, needles: &[&str]) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "{what}: expected exit code {code}, stderr:\n{}",
+            self.stderr
+        );
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "{what}: stderr lacks {needle:?}:\n{}",
+                self.stderr
+            );
+        }
+    }
+}
