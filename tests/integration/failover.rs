@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use crate::harness::{
     PgCluster, StopMode, Walsink, WalsinkProcess, archive, format_lsn, parse_lsn, wait_for,
 };
-use crate::timeline::{WalFile, assert_archive_follows, sources, wal_files};
+use crate::timeline::{WalFile, assert_archive_follows, sources, wait_flushed, wal_files};
 
 const SLOT: &str = "walsink_fo";
 /// Generous: servers on a loaded 2-core machine are slow, and reconnection backs off.
@@ -83,26 +83,6 @@ fn assert_streams_from(ws: &mut WalsinkProcess, server: &PgCluster, others: &[&P
             WAIT
         ),
         "walsink does not stream from port {} (alone); running: {}\n{}",
-        server.port(),
-        ws.is_running(),
-        ws.stderr_text()
-    );
-}
-
-/// Waits until the walsink connected to `server` has reported `lsn` as flushed.
-fn wait_flushed(server: &PgCluster, ws: &mut WalsinkProcess, lsn: u64) {
-    let flushed = || {
-        server
-            .sql_one(
-                "SELECT coalesce(max(flush_lsn), '0/0')::text FROM pg_stat_replication \
-                 WHERE application_name = 'walsink'",
-            )
-            .map_or(0, |l| parse_lsn(&l))
-    };
-    assert!(
-        wait_for(|| flushed() >= lsn, WAIT),
-        "walsink did not report {} flushed to port {}; running: {}\n{}",
-        format_lsn(lsn),
         server.port(),
         ws.is_running(),
         ws.stderr_text()

@@ -64,7 +64,7 @@ fn spawn_walsink(dir: &Path, server: &PgCluster, end: u64, extra: &[&str]) -> Wa
 }
 
 /// Waits until the walsink connected to `server` has reported `lsn` as flushed (pg_stat_replication).
-fn wait_flushed(server: &PgCluster, ws: &mut WalsinkProcess, lsn: u64) {
+pub(crate) fn wait_flushed(server: &PgCluster, ws: &mut WalsinkProcess, lsn: u64) {
     let flushed = || {
         server
             .sql_one(
