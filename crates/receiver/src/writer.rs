@@ -108,6 +108,9 @@ enum Cmd {
     Reset {
         tli: TimelineId,
         lsn: Lsn,
+        /// Answered once the new position is published, so nothing reads the old
+        /// timeline's flushed position as this stream's.
+        done: oneshot::Sender<()>,
     },
     Flush,
     Close(oneshot::Sender<Result<Lsn, Arc<ArchiveError>>>),
@@ -183,8 +186,14 @@ impl Writer {
     }
 
     /// Tells the writer to continue at `lsn` on `tli` (a stream start, segment aligned).
+    /// Returns once the thread has taken the new position and published it.
     pub async fn reset(&self, tli: TimelineId, lsn: Lsn) -> Result<(), ()> {
-        self.tx.send(Cmd::Reset { tli, lsn }).await.map_err(|_| ())
+        let (done, ack) = oneshot::channel();
+        self.tx
+            .send(Cmd::Reset { tli, lsn, done })
+            .await
+            .map_err(|_| ())?;
+        ack.await.map_err(|_| ())
     }
 
     /// Asks for a flush soon, without waiting for it.
@@ -485,11 +494,12 @@ fn run(
                     }
                 }
             }
-            Cmd::Reset { tli, lsn } => {
+            Cmd::Reset { tli, lsn, done } => {
                 seg.reset_position(tli, lsn);
                 written.store(seg.written().0, Ordering::Release);
                 oldest_unflushed = None;
                 publish(&seg, &state);
+                let _ = done.send(());
                 Ok(())
             }
             Cmd::Flush => flush(&mut seg, &mut oldest_unflushed, &mut abandoned, &mut disk)
