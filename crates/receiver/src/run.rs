@@ -274,7 +274,7 @@ async fn run_once(
         flush_bytes: cfg.flush_bytes,
         flush_interval: cfg.flush_interval,
     };
-    let writer = Writer::spawn(
+    let writer = Writer::start(
         archive.segment_writer_with(seg, writer_options(&writer_cfg))?,
         writer_cfg,
         tokio::runtime::Handle::current(),

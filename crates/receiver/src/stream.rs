@@ -2,9 +2,11 @@
 //!
 //! The network side of the pipeline. It reads the socket in large chunks, splits
 //! CopyData frames without copying, checks that each XLogData message continues exactly
-//! where the previous one ended, and queues the WAL for the writer thread. It answers
-//! keepalives and sends standby status updates on its own timers, so neither ever waits
-//! on the disk; when the writer's queue is full it stops reading the socket
+//! where the previous one ended, and queues the WAL for the writer thread (with
+//! `--synchronous` it writes it itself and flushes when the receive buffer holds no
+//! whole message, the group-commit point: [`Writer::idle`]). It answers
+//! keepalives and sends standby status updates on its own timers, so (but for that
+//! fdatasync) neither ever waits on the disk; when the writer's queue is full it stops reading the socket
 //! (backpressure) but keeps its timers running.
 
 use std::time::{Duration, SystemTime};
@@ -261,6 +263,24 @@ impl Session<'_> {
                     return Ok(end);
                 }
                 continue;
+            }
+            // Nothing whole is left to handle: the group-commit point of the inline writer.
+            // Reads stop at frame ends, so first see whether the socket already holds
+            // more (one non-blocking attempt; `fill` is cancellation-safe): everything
+            // that has arrived goes into one fdatasync, as with pg_receivewal.
+            if pending.is_none() && self.writer.idle_pending() {
+                let more = tokio::select! {
+                    biased;
+                    r = self.conn.fill() => Some(r),
+                    _ = std::future::ready(()) => None,
+                };
+                if let Some(r) = more {
+                    r?;
+                    last_heard = Instant::now();
+                    pinged = false;
+                    continue;
+                }
+                self.writer.idle();
             }
             let status_due = interval.map(|_| next_status);
             // Dead-peer detection: ping at half the timeout, give up at the timeout. Only

@@ -1,4 +1,5 @@
-//! The writer thread: the only owner of the segment files.
+//! The writer thread: the only owner of the segment files (except with
+//! `--synchronous`, see below).
 //!
 //! The network task hands it WAL through a bounded queue ([`QUEUE_MESSAGES`] messages of
 //! at most 128 KiB each, so at most 8 MiB in flight); when the queue is full the
@@ -6,7 +7,11 @@
 //! of growing memory. The thread writes each message at its exact offset and runs
 //! fdatasync by policy (group commit):
 //!
-//! * `--synchronous`: whenever the queue is drained;
+//! * `--synchronous`: no thread and no queue: the network task writes each message itself
+//!   and runs fdatasync whenever it has handled every whole message received (see
+//!   [`Writer::idle`]), like pg_receivewal. Two thread wake-ups per commit cost the
+//!   primary about a tenth of its TPS on a small machine (BENCHMARKS.md). A full disk
+//!   then ends the session with the retried disk-full error instead of pausing;
 //! * otherwise: when [`WriterConfig::flush_bytes`] unsynced bytes have gathered, or
 //!   [`WriterConfig::flush_interval`] has passed since the oldest unsynced byte, or the
 //!   network task asks (server reply request, shutdown);
@@ -26,8 +31,8 @@
 //! flushed. A failed sync breaks the segment writer instead: the thread stops with the
 //! error, and the session ends (as a transient error when the disk is full).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -116,25 +121,55 @@ enum Cmd {
     Close(oneshot::Sender<Result<Lsn, Arc<ArchiveError>>>),
 }
 
-/// The network task's handle on the writer thread.
+/// The network task's handle on the writer: a thread fed through a queue, or, with
+/// `--synchronous`, the segment writer itself, driven inline by the network task.
 pub struct Writer {
-    tx: mpsc::Sender<Cmd>,
-    flush_requested: Arc<AtomicBool>,
-    /// End of the bytes the thread has handed to the operating system (`pwrite`
-    /// returned), not yet necessarily durable: the `write` position of status updates.
+    mode: Mode,
+    /// End of the bytes handed to the operating system (`pwrite` returned), not yet
+    /// necessarily durable: the `write` position of status updates.
     written: Arc<AtomicU64>,
-    /// Durable position and failure, as published by the thread.
+    /// Durable position and failure, as published after every flush.
     pub state: watch::Receiver<WriterState>,
-    thread: Option<JoinHandle<()>>,
+}
+
+enum Mode {
+    /// The writer thread owns the segment files.
+    Thread {
+        tx: mpsc::Sender<Cmd>,
+        flush_requested: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    },
+    /// `--synchronous`: the network task writes each message as it is decoded and runs
+    /// fdatasync itself at the group-commit point ([`Writer::idle`]), as pg_receivewal
+    /// does, saving the two thread wake-ups per commit the queue and the `watch` cost.
+    /// The lock is never contended (one task) and never held across an `await`.
+    /// A full disk is not waited out here: it fails the writer, and the session ends
+    /// with the retried disk-full error.
+    Inline {
+        seg: Box<Mutex<SegmentWriter>>,
+        state: watch::Sender<WriterState>,
+        flush_bytes: u64,
+    },
 }
 
 /// A permit to queue one message, reserved while waiting for queue space.
-pub struct Permit<'a>(mpsc::Permit<'a, Cmd>);
+pub struct Permit<'a>(PermitKind<'a>);
+
+enum PermitKind<'a> {
+    Queue(mpsc::Permit<'a, Cmd>),
+    Inline(&'a Writer),
+}
 
 impl Permit<'_> {
-    /// Queues WAL bytes starting at `start`.
+    /// Queues WAL bytes starting at `start` (inline: writes them at once; a failure is
+    /// published as the writer's error).
     pub fn send(self, tli: TimelineId, start: Lsn, data: Bytes) {
-        self.0.send(Cmd::Data { tli, start, data });
+        match self.0 {
+            PermitKind::Queue(p) => {
+                p.send(Cmd::Data { tli, start, data });
+            }
+            PermitKind::Inline(w) => w.write_inline(tli, start, &data),
+        }
     }
 }
 
@@ -162,59 +197,224 @@ impl Writer {
             .spawn(move || run(seg, cfg, rx, state_tx, req, thread_written, rt, cancel))
             .expect("spawning the writer thread");
         Writer {
-            tx,
-            flush_requested,
+            mode: Mode::Thread {
+                tx,
+                flush_requested,
+                thread: Some(thread),
+            },
             written,
             state,
-            thread: Some(thread),
+        }
+    }
+
+    /// The writer for `--synchronous` mode: no thread, the caller's task writes and
+    /// flushes (see [`Mode::Inline`]).
+    pub fn inline(seg: SegmentWriter, cfg: WriterConfig) -> Writer {
+        let (state_tx, state) = watch::channel(WriterState {
+            flushed: seg.flushed(),
+            error: None,
+        });
+        let written = Arc::new(AtomicU64::new(seg.written().0));
+        Writer {
+            mode: Mode::Inline {
+                seg: Box::new(Mutex::new(seg)),
+                state: state_tx,
+                flush_bytes: cfg.flush_bytes,
+            },
+            written,
+            state,
+        }
+    }
+
+    /// Starts the writer for `cfg`: inline with `--synchronous`, otherwise the thread.
+    pub fn start(
+        seg: SegmentWriter,
+        cfg: WriterConfig,
+        rt: tokio::runtime::Handle,
+        cancel: CancellationToken,
+    ) -> Writer {
+        if cfg.synchronous {
+            Writer::inline(seg, cfg)
+        } else {
+            Writer::spawn(seg, cfg, rt, cancel)
+        }
+    }
+
+    fn lock(m: &Mutex<SegmentWriter>) -> MutexGuard<'_, SegmentWriter> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self) -> bool {
+        self.state.borrow().error.is_some()
+    }
+
+    fn write_inline(&self, tli: TimelineId, start: Lsn, data: &[u8]) {
+        let Mode::Inline {
+            seg,
+            state,
+            flush_bytes,
+        } = &self.mode
+        else {
+            unreachable!("inline permit of a writer thread");
+        };
+        if self.failed() {
+            return;
+        }
+        let mut seg = Self::lock(seg);
+        let before = seg.flushed();
+        let r = seg.write(tli, start, data);
+        self.written.store(seg.written().0, Ordering::Release);
+        let r = r.and_then(|()| {
+            if seg.unflushed_bytes() >= *flush_bytes {
+                debug!(bytes = seg.unflushed_bytes(), "flushing on size");
+                seg.flush().map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+        match r {
+            // A completed segment (renamed, directory synced) may have moved it.
+            Ok(()) if seg.flushed() != before => publish(&seg, state),
+            Ok(()) => {}
+            Err(e) => fail_inline(&seg, state, e),
+        }
+    }
+
+    /// Whether [`idle`](Self::idle) has something to flush: inline, unflushed bytes
+    /// and no failure.
+    pub fn idle_pending(&self) -> bool {
+        match &self.mode {
+            Mode::Inline { seg, .. } => !self.failed() && Self::lock(seg).unflushed_bytes() > 0,
+            Mode::Thread { .. } => false,
+        }
+    }
+
+    /// The group-commit point, called by the network task when it has handled every
+    /// whole message received and is about to wait: inline, makes everything written
+    /// durable and publishes it (the session reports it at once). Nothing with the
+    /// thread, which has its own.
+    pub fn idle(&self) {
+        let Mode::Inline { seg, state, .. } = &self.mode else {
+            return;
+        };
+        if self.failed() {
+            return;
+        }
+        let mut seg = Self::lock(seg);
+        if seg.unflushed_bytes() == 0 {
+            return;
+        }
+        match seg.flush() {
+            Ok(_) => publish(&seg, state),
+            Err(e) => fail_inline(&seg, state, e),
         }
     }
 
     /// Waits for room in the queue. Cancellation-safe.
     pub async fn reserve(&self) -> Result<Permit<'_>, ()> {
-        self.tx.reserve().await.map(Permit).map_err(|_| ())
+        match &self.mode {
+            Mode::Thread { tx, .. } => tx
+                .reserve()
+                .await
+                .map(|p| Permit(PermitKind::Queue(p)))
+                .map_err(|_| ()),
+            Mode::Inline { .. } if self.failed() => Err(()),
+            Mode::Inline { .. } => Ok(Permit(PermitKind::Inline(self))),
+        }
     }
 
-    /// End of the bytes the thread has written to the operating system.
+    /// End of the bytes the writer has written to the operating system.
     pub fn written(&self) -> Lsn {
         Lsn(self.written.load(Ordering::Acquire))
     }
 
     /// Reserves queue space if there is some right now.
     pub fn reserve_now(&self) -> Option<Permit<'_>> {
-        self.tx.try_reserve().ok().map(Permit)
+        match &self.mode {
+            Mode::Thread { tx, .. } => tx.try_reserve().ok().map(|p| Permit(PermitKind::Queue(p))),
+            Mode::Inline { .. } => Some(Permit(PermitKind::Inline(self))),
+        }
     }
 
     /// Tells the writer to continue at `lsn` on `tli` (a stream start, segment aligned).
     /// Returns once the thread has taken the new position and published it.
     pub async fn reset(&self, tli: TimelineId, lsn: Lsn) -> Result<(), ()> {
-        let (done, ack) = oneshot::channel();
-        self.tx
-            .send(Cmd::Reset { tli, lsn, done })
-            .await
-            .map_err(|_| ())?;
-        ack.await.map_err(|_| ())
+        match &self.mode {
+            Mode::Thread { tx, .. } => {
+                let (done, ack) = oneshot::channel();
+                tx.send(Cmd::Reset { tli, lsn, done })
+                    .await
+                    .map_err(|_| ())?;
+                ack.await.map_err(|_| ())
+            }
+            Mode::Inline { .. } if self.failed() => Err(()),
+            Mode::Inline { seg, state, .. } => {
+                let mut seg = Self::lock(seg);
+                seg.reset_position(tli, lsn);
+                self.written.store(seg.written().0, Ordering::Release);
+                if seg.is_broken() {
+                    // Closing the segment still open failed (and was logged).
+                    let e = seg.flush().expect_err("a broken writer fails");
+                    fail_inline(&seg, state, e);
+                    return Err(());
+                }
+                publish(&seg, state);
+                Ok(())
+            }
+        }
     }
 
-    /// Asks for a flush soon, without waiting for it.
+    /// Asks for a flush soon, without waiting for it. (Inline, the next
+    /// [`idle`](Self::idle) flushes anyway.)
     pub fn request_flush(&self) {
-        if self.tx.try_send(Cmd::Flush).is_err() {
+        if let Mode::Thread {
+            tx,
+            flush_requested,
+            ..
+        } = &self.mode
+            && tx.try_send(Cmd::Flush).is_err()
+        {
             // Queue full: the thread checks this flag after every command.
-            self.flush_requested.store(true, Ordering::Release);
+            flush_requested.store(true, Ordering::Release);
         }
     }
 
     /// Writes out everything queued, flushes, leaves an incomplete segment as
     /// `.partial`, and returns the durable position.
     pub async fn close(&self) -> Result<Lsn, Arc<ArchiveError>> {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Close(tx)).await.is_err() {
-            return Err(self.failure());
+        match &self.mode {
+            Mode::Thread { tx, .. } => {
+                let (tx2, rx) = oneshot::channel();
+                if tx.send(Cmd::Close(tx2)).await.is_err() {
+                    return Err(self.failure());
+                }
+                rx.await.unwrap_or_else(|_| Err(self.failure()))
+            }
+            Mode::Inline { seg, state, .. } => {
+                let mut seg = Self::lock(seg);
+                // After a failed write (not a failed sync) what did get written is still
+                // made durable, as the thread does before waiting for disk space.
+                if seg.is_broken() {
+                    return Err(self.failure());
+                }
+                match seg.close() {
+                    Ok(()) => {
+                        publish(&seg, state);
+                        match self.state.borrow().error.clone() {
+                            Some(e) => Err(e),
+                            None => Ok(seg.flushed()),
+                        }
+                    }
+                    Err(e) => {
+                        fail_inline(&seg, state, e);
+                        Err(self.failure())
+                    }
+                }
+            }
         }
-        rx.await.unwrap_or_else(|_| Err(self.failure()))
     }
 
-    /// The error that stopped the thread.
+    /// The error that stopped the writer.
     pub fn failure(&self) -> Arc<ArchiveError> {
         self.state.borrow().error.clone().unwrap_or_else(|| {
             Arc::new(ArchiveError::Io {
@@ -225,16 +425,29 @@ impl Writer {
         })
     }
 
-    /// Stops the thread (after a final flush) and waits for it.
+    /// Stops the writer (after a final flush) and waits for it.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        let (tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match &mut self.mode {
+            Mode::Thread { tx, thread, .. } => {
+                let (closed, _) = mpsc::channel(1);
+                drop(std::mem::replace(tx, closed));
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Mode::Inline { seg, state, .. } => {
+                let mut seg = Self::lock(seg);
+                if !seg.is_broken() {
+                    match seg.close() {
+                        Ok(()) => publish(&seg, state),
+                        Err(e) => fail_inline(&seg, state, e),
+                    }
+                }
+            }
         }
     }
 }
@@ -243,6 +456,16 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Publishes an inline failure (and whatever became durable before it).
+fn fail_inline(seg: &SegmentWriter, state: &watch::Sender<WriterState>, e: ArchiveError) {
+    let e = Arc::new(e);
+    let f = seg.flushed();
+    state.send_modify(|s| {
+        s.flushed = f;
+        s.error = Some(e);
+    });
 }
 
 /// Whether the disk is full, for logging it once and then at a low rate.
