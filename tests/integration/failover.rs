@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 use crate::harness::{
     PgCluster, StopMode, Walsink, WalsinkProcess, archive, format_lsn, parse_lsn, wait_for,
 };
-use crate::timeline::{WalFile, assert_archive_follows, sources, wait_flushed, wal_files};
+use crate::timeline::{
+    WalFile, assert_archive_follows, sources, wait_flushed, wait_received, wal_files,
+};
 
 const SLOT: &str = "walsink_fo";
 /// Generous: servers on a loaded 2-core machine are slow, and reconnection backs off.
@@ -86,16 +88,6 @@ fn assert_streams_from(ws: &mut WalsinkProcess, server: &PgCluster, others: &[&P
         server.port(),
         ws.is_running(),
         ws.stderr_text()
-    );
-}
-
-/// Waits until a standby has received WAL up to `lsn`.
-fn wait_received(standby: &PgCluster, lsn: u64) {
-    assert!(
-        wait_for(|| parse_lsn(&standby.current_lsn()) >= lsn, WAIT),
-        "standby on port {} did not receive up to {}",
-        standby.port(),
-        format_lsn(lsn)
     );
 }
 

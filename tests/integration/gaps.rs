@@ -277,6 +277,24 @@ struct SmallFs {
     _root: tempfile::TempDir,
 }
 
+/// A small filesystem for a disk-full test. Not being able to mount one fails the test
+/// (the suite runs as root, where tmpfs or a loop mount works), unless
+/// `WALSINK_SKIP_MOUNT_TESTS=1` says this machine cannot: then `None` and the test is
+/// skipped with a message, never passed silently.
+fn small_fs_or_skip(mib: u64) -> Option<SmallFs> {
+    match SmallFs::mount(mib) {
+        Ok(m) => Some(m),
+        Err(e) if std::env::var("WALSINK_SKIP_MOUNT_TESTS").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED (WALSINK_SKIP_MOUNT_TESTS=1): cannot mount a small filesystem: {e}");
+            None
+        }
+        Err(e) => panic!(
+            "cannot mount a small filesystem for the disk-full test: {e}\n\
+             (run as root, or set WALSINK_SKIP_MOUNT_TESTS=1 to skip the disk-full tests)"
+        ),
+    }
+}
+
 impl SmallFs {
     /// A tmpfs of `mib` MiB, else a loop-mounted ext4 image; `None` (with the reasons) if neither can be mounted.
     fn mount(mib: u64) -> Result<SmallFs, String> {
@@ -420,12 +438,8 @@ fn replication_row(pg: &PgCluster) -> (Option<u64>, Option<String>) {
 /// its own, and the archive ends up gapless and byte-identical to pg_wal.
 #[test]
 fn disk_full_pauses_and_resumes_without_losing_wal() {
-    let small = match SmallFs::mount(12) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a small filesystem here (needs root): {e}");
-            return;
-        }
+    let Some(small) = small_fs_or_skip(12) else {
+        return;
     };
     let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
     create_slot(&pg);
@@ -532,12 +546,8 @@ fn disk_full_pauses_and_resumes_without_losing_wal() {
 /// streamed again by the next start once there is space.
 #[test]
 fn interrupt_while_the_disk_is_full_exits_cleanly_and_the_next_start_catches_up() {
-    let small = match SmallFs::mount(32) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a small filesystem here (needs root): {e}");
-            return;
-        }
+    let Some(small) = small_fs_or_skip(32) else {
+        return;
     };
     let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
     create_slot(&pg);

@@ -105,7 +105,7 @@ fn expect_exit_0(ws: &mut WalsinkProcess) {
 }
 
 /// Waits until a standby has received (and flushed) WAL up to `lsn`.
-fn wait_received(standby: &PgCluster, lsn: u64) {
+pub(crate) fn wait_received(standby: &PgCluster, lsn: u64) {
     assert!(
         wait_for(|| parse_lsn(&standby.current_lsn()) >= lsn, WAIT),
         "standby on port {} did not receive up to {}",

@@ -6,8 +6,8 @@
 //! `--synchronous` it writes it itself and flushes when the receive buffer holds no
 //! whole message, the group-commit point: [`Writer::idle`]). It answers
 //! keepalives and sends standby status updates on its own timers, so (but for that
-//! fdatasync) neither ever waits on the disk; when the writer's queue is full it stops reading the socket
-//! (backpressure) but keeps its timers running.
+//! fdatasync) neither ever waits on the disk; when the writer's queue is full it stops
+//! reading the socket (backpressure) but keeps its timers running.
 
 use std::time::{Duration, SystemTime};
 
