@@ -119,7 +119,8 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolErro
         });
     }
     if buf.len() < len + 1 {
-        buf.reserve(len + 1 - buf.len());
+        // Room for the rest is the reader's business: reserving here would reallocate
+        // the buffer (copying it) under a reader that manages its own buffers.
         return Ok(None);
     }
     let mut frame = buf.split_to(len + 1);
