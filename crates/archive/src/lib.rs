@@ -69,6 +69,7 @@ mod prepare;
 mod recording;
 mod scan;
 mod stage;
+mod syncer;
 #[cfg(test)]
 mod testutil;
 mod writeback;
@@ -78,6 +79,7 @@ pub use archive::{Archive, LOCK_FILE, META_FILE};
 pub use error::ArchiveError;
 pub use meta::Gap;
 pub use prepare::PREPARED_FILE;
+pub use syncer::FlushListener;
 pub use writer::SegmentWriter;
 
 use walsink_wal::{Lsn, TimelineId};
@@ -140,6 +142,15 @@ pub struct WriterOptions {
     /// reported flushed before they are). 0 (the default): everything reaches the file
     /// before `write` returns. Larger values make fewer, larger writes.
     pub write_behind: usize,
+    /// With direct I/O: helper threads writing full staging buffers, which is also
+    /// how many buffers can be in flight at once (the disk's queue depth).
+    pub io_threads: usize,
+    /// Run the `fdatasync`s of [`SegmentWriter::flush_behind`] and the completion of
+    /// full segments (sync, rename, directory `fsync`) on a sync thread, in order,
+    /// while the writer goes on writing; the durable position moves when each
+    /// finishes ([`SegmentWriter::flushed`], [`SegmentWriter::set_flush_listener`]).
+    /// Off: they run inline, and the writer waits.
+    pub background_sync: bool,
 }
 
 impl Default for WriterOptions {
@@ -149,6 +160,8 @@ impl Default for WriterOptions {
             prepare_ahead: true,
             direct_io: false,
             write_behind: 0,
+            io_threads: 2,
+            background_sync: false,
         }
     }
 }

@@ -386,6 +386,7 @@ mod tests {
             prepare_ahead: false,
             direct_io,
             write_behind,
+            ..WriterOptions::default()
         }
     }
 
@@ -548,12 +549,16 @@ mod tests {
             for direct_io in [false, true] {
                 for prefill in [Prefill::Zeros, Prefill::Fallocate] {
                     for write_behind in [0, 300_000, 1 << 20] {
-                        configs.push(WriterOptions {
-                            prefill,
-                            prepare_ahead,
-                            direct_io,
-                            write_behind,
-                        });
+                        for background_sync in [false, true] {
+                            configs.push(WriterOptions {
+                                prefill,
+                                prepare_ahead,
+                                direct_io,
+                                write_behind,
+                                background_sync,
+                                ..WriterOptions::default()
+                            });
+                        }
                     }
                 }
             }
@@ -566,7 +571,14 @@ mod tests {
             rng % n
         };
         for opts in configs {
+            let background = opts.background_sync;
             let (_d, _a, mut w, fs) = setup(opts);
+            if background {
+                // Reports from the sync thread too, the moment it publishes (the
+                // position being written is unknown there: no check of names).
+                let f = Arc::clone(&fs);
+                w.set_flush_listener(Arc::new(move |at| f.report(at, Lsn(u64::MAX))));
+            }
             // Writes handed to I/O threads finish late, unless waited for.
             fs.slow_writes();
             let data = pattern(3 * SEG as usize + 123_457, 3);
@@ -582,6 +594,7 @@ mod tests {
                         w.flush().unwrap();
                     }
                     2 => w.close().unwrap(),
+                    3 | 4 => w.flush_behind().unwrap(),
                     _ => {}
                 }
                 report(&fs, &w);
@@ -615,12 +628,104 @@ mod tests {
     }
 
     #[test]
+    fn failed_background_syncs_and_writes_never_advance_flushed() {
+        for (direct_io, what) in [
+            (false, FailOn::Datasync),
+            (true, FailOn::Datasync),
+            (true, FailOn::FsyncDir),
+            (true, FailOn::Write),
+        ] {
+            let opts = WriterOptions {
+                prefill: Prefill::Fallocate,
+                prepare_ahead: false,
+                direct_io,
+                write_behind: 300_000,
+                background_sync: true,
+                ..WriterOptions::default()
+            };
+            let (_d, _a, mut w, fs) = setup(opts);
+            let published = Arc::new(Mutex::new(Vec::new()));
+            let p = Arc::clone(&published);
+            w.set_flush_listener(Arc::new(move |at| p.lock().unwrap().push(at)));
+            fs.slow_writes();
+            // The segment is open (its file prepared and synced), then two full
+            // staging buffers go to the I/O threads and a sync to the background; one
+            // of their steps fails.
+            let data = pattern(900_000, 9);
+            w.write(tli(1), S3, &data[..10]).unwrap();
+            fs.fail_next(what);
+            w.write(tli(1), w.written(), &data[10..]).unwrap();
+            w.flush_behind().unwrap();
+            let r = w.flush();
+            assert!(r.is_err(), "{direct_io} {what:?}");
+            assert!(w.is_broken(), "{direct_io} {what:?}");
+            assert_eq!(w.flushed(), S3, "{direct_io} {what:?}");
+            assert!(
+                published.lock().unwrap().is_empty(),
+                "{direct_io} {what:?}: a position was published after a failure"
+            );
+            // Later calls keep failing; nothing is ever reported durable.
+            assert!(w.flush_behind().is_err());
+            assert!(w.write(tli(1), w.written(), &[1]).is_err());
+            assert_eq!(w.flushed(), S3);
+            report(&fs, &w);
+            check_crash_consistency(&fs.ops(), seg1m(), tli(1), S3, &data);
+        }
+    }
+
+    #[test]
+    fn background_completion_renames_after_the_direct_writes_and_sync() {
+        let opts = WriterOptions {
+            prefill: Prefill::Fallocate,
+            prepare_ahead: true,
+            direct_io: true,
+            write_behind: 1 << 20,
+            background_sync: true,
+            ..WriterOptions::default()
+        };
+        let (_d, _a, mut w, fs) = setup(opts);
+        fs.slow_writes();
+        // A segment and a half: the first completes in the background while the
+        // writer goes on into the next.
+        let data = pattern(SEG as usize + SEG as usize / 2, 4);
+        w.write(tli(1), S3, &data).unwrap();
+        assert_eq!(w.written(), Lsn(S3.0 + data.len() as u64));
+        w.flush().unwrap();
+        assert_eq!(w.flushed(), w.written());
+        let ops = fs.ops();
+        let rename = find(
+            &ops,
+            0,
+            "rename to complete",
+            |o| matches!(o, Op::Rename { to, .. } if *to == complete(3)),
+        );
+        // Every write into segment 3 finished before its datasync, which came
+        // before the rename, then the directory fsync.
+        let sync = ops[..rename]
+            .iter()
+            .rposition(|o| matches!(o, Op::Datasync { name, .. } if *name == partial(3)))
+            .expect("a datasync of segment 3 before its rename");
+        assert!(
+            !ops[sync..rename]
+                .iter()
+                .any(|o| matches!(o, Op::Write { name, .. } if *name == partial(3))),
+            "{ops:#?}"
+        );
+        find(&ops, rename, "directory fsync", |o| {
+            matches!(o, Op::FsyncDir)
+        });
+        report(&fs, &w);
+        check_crash_consistency(&fs.ops(), seg1m(), tli(1), S3, &data);
+    }
+
+    #[test]
     fn a_failed_background_direct_write_breaks_the_writer() {
         let opts = WriterOptions {
             prefill: Prefill::Fallocate,
             prepare_ahead: false,
             direct_io: true,
             write_behind: 1 << 20,
+            ..WriterOptions::default()
         };
         let (_d, _a, mut w, fs) = setup(opts);
         w.write(tli(1), S3, &[1; 10]).unwrap();

@@ -2,24 +2,22 @@
 //!
 //! A direct write returns only once the disk has the data, so written from the writer
 //! thread it stops the pipeline for the disk's latency on every buffer. Full buffers
-//! are handed to [`IO_THREADS`] threads instead, and the writer thread goes on filling
+//! are handed to helper threads ([`crate::WriterOptions::io_threads`]) instead, and the writer thread goes on filling
 //! the next one; before anything that must come after those writes (an `fdatasync`,
 //! the write of a partial last block, a rename) it waits for all of them with
 //! [`Writeback::drain`]. A failed write is reported by the next `drain` or
 //! [`Writeback::spare`].
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::ArchiveError;
 use crate::fsops::SegmentFs;
 use crate::stage::AlignedBuf;
-
-/// Threads writing full buffers; also the number of buffers in flight at most.
-pub(crate) const IO_THREADS: usize = 2;
 
 /// One full buffer to write.
 pub(crate) struct Job {
@@ -27,9 +25,56 @@ pub(crate) struct Job {
     pub(crate) path: PathBuf,
     pub(crate) buf: AlignedBuf,
     pub(crate) offset: u64,
+    /// Set by [`Writeback::submit`].
+    pub(crate) seq: u64,
 }
 
 type Done = (AlignedBuf, Result<(), ArchiveError>);
+
+/// Which jobs have finished, for waiting on all jobs submitted before some point
+/// (they finish out of order on several threads). Job numbers start at 1.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    state: Mutex<ProgressState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    /// Every job up to this number has finished.
+    prefix: u64,
+    /// Finished jobs past `prefix`.
+    later: BTreeSet<u64>,
+    /// A job failed: the bytes it carried are not in the file.
+    failed: bool,
+}
+
+impl Progress {
+    fn finished(&self, seq: u64, ok: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.failed |= !ok;
+        s.later.insert(seq);
+        loop {
+            let next = s.prefix + 1;
+            if !s.later.remove(&next) {
+                break;
+            }
+            s.prefix = next;
+        }
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// Waits until jobs `1..=upto` have all finished. `false` if any job failed (then
+    /// nothing after the failed write may be called durable).
+    pub(crate) fn wait(&self, upto: u64) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while s.prefix < upto && !s.failed {
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        !s.failed
+    }
+}
 
 /// The helper threads and the buffers they give back.
 #[derive(Debug)]
@@ -42,6 +87,10 @@ pub(crate) struct Writeback {
     in_flight: usize,
     /// The first failed write not reported yet.
     error: Option<ArchiveError>,
+    /// Jobs submitted so far (the number of the last one).
+    submitted: u64,
+    /// Which of them have finished.
+    progress: Arc<Progress>,
 }
 
 impl std::fmt::Debug for Job {
@@ -51,15 +100,23 @@ impl std::fmt::Debug for Job {
 }
 
 impl Writeback {
-    /// Starts the threads, with `IO_THREADS` spare buffers of `capacity` bytes.
-    /// `None` if a thread cannot be started (the caller then writes inline).
-    pub(crate) fn start(fs: Arc<dyn SegmentFs>, capacity: usize) -> Option<Writeback> {
+    /// Starts `threads` threads (at least one), with as many spare buffers of
+    /// `capacity` bytes. `None` if a thread cannot be started (the caller then
+    /// writes inline).
+    pub(crate) fn start(
+        fs: Arc<dyn SegmentFs>,
+        capacity: usize,
+        threads: usize,
+    ) -> Option<Writeback> {
+        let n = threads.max(1);
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let (done_tx, done) = mpsc::channel::<Done>();
         let mut threads = Vec::new();
-        for i in 0..IO_THREADS {
+        let progress = Arc::new(Progress::default());
+        for i in 0..n {
             let (rx, done_tx, fs) = (Arc::clone(&rx), done_tx.clone(), Arc::clone(&fs));
+            let progress = Arc::clone(&progress);
             let t = std::thread::Builder::new()
                 .name(format!("walsink-io-{i}"))
                 .spawn(move || {
@@ -70,6 +127,7 @@ impl Writeback {
                         };
                         let Ok(job) = job else { return };
                         let r = fs.write_at(&job.file, &job.path, job.buf.as_slice(), job.offset);
+                        progress.finished(job.seq, r.is_ok());
                         if done_tx.send((job.buf, r)).is_err() {
                             return;
                         }
@@ -82,16 +140,18 @@ impl Writeback {
             jobs: Some(jobs),
             done,
             threads,
-            free: (0..IO_THREADS)
-                .map(|_| AlignedBuf::zeroed(capacity))
-                .collect(),
+            free: (0..n).map(|_| AlignedBuf::zeroed(capacity)).collect(),
             in_flight: 0,
             error: None,
+            submitted: 0,
+            progress,
         })
     }
 
     /// Queues a full buffer for writing.
-    pub(crate) fn submit(&mut self, job: Job) {
+    pub(crate) fn submit(&mut self, mut job: Job) {
+        self.submitted += 1;
+        job.seq = self.submitted;
         match &self.jobs {
             Some(jobs) => match jobs.send(job) {
                 Ok(()) => self.in_flight += 1,
@@ -101,7 +161,18 @@ impl Writeback {
         }
     }
 
+    /// The number of the last job submitted.
+    pub(crate) fn submitted(&self) -> u64 {
+        self.submitted
+    }
+
+    /// Which jobs have finished.
+    pub(crate) fn progress(&self) -> Arc<Progress> {
+        Arc::clone(&self.progress)
+    }
+
     fn fail_thread_gone(&mut self, buf: AlignedBuf) {
+        self.progress.finished(self.submitted, false);
         self.free.push(buf);
         self.error.get_or_insert_with(gone);
     }

@@ -15,6 +15,7 @@ use crate::archive::Shared;
 use crate::fsops::SegmentFs;
 use crate::prepare::Preparer;
 use crate::stage::Stage;
+use crate::syncer::{After, FlushListener, ListenerSlot, Syncer, Task, Work};
 use crate::writeback::{Job, Writeback};
 use crate::{ArchiveError, SyncMode, WriterOptions, fsops};
 
@@ -66,8 +67,8 @@ struct OpenSegment {
 pub struct SegmentWriter {
     /// The archive directory.
     dir_path: PathBuf,
-    /// The archive directory, open for `fsync`.
-    dir: File,
+    /// The archive directory, open for `fsync` (shared with the sync thread).
+    dir: Arc<File>,
     /// The file operations.
     fs: Arc<dyn SegmentFs>,
     /// Options.
@@ -79,6 +80,13 @@ pub struct SegmentWriter {
     stage: Option<Stage>,
     /// Threads writing full stage buffers (started with the first direct segment).
     writeback: Option<Writeback>,
+    /// The sync thread ([`WriterOptions::background_sync`]; started with the first
+    /// background flush or completion).
+    syncer: Option<Syncer>,
+    /// Told about every position the sync thread makes durable.
+    listener: ListenerSlot,
+    /// End of what the tasks handed to the sync thread will make durable.
+    requested: Lsn,
     /// A rename in the directory (a prepared file to `NAME.partial`) is not durable
     /// yet: the next flush `fsync`s the directory.
     dir_dirty: bool,
@@ -123,12 +131,15 @@ impl SegmentWriter {
         );
         SegmentWriter {
             dir_path,
-            dir,
             fs,
             opts,
             preparer,
+            dir: Arc::new(dir),
             stage: None,
             writeback: None,
+            syncer: None,
+            listener: ListenerSlot::default(),
+            requested: Lsn::INVALID,
             dir_dirty: false,
             seg,
             sync,
@@ -197,6 +208,7 @@ impl SegmentWriter {
                             got: start,
                         });
                     }
+                    self.settle_syncer()?;
                     self.restart_at(tli, start);
                 }
             }
@@ -260,6 +272,7 @@ impl SegmentWriter {
             path,
             buf,
             offset,
+            seq: 0,
         });
         Ok(())
     }
@@ -308,10 +321,117 @@ impl SegmentWriter {
     /// [`SyncMode::NoSync`] no system call is made.
     pub fn flush(&mut self) -> Result<Lsn, ArchiveError> {
         self.check_usable()?;
+        self.settle_syncer()?;
         self.write_out()?;
         self.sync_open()?;
         self.flushed = self.written;
         Ok(self.flushed)
+    }
+
+    /// Starts making everything written durable without waiting for it, with
+    /// [`WriterOptions::background_sync`]: the sync thread runs the `fdatasync` once
+    /// the writes it covers have finished, and [`flushed`](Self::flushed) (and the
+    /// [listener](Self::set_flush_listener)) move when it returns. With direct I/O it
+    /// covers the bytes already handed to the I/O threads, not a partly filled
+    /// staging buffer (that waits for the next full buffer or [`flush`](Self::flush)).
+    /// Without background sync (or with [`SyncMode::NoSync`]) this is
+    /// [`flush`](Self::flush).
+    pub fn flush_behind(&mut self) -> Result<(), ArchiveError> {
+        self.check_usable()?;
+        if !self.opts.background_sync || self.sync == SyncMode::NoSync {
+            return self.flush().map(|_| ());
+        }
+        let Some(open) = &self.open else {
+            // Completed segments are already queued.
+            return Ok(());
+        };
+        let (upto, after) = if open.direct {
+            let stage = self.stage.as_ref().expect("direct segments have a stage");
+            // Everything before the stage's first byte was handed to the I/O threads
+            // or written here.
+            let base = stage.end() - stage.staged() as u64;
+            let seg_start = self.seg.segment_start(self.written);
+            (Lsn(seg_start.0 + base), self.after_jobs())
+        } else {
+            (self.written, None)
+        };
+        if upto <= self.flushed().max(self.requested) {
+            return Ok(());
+        }
+        let task = Task {
+            work: Work::Sync {
+                file: Arc::clone(&open.file),
+                path: open.partial.clone(),
+                dir: self.dir_dirty,
+            },
+            after,
+            upto,
+        };
+        if self.submit_task(task).is_err() {
+            return self.flush().map(|_| ());
+        }
+        self.dir_dirty = false;
+        self.requested = upto;
+        Ok(())
+    }
+
+    /// Bytes written but neither durable nor handed to the sync thread yet.
+    pub fn unrequested_bytes(&self) -> u64 {
+        self.written
+            .saturating_sub(self.flushed().max(self.requested))
+    }
+
+    /// Calls `listener`, from the sync thread, with each position it makes durable
+    /// ([`WriterOptions::background_sync`]). Positions made durable inline are not
+    /// announced: read [`flushed`](Self::flushed) after each call.
+    pub fn set_flush_listener(&mut self, listener: FlushListener) {
+        self.listener = ListenerSlot(Some(listener));
+    }
+
+    /// The direct writes a sync must wait for: all submitted so far.
+    fn after_jobs(&self) -> Option<After> {
+        self.writeback.as_ref().map(|wb| After {
+            progress: wb.progress(),
+            jobs: wb.submitted(),
+        })
+    }
+
+    /// Hands a task to the sync thread, starting it if needed. `Err` if it cannot run.
+    fn submit_task(&mut self, task: Task) -> Result<(), ()> {
+        if self.syncer.is_none() {
+            self.syncer = Syncer::start(
+                Arc::clone(&self.fs),
+                Arc::clone(&self.dir),
+                self.dir_path.clone(),
+                self.listener.clone(),
+            );
+        }
+        match &self.syncer {
+            Some(s) => s.submit(task).map_err(|_| ()),
+            None => Err(()),
+        }
+    }
+
+    /// Waits for the sync thread's tasks. A failed one breaks the writer.
+    fn settle_syncer(&mut self) -> Result<(), ArchiveError> {
+        let Some(s) = &self.syncer else {
+            return Ok(());
+        };
+        match s.wait_idle() {
+            Ok(at) => {
+                self.flushed = self.flushed.max(at);
+                Ok(())
+            }
+            Err(e) => {
+                let path = self
+                    .open
+                    .as_ref()
+                    .map(|o| o.partial.clone())
+                    .unwrap_or_else(|| self.dir_path.clone());
+                self.failed = Some(path.clone());
+                Err(e.unwrap_or(ArchiveError::WriterFailed { path }))
+            }
+        }
     }
 
     /// End of the last byte handed to [`write`](Self::write) (`Lsn::INVALID` before
@@ -323,12 +443,15 @@ impl SegmentWriter {
     /// End of the last byte known durable: `fdatasync`ed and, for completed segments,
     /// renamed with the directory `fsync`ed.
     pub fn flushed(&self) -> Lsn {
-        self.flushed
+        match &self.syncer {
+            Some(s) => self.flushed.max(s.synced()),
+            None => self.flushed,
+        }
     }
 
     /// Bytes written but not yet durable, `written() - flushed()`.
     pub fn unflushed_bytes(&self) -> u64 {
-        self.written.saturating_sub(self.flushed)
+        self.written.saturating_sub(self.flushed())
     }
 
     /// The timeline of the current position (`None` before the first write or reset).
@@ -342,7 +465,7 @@ impl SegmentWriter {
     /// other errors (a failed write, or a segment that could not be opened) leave
     /// it usable, to retry from [`written`](Self::written).
     pub fn is_broken(&self) -> bool {
-        self.failed.is_some()
+        self.failed.is_some() || self.syncer.as_ref().is_some_and(Syncer::failed)
     }
 
     /// The segment currently open, if any.
@@ -355,6 +478,7 @@ impl SegmentWriter {
     /// segment is open. Afterwards `flushed() == written()`.
     pub fn close(&mut self) -> Result<(), ArchiveError> {
         self.check_usable()?;
+        self.settle_syncer()?;
         let Some(open) = &self.open else {
             return Ok(());
         };
@@ -378,7 +502,7 @@ impl SegmentWriter {
     /// error is logged and the writer is broken (see the type docs). A broken
     /// writer keeps its positions.
     pub fn reset_position(&mut self, tli: TimelineId, lsn: Lsn) {
-        if self.open.is_some()
+        if (self.open.is_some() || self.syncer.as_ref().is_some_and(Syncer::busy))
             && let Err(e) = self.close()
         {
             error!("could not close the open segment: {e}");
@@ -395,12 +519,21 @@ impl SegmentWriter {
 
     fn restart_at(&mut self, tli: TimelineId, lsn: Lsn) {
         debug_assert!(self.open.is_none());
+        if let Some(s) = &self.syncer {
+            debug_assert!(!s.busy());
+            s.reset();
+        }
+        self.requested = Lsn::INVALID;
         self.tli = Some(tli);
         self.written = lsn;
         self.flushed = lsn;
     }
 
-    fn check_usable(&self) -> Result<(), ArchiveError> {
+    fn check_usable(&mut self) -> Result<(), ArchiveError> {
+        if self.failed.is_none() && self.syncer.as_ref().is_some_and(Syncer::failed) {
+            // Report the sync thread's failure once, then as for any broken writer.
+            return self.settle_syncer();
+        }
         match &self.failed {
             Some(path) => Err(ArchiveError::WriterFailed { path: path.clone() }),
             None => Ok(()),
@@ -503,7 +636,7 @@ impl SegmentWriter {
             let stage = self.stage.get_or_insert_with(|| Stage::new(cap));
             stage.reset(0);
             if self.writeback.is_none() {
-                self.writeback = Writeback::start(Arc::clone(&fs), cap);
+                self.writeback = Writeback::start(Arc::clone(&fs), cap, self.opts.io_threads);
             }
         }
         if fs.exists(&complete)? {
@@ -569,59 +702,107 @@ impl SegmentWriter {
             .expect("a segment is open")
             .partial
             .clone();
+        let background = self.opts.background_sync && self.sync == SyncMode::Sync;
         // The segment is full: a failure from here on cannot be retried by writing.
-        let r = self.write_out();
+        // In the background, full staging buffers are left to the I/O threads (the
+        // sync thread waits for them); only a partly filled one is written here.
+        let staged = self.stage.as_ref().is_some_and(Stage::is_dirty);
+        let r = if background && !staged {
+            Ok(())
+        } else {
+            self.write_out()
+        };
         self.fatal(&partial, r)?;
         let open = self.open.take().expect("a segment is open");
-        let r = self.finish(open);
+        if background {
+            let after = if open.direct { self.after_jobs() } else { None };
+            let (fs, dir, dir_path) = (
+                Arc::clone(&self.fs),
+                Arc::clone(&self.dir),
+                self.dir_path.clone(),
+            );
+            let upto = self.written;
+            let task = Task {
+                work: Work::Complete(Box::new(move || {
+                    finish_segment(&*fs, &dir, &dir_path, true, open)
+                })),
+                after,
+                upto,
+            };
+            if self.submit_task(task).is_err() {
+                let r = Err(ArchiveError::io(
+                    &partial,
+                    "complete segment (sync thread not running)",
+                    std::io::Error::other("sync thread not running"),
+                ));
+                return self.fatal(&partial, r);
+            }
+            self.dir_dirty = false;
+            self.requested = upto;
+            return Ok(());
+        }
+        let r = finish_segment(
+            &*self.fs,
+            &self.dir,
+            &self.dir_path,
+            self.sync == SyncMode::Sync,
+            open,
+        );
         self.fatal(&partial, r)?;
         self.dir_dirty = false;
         self.flushed = self.written;
         Ok(())
     }
+}
 
-    fn finish(&self, open: OpenSegment) -> Result<(), ArchiveError> {
-        let fs = &*self.fs;
-        let sync = self.sync == SyncMode::Sync;
-        if sync {
-            fs.datasync(&open.file, &open.partial)?;
-            // Written buffered: its pages are clean now and will not be read again.
-            fs.drop_cache(&open.file);
-        }
-        drop(open.file);
-        let (partial, complete) = (&open.partial, &open.complete);
-        if fs.exists(complete)? {
-            if fs.files_identical(partial, complete)? {
-                info!(
-                    "segment file \"{}\" already exists with identical content; removing \"{}\"",
-                    complete.display(),
-                    partial.display()
-                );
-                if sync {
-                    // Whoever wrote it may not have synced it.
-                    let f = fs.open_existing(complete)?;
-                    fs.fsync(&f, complete)?;
-                }
-                fs.remove(partial)?;
-            } else {
-                let aside = aside_name(complete)?;
-                warn!(
-                    "segment file \"{}\" already exists with different content; keeping it as \"{}\"",
-                    complete.display(),
-                    aside.display()
-                );
-                fs.rename(complete, &aside)?;
-                fs.rename(partial, complete)?;
+/// Completes a full segment: `fdatasync` (if `sync`), rename from `NAME.partial` to
+/// `NAME` (an identical existing `NAME` is kept, a different one moved aside), and
+/// `fsync` of the directory (if `sync`).
+fn finish_segment(
+    fs: &dyn SegmentFs,
+    dir: &File,
+    dir_path: &Path,
+    sync: bool,
+    open: OpenSegment,
+) -> Result<(), ArchiveError> {
+    if sync {
+        fs.datasync(&open.file, &open.partial)?;
+        // Written buffered: its pages are clean now and will not be read again.
+        fs.drop_cache(&open.file);
+    }
+    drop(open.file);
+    let (partial, complete) = (&open.partial, &open.complete);
+    if fs.exists(complete)? {
+        if fs.files_identical(partial, complete)? {
+            info!(
+                "segment file \"{}\" already exists with identical content; removing \"{}\"",
+                complete.display(),
+                partial.display()
+            );
+            if sync {
+                // Whoever wrote it may not have synced it.
+                let f = fs.open_existing(complete)?;
+                fs.fsync(&f, complete)?;
             }
+            fs.remove(partial)?;
         } else {
+            let aside = aside_name(complete)?;
+            warn!(
+                "segment file \"{}\" already exists with different content; keeping it as \"{}\"",
+                complete.display(),
+                aside.display()
+            );
+            fs.rename(complete, &aside)?;
             fs.rename(partial, complete)?;
         }
-        if sync {
-            fs.fsync_dir(&self.dir, &self.dir_path)?;
-        }
-        debug!("completed segment \"{}\"", complete.display());
-        Ok(())
+    } else {
+        fs.rename(partial, complete)?;
     }
+    if sync {
+        fs.fsync_dir(dir, dir_path)?;
+    }
+    debug!("completed segment \"{}\"", complete.display());
+    Ok(())
 }
 
 /// A free name `NAME.replaced-<unix seconds>[-N]` to move an old `NAME` to.
@@ -645,6 +826,10 @@ fn aside_name(complete: &Path) -> Result<PathBuf, ArchiveError> {
 
 impl Drop for SegmentWriter {
     fn drop(&mut self) {
+        // Queued completions still rename their segments.
+        if self.settle_syncer().is_err() {
+            debug!("a background sync failed");
+        }
         if self.failed.is_none() && self.write_out().is_err() {
             debug!("could not write out the staged bytes of the open segment");
         }

@@ -71,7 +71,8 @@ pub struct WriterConfig {
 /// also cut throughput by a third on the reference machine.
 ///
 /// For benchmark comparisons only, `WALSINK_BENCH_PREFILL` (`zeros`|`fallocate`),
-/// `WALSINK_BENCH_DIRECT` (`0`|`1`) and `WALSINK_BENCH_WRITE_BEHIND` (bytes) override
+/// `WALSINK_BENCH_DIRECT` (`0`|`1`), `WALSINK_BENCH_WRITE_BEHIND` (bytes),
+/// `WALSINK_BENCH_IO_THREADS` and `WALSINK_BENCH_BACKGROUND_SYNC` (`0`|`1`) override
 /// the choices.
 pub fn writer_options(cfg: &WriterConfig) -> WriterOptions {
     let mut o = WriterOptions {
@@ -79,6 +80,11 @@ pub fn writer_options(cfg: &WriterConfig) -> WriterOptions {
         prepare_ahead: true,
         direct_io: false,
         write_behind: if cfg.synchronous { 0 } else { 1 << 20 },
+        // The thread of the default mode goes on writing while the size-triggered
+        // fdatasync and segment completions run; `--synchronous` flushes inline at
+        // its group-commit point and reports at once.
+        background_sync: !cfg.synchronous,
+        ..WriterOptions::default()
     };
     let env = |k: &str| std::env::var(k).ok();
     match env("WALSINK_BENCH_PREFILL").as_deref() {
@@ -91,6 +97,12 @@ pub fn writer_options(cfg: &WriterConfig) -> WriterOptions {
     }
     if let Some(v) = env("WALSINK_BENCH_WRITE_BEHIND").and_then(|v| v.parse().ok()) {
         o.write_behind = v;
+    }
+    if let Some(v) = env("WALSINK_BENCH_IO_THREADS").and_then(|v| v.parse().ok()) {
+        o.io_threads = v;
+    }
+    if let Some(v) = env("WALSINK_BENCH_BACKGROUND_SYNC") {
+        o.background_sync = v != "0";
     }
     o
 }
@@ -597,6 +609,18 @@ fn run(
     rt: tokio::runtime::Handle,
     cancel: CancellationToken,
 ) {
+    // Positions the sync thread makes durable are published the moment it does.
+    let state = Arc::new(state);
+    let listener_state = Arc::clone(&state);
+    seg.set_flush_listener(Arc::new(move |at| {
+        listener_state.send_if_modified(|s| {
+            let newer = at > s.flushed;
+            if newer {
+                s.flushed = at;
+            }
+            newer
+        });
+    }));
     let mut oldest_unflushed: Option<Instant> = None;
     let mut disk = DiskFull::default();
     // Set when shutdown came while waiting for space: WAL still arriving is dropped.
@@ -702,10 +726,24 @@ fn run(
                         if seg.flushed() != before {
                             publish(&seg, &state);
                         }
-                        if seg.unflushed_bytes() >= cfg.flush_bytes {
-                            debug!(bytes = seg.unflushed_bytes(), "flushing on size");
-                            flush(&mut seg, &mut oldest_unflushed, &mut abandoned, &mut disk)
-                                .map(|_| publish(&seg, &state))
+                        if seg.unrequested_bytes() >= cfg.flush_bytes {
+                            // With background sync this only starts the fdatasync: the
+                            // sync thread publishes its position when it returns.
+                            debug!(bytes = seg.unrequested_bytes(), "flushing on size");
+                            match seg.flush_behind() {
+                                Ok(()) => {
+                                    publish(&seg, &state);
+                                    Ok(())
+                                }
+                                Err(e) if e.is_disk_full() && !seg.is_broken() => flush(
+                                    &mut seg,
+                                    &mut oldest_unflushed,
+                                    &mut abandoned,
+                                    &mut disk,
+                                )
+                                .map(|_| publish(&seg, &state)),
+                                Err(e) => Err(e),
+                            }
                         } else {
                             Ok(())
                         }
