@@ -96,18 +96,41 @@ stop_case() {
     set_sync_names ''
 }
 
+# CPU seconds (user+sys, all threads) and context switches of a process so far.
+proc_cpu() { [ -r "/proc/$1/stat" ] && awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" || echo 0; }
+proc_csw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/_ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+# The walsender of a case, and the process receiving for it (the standby's walreceiver).
+walsender_pid() { psql_ -c "SELECT pid FROM pg_stat_replication WHERE application_name = '$1'"; }
+receiver_pid() {
+    case $1 in
+        none) echo ;;
+        standby) psql_at "$ROOT/standby/sock" "$SPORT" -c "SELECT pid FROM pg_stat_wal_receiver" ;;
+        *) echo "$RECEIVER_PID" ;;
+    esac
+}
+
 results="$ROOT/results.tsv"
 : >"$results"
 for rep in $(seq 1 "$REPS"); do
     for c in $CASES; do
         start_case "$c"
+        rpid=$(receiver_pid "$c"); spid=
+        [ "$c" = none ] || spid=$(walsender_pid "$name")
+        r0=$(proc_cpu "$rpid"); s0=$(proc_cpu "$spid"); x0=$(proc_csw "$rpid")
         out=$("$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" -M prepared -h "$ROOT/primary/sock" -p "$PORT" -U postgres postgres 2>&1)
         tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
         lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
         [ -n "$tps" ] || { echo "pgbench failed: $out" >&2; exit 1; }
+        txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+        r1=$(proc_cpu "$rpid"); s1=$(proc_cpu "$spid"); x1=$(proc_csw "$rpid")
+        # Per transaction: receiver CPU µs, walsender CPU µs, receiver context switches.
+        rcpu=$(python3 -c "print(f'{($r1 - $r0) * 1e6 / $txns:.1f}')")
+        scpu=$(python3 -c "print(f'{($s1 - $s0) * 1e6 / $txns:.1f}')")
+        rcsw=$(python3 -c "print(f'{($x1 - $x0) / $txns:.2f}')")
         stop_case "$c"
-        printf '%s\t%s\t%s\n' "$c" "$tps" "$lat" >>"$results"
-        printf '    rep %d %-14s %8.0f TPS  %6.2f ms\n' "$rep" "$c" "$tps" "$lat"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$tps" "$lat" "$rcpu" "$scpu" "$rcsw" >>"$results"
+        printf '    rep %d %-14s %8.0f TPS  %6.2f ms  receiver %6.1f µs/txn  walsender %6.1f µs/txn  %5.2f csw/txn\n' \
+            "$rep" "$c" "$tps" "$lat" "$rcpu" "$scpu" "$rcsw"
     done
 done
 
@@ -115,18 +138,19 @@ python3 - "$results" "$SCALE" "$CLIENTS" "$DURATION" <<'PY'
 import sys, statistics
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
 by = {}
-for c, tps, lat in rows:
-    by.setdefault(c, ([], []))
-    by[c][0].append(float(tps)); by[c][1].append(float(lat))
+for c, tps, lat, rcpu, scpu, csw in rows:
+    by.setdefault(c, ([], [], [], [], []))
+    for i, v in enumerate((tps, lat, rcpu, scpu, csw)):
+        by[c][i].append(float(v))
 print(f"\npgbench tpcb-like, scale {sys.argv[2]}, {sys.argv[3]} clients, {sys.argv[4]} s per run; medians [min-max]\n")
-print("| synchronous standby | TPS | latency avg ms |")
-print("|---|---|---|")
+print("| synchronous standby | TPS | latency avg ms | receiver CPU µs/txn | walsender CPU µs/txn | receiver csw/txn |")
+print("|---|---|---|---|---|---|")
 labels = {"none": "none", "pg_receivewal": "pg_receivewal --synchronous", "walsink": "walsink --synchronous",
           "walsink_zeros": "walsink --synchronous, zero-filled segments",
           "walsink_alt": "walsink --synchronous (WALSINK_ALT build)", "standby": "streaming standby"}
 med = statistics.median
-for c, (t, l) in by.items():
-    print(f"| {labels.get(c, c)} | {med(t):.0f} [{min(t):.0f}-{max(t):.0f}] | {med(l):.2f} |")
+for c, (t, l, r, s, x) in by.items():
+    print(f"| {labels.get(c, c)} | {med(t):.0f} [{min(t):.0f}-{max(t):.0f}] | {med(l):.2f} | {med(r):.1f} | {med(s):.1f} | {med(x):.2f} |")
 if "walsink" in by:
     w = med(by["walsink"][0])
     for other in ("pg_receivewal", "standby", "none"):
