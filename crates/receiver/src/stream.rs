@@ -34,6 +34,9 @@ use crate::writer::Writer;
 /// How long to wait for the server to acknowledge the end of streaming.
 const END_COPY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A deadline for a timer with nothing to time.
+const FAR: Duration = Duration::from_secs(24 * 3600);
+
 /// Settings of one streaming session.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
@@ -251,6 +254,15 @@ impl Session<'_> {
         let mut pinged = false;
         // WAL decoded but not yet queued for the writer (at most one message).
         let mut pending: Option<(Lsn, Bytes)> = None;
+        // One timer for the status interval and the receive timeout, re-armed only
+        // when it fires or its deadline moves earlier: the silence deadline moves
+        // later with every message, and arming timers per message was a measurable
+        // part of the per-commit CPU with `--synchronous`. Fired early, it just checks.
+        let timer = sleep_until(Instant::now() + FAR);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if self.opts.endpos.is_some_and(|e| self.received >= e) && pending.is_none() {
                 return self.finish(StreamEnd::EndposReached).await;
@@ -297,9 +309,18 @@ impl Session<'_> {
                         last_heard + t / 2
                     }
                 });
+            let due = match (status_due, silence_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if armed.is_none_or(|at| due.is_some_and(|d| d < at)) {
+                let at = due.unwrap_or_else(|| Instant::now() + FAR);
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => {
+                _ = &mut cancelled => {
                     if let Some((start, data)) = pending.take() {
                         let permit = self.writer.reserve().await.map_err(|_| self.writer_error())?;
                         permit.send(self.tli, start, data);
@@ -324,11 +345,16 @@ impl Session<'_> {
                     last_heard = Instant::now();
                     pinged = false;
                 }
-                _ = sleep_until(status_due.unwrap_or_else(Instant::now)), if status_due.is_some() => {
-                    self.send_status(false).await?;
-                    next_status = Instant::now() + interval.expect("interval set");
-                }
-                _ = sleep_until(silence_due.unwrap_or_else(Instant::now)), if silence_due.is_some() => {
+                _ = &mut timer => {
+                    armed = None;
+                    let now = Instant::now();
+                    if status_due.is_some_and(|d| d <= now) {
+                        self.send_status(false).await?;
+                        next_status = Instant::now() + interval.expect("interval set");
+                    }
+                    if silence_due.is_none_or(|d| d > now) {
+                        continue;
+                    }
                     let t = self.opts.receive_timeout.expect("timeout set");
                     if pinged {
                         return Err(ReceiverError::transient(format!(
