@@ -42,7 +42,7 @@ psql_ -c "SELECT pg_create_physical_replication_slot('bench_walsink_z', true)" >
 
 echo "==> real standby on 127.0.0.1:$SPORT (pg_basebackup -R)"
 server_dir "$ROOT/standby" "$ROOT/standby/sock"
-"${RUNAS[@]}" "$PGBIN/pg_basebackup" -D "$ROOT/standby/data" -R -X stream -h "$ROOT/primary/sock" -p "$PORT" -U postgres \
+"${RUNAS[@]}" "$PGBIN/pg_basebackup" -c fast -D "$ROOT/standby/data" -R -X stream -h "$ROOT/primary/sock" -p "$PORT" -U postgres \
     -d "application_name=bench_standby" >/dev/null
 echo "primary_conninfo = 'host=$ROOT/primary/sock port=$PORT user=postgres application_name=bench_standby'" |
     "${RUNAS[@]}" tee -a "$ROOT/standby/data/postgresql.auto.conf" >/dev/null
@@ -97,8 +97,8 @@ stop_case() {
 }
 
 # CPU seconds (user+sys, all threads) and context switches of a process so far.
-proc_cpu() { [ -r "/proc/$1/stat" ] && awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" || echo 0; }
-proc_csw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/_ctxt_switches/ { n += $2 } END { print n + 0 }'; }
+proc_cpu() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" || echo 0; }
+proc_csw() { { [ -n "$1" ] && cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/_ctxt_switches/ { n += $2 } END { print n + 0 }'; }
 # The walsender of a case, and the process receiving for it (the standby's walreceiver).
 walsender_pid() { psql_ -c "SELECT pid FROM pg_stat_replication WHERE application_name = '$1'"; }
 receiver_pid() {
