@@ -370,7 +370,7 @@ impl Writer {
                     fail_inline(&seg, state, e);
                     return Err(());
                 }
-                publish(&seg, state);
+                publish_reset(&seg, state);
                 Ok(())
             }
         }
@@ -588,8 +588,23 @@ impl DiskFull {
     }
 }
 
-/// Publishes the durable position if it changed.
+/// Publishes the durable position if it moved forward. Only forward: the sync thread's
+/// listener may have published a newer position after `seg.flushed()` was read here,
+/// and a status update must never report less than one before it.
 fn publish(seg: &SegmentWriter, state: &watch::Sender<WriterState>) {
+    let f = seg.flushed();
+    state.send_if_modified(|s| {
+        let newer = f > s.flushed;
+        if newer {
+            s.flushed = f;
+        }
+        newer
+    });
+}
+
+/// Publishes the durable position after a reset of the stream position, which may
+/// move it back (a new timeline starting before the old one's end).
+fn publish_reset(seg: &SegmentWriter, state: &watch::Sender<WriterState>) {
     let f = seg.flushed();
     state.send_if_modified(|s| {
         let changed = s.flushed != f;
@@ -759,7 +774,7 @@ fn run(
                 seg.reset_position(tli, lsn);
                 written.store(seg.written().0, Ordering::Release);
                 oldest_unflushed = None;
-                publish(&seg, &state);
+                publish_reset(&seg, &state);
                 let _ = done.send(());
                 Ok(())
             }
@@ -804,5 +819,47 @@ fn run(
             }
             publish(&seg, &state);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walsink_archive::{Archive, SyncMode};
+    use walsink_wal::WalSegSize;
+
+    #[test]
+    fn publishing_never_moves_the_flush_position_back_except_on_a_reset() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+        let mut seg = a.segment_writer(WalSegSize::new(1 << 20).unwrap()).unwrap();
+        let start = Lsn(3 << 20);
+        let tli = TimelineId::new(1).unwrap();
+        seg.reset_position(tli, start);
+        seg.write(tli, start, &[7; 100]).unwrap();
+        let x = seg.flush().unwrap();
+        assert_eq!(x, Lsn(start.0 + 100));
+        // The sync thread's listener already published a newer position.
+        let newer = Lsn(x.0 + 50);
+        let (state, rx) = watch::channel(WriterState {
+            flushed: newer,
+            error: None,
+        });
+        publish(&seg, &state);
+        assert_eq!(rx.borrow().flushed, newer, "a status update would go back");
+        // Forward moves are published.
+        let (state, rx) = watch::channel(WriterState {
+            flushed: start,
+            error: None,
+        });
+        publish(&seg, &state);
+        assert_eq!(rx.borrow().flushed, x);
+        // A reset may move it back (a new timeline starting earlier).
+        let (state, rx) = watch::channel(WriterState {
+            flushed: newer,
+            error: None,
+        });
+        publish_reset(&seg, &state);
+        assert_eq!(rx.borrow().flushed, x);
     }
 }
