@@ -293,6 +293,15 @@ impl Session<'_> {
                     continue;
                 }
                 self.writer.idle();
+                // Report it now rather than on the next turn through the watch channel
+                // (one wake-up less per commit); a failure is seen there.
+                let failed = flush_rx.borrow_and_update().error.is_some();
+                if failed {
+                    return Err(self.writer_error());
+                }
+                if self.flush_to_report() != self.last_reported_flush {
+                    self.send_status(false).await?;
+                }
             }
             let status_due = interval.map(|_| next_status);
             // Dead-peer detection: ping at half the timeout, give up at the timeout. Only
