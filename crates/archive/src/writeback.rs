@@ -65,6 +65,13 @@ impl Progress {
         self.cv.notify_all();
     }
 
+    /// Marks every job as failed: an I/O thread died while writing, so a job may never
+    /// finish and nothing may wait for it.
+    fn abandon(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).failed = true;
+        self.cv.notify_all();
+    }
+
     /// Waits until jobs `1..=upto` have all finished. `false` if any job failed (then
     /// nothing after the failed write may be called durable).
     pub(crate) fn wait(&self, upto: u64) -> bool {
@@ -120,6 +127,16 @@ impl Writeback {
             let t = std::thread::Builder::new()
                 .name(format!("walsink-io-{i}"))
                 .spawn(move || {
+                    // A panic while writing must not leave a sync task waiting for ever.
+                    struct OnPanic(Arc<Progress>);
+                    impl Drop for OnPanic {
+                        fn drop(&mut self) {
+                            if std::thread::panicking() {
+                                self.0.abandon();
+                            }
+                        }
+                    }
+                    let _guard = OnPanic(Arc::clone(&progress));
                     loop {
                         let job = match rx.lock() {
                             Ok(rx) => rx.recv(),
@@ -237,5 +254,37 @@ impl Drop for Writeback {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_waits_for_every_earlier_job_and_stops_on_failure() {
+        let p = Arc::new(Progress::default());
+        // Jobs finish out of order: 2 before 1.
+        p.finished(2, true);
+        let waiter = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || p.wait(2))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "job 1 has not finished yet");
+        p.finished(1, true);
+        assert!(waiter.join().unwrap());
+        assert!(p.wait(2));
+        // A job that never finishes because its thread died: waiting ends, as failed.
+        let waiter = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || p.wait(3))
+        };
+        p.abandon();
+        assert!(!waiter.join().unwrap());
+        // A failed write also fails every later wait.
+        let q = Progress::default();
+        q.finished(1, false);
+        assert!(!q.wait(1));
     }
 }
