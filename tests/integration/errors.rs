@@ -424,13 +424,17 @@ fn role_without_replication_exits_11() {
     cmd.arg(format!("host=127.0.0.1 port={} user=plain", pg.port()))
         .arg("-D")
         .arg(dir.path());
+    // PostgreSQL 16 reworded the server's message (15: "must be superuser or replication role to start
+    // walsender"; 16 on: "permission denied to start WAL sender" with a DETAIL naming the attribute).
+    let server_message = if pg.major_version() >= 16 {
+        "permission denied to start WAL sender"
+    } else {
+        "must be superuser or replication role"
+    };
     run(cmd).expect(
         "role without REPLICATION",
         11,
-        &[
-            "must be superuser or replication role",
-            "REPLICATION attribute",
-        ],
+        &[server_message, "REPLICATION attribute"],
     );
 }
 
