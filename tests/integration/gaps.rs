@@ -171,6 +171,10 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
         .unwrap();
     let oldest = segment_lsn(&oldest_name);
     assert!(oldest > from);
+    // Before PostgreSQL 18 the server accepts the invalidated physical slot and fails once it looks
+    // for the segment; from 18 on it refuses the slot itself, from any position, until it is
+    // re-created.
+    let slot_refused = pg.major_version() >= 18;
     let before = archive::list(dir.path());
     let (code, stderr) = run(receive(&pg, dir.path(), &[]));
     assert_eq!(code, Some(14), "expected exit 14:\n{stderr}");
@@ -180,9 +184,14 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
         format_lsn(oldest),
         format_lsn(oldest)
     );
+    let server_cause = if slot_refused {
+        format!("can no longer access replication slot \"{SLOT}\"")
+    } else {
+        format!("requested WAL segment {needed} has already been removed")
+    };
     for needle in [
         range.as_str(),
-        &format!("requested WAL segment {needed} has already been removed"),
+        &server_cause,
         &format!("replication slot \"{SLOT}\" has no restart_lsn"),
         "--allow-gap",
     ] {
@@ -191,13 +200,57 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
             "stderr lacks {needle:?}:\n{stderr}"
         );
     }
-    assert!(
-        !fs::read_to_string(dir.path().join("walsink.meta"))
-            .unwrap()
-            .contains("gap"),
-        "no gap may be recorded without --allow-gap"
-    );
-    assert_eq!(archive::list(dir.path()), before, "the archive was changed");
+    if slot_refused {
+        assert!(
+            stderr.contains("--drop-slot, then --create-slot"),
+            "the hint says to re-create the slot:\n{stderr}"
+        );
+    }
+    let no_gap_recorded = |why: &str| {
+        assert!(
+            !fs::read_to_string(dir.path().join("walsink.meta"))
+                .unwrap()
+                .contains("gap"),
+            "{why}"
+        );
+        assert_eq!(archive::list(dir.path()), before, "the archive was changed");
+    };
+    no_gap_recorded("no gap may be recorded without --allow-gap");
+
+    // 3b. PostgreSQL 18 on: --allow-gap cannot continue through the refused slot either, so it records
+    // nothing and exits 14; re-creating the slot (as the hint says) lets the run below record the gap.
+    if slot_refused {
+        let (code, stderr) = run(receive(&pg, dir.path(), &["--allow-gap"]));
+        assert_eq!(
+            code,
+            Some(14),
+            "--allow-gap with the refused slot:\n{stderr}"
+        );
+        for needle in [
+            range.as_str(),
+            server_cause.as_str(),
+            "--drop-slot, then --create-slot",
+            "no gap was recorded",
+        ] {
+            assert!(
+                stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{stderr}"
+            );
+        }
+        no_gap_recorded("no gap may be recorded while the slot is refused");
+        let (code, stderr) = run(Walsink::cmd([
+            "receive",
+            "-S",
+            SLOT,
+            "--drop-slot",
+            "-w",
+            "-d",
+            &pg.conninfo(),
+        ]));
+        assert_eq!(code, Some(0), "--drop-slot failed:\n{stderr}");
+        create_slot(&pg);
+        assert_eq!(slot_column(&pg, "wal_status").as_deref(), Some("reserved"));
+    }
 
     // 4. With --allow-gap: continue from the oldest WAL, record the gap, stop at -E.
     let end2 = parse_lsn(&pg.generate_wal(2 * SEG + (SEG / 2)));

@@ -81,6 +81,20 @@ impl ReceiverError {
         self.server_message.as_deref()
     }
 
+    /// Whether the server refused to use the replication slot because it was invalidated
+    /// (PostgreSQL 18 on: `can no longer access replication slot "..."`, SQLSTATE 55000,
+    /// with a DETAIL naming the cause such as `wal_removed`). Such a slot never works
+    /// again: it must be dropped and created anew. Before 18 the server accepts an
+    /// invalidated physical slot and fails later, with `requested WAL segment ... has
+    /// already been removed`, which is not this.
+    pub fn is_slot_invalidated(&self) -> bool {
+        self.sqlstate.as_deref() == Some("55000")
+            && self
+                .server_message
+                .as_deref()
+                .is_some_and(slot_invalidated_message)
+    }
+
     /// The message without walsink's hint (everything before `HINT (walsink):`).
     pub fn summary(&self) -> &str {
         self.message
@@ -123,6 +137,9 @@ impl ReceiverError {
             ErrorKind::SlotInUse => {
                 Some("another receiver is streaming from this slot; stop it or use another slot")
             }
+            ErrorKind::WalRemoved if e.code == "55000" => Some(
+                "the replication slot was invalidated and the server will not stream through it any more: drop and re-create it (walsink receive -S <slot> --drop-slot, then --create-slot)",
+            ),
             ErrorKind::WalRemoved => Some(
                 "the server no longer has the WAL the archive needs; use a replication slot (-S) so it is kept, and start a new archive directory (this one has a gap)",
             ),
@@ -150,9 +167,7 @@ fn classify_server_error(e: &ServerError) -> ErrorKind {
         "42704" if e.message.contains("replication slot") => ErrorKind::SlotMissing,
         "55006" if e.message.contains("replication slot") => ErrorKind::SlotInUse,
         "58P01" if e.message.contains("has already been removed") => ErrorKind::WalRemoved,
-        "55000" if e.message.contains("can no longer") || e.message.contains("invalidated") => {
-            ErrorKind::WalRemoved
-        }
+        "55000" if slot_invalidated_message(&e.message) => ErrorKind::WalRemoved,
         // Server going away: shutdown, crash, admin termination, too many connections
         // during restart, recovery in progress, etc.
         c if c.starts_with("57") || c.starts_with("08") || c == "53300" || c == "XX000" => {
@@ -160,6 +175,13 @@ fn classify_server_error(e: &ServerError) -> ErrorKind {
         }
         _ => ErrorKind::Fatal,
     }
+}
+
+/// The primary message of a server error for an invalidated replication slot (SQLSTATE
+/// 55000): PostgreSQL 18's `can no longer access replication slot "..."`, or any message
+/// calling the slot invalidated (`This slot has been invalidated ...`).
+fn slot_invalidated_message(message: &str) -> bool {
+    message.contains("can no longer") || message.contains("invalidated")
 }
 
 impl fmt::Display for ReceiverError {

@@ -13,6 +13,11 @@
 //!   ([`Archive::record_gap`]) and the caller restarts: the start position then skips to
 //!   the gap's end ([`Archive::gap_containing`]). The record is written before any WAL
 //!   past the gap, so a crash in between cannot leave an unrecorded gap.
+//!
+//! An invalidated slot on PostgreSQL 18 is refused from every position, so there
+//! `--allow-gap` cannot continue either: walsink stops with exit 14, records nothing and
+//! says to re-create the slot; the next run (with `--allow-gap`) then meets the server's
+//! `has already been removed` and records the gap as above.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -231,16 +236,12 @@ pub(crate) async fn missing_wal(
         }
         Err(e) => {
             debug!("could not ask the server which WAL it still has: {e}");
-            return Err(missing_error(
-                &cause,
-                from,
-                tli,
-                seg,
-                None,
-                None,
-                Some(&e),
-                cfg.allow_gap,
-            ));
+            let err = missing_error(&cause, from, tli, seg, None, None, Some(&e), cfg.allow_gap);
+            return Err(if cause.is_slot_invalidated() {
+                invalidated_slot_error(&err, cfg.slot.as_deref().unwrap_or(""), cfg.allow_gap)
+            } else {
+                err
+            });
         }
     };
     let slot_note = match (&cfg.slot, wal.slot_restart) {
@@ -263,6 +264,26 @@ pub(crate) async fn missing_wal(
                 cause.summary(),
                 slot_note.map(|n| format!("; {n}")).unwrap_or_default(),
             ),
+        ));
+    }
+    if cause.is_slot_invalidated() {
+        // PostgreSQL 18 refuses an invalidated slot for good, from any position: neither a
+        // new directory nor --allow-gap streams again until the slot is re-created, so no
+        // gap is recorded here (the run after the re-creation records it with --allow-gap).
+        let err = missing_error(
+            &cause,
+            from,
+            tli,
+            seg,
+            probed,
+            slot_note.as_deref(),
+            wal.oldest.as_ref().err(),
+            false,
+        );
+        return Err(invalidated_slot_error(
+            &err,
+            cfg.slot.as_deref().unwrap_or(""),
+            cfg.allow_gap,
         ));
     }
     if !cfg.allow_gap {
@@ -386,6 +407,22 @@ fn missing_error(
     ReceiverError::new(ErrorKind::WalRemoved, msg)
 }
 
+/// The exit-14 error for WAL that is gone behind a slot the server refuses because it
+/// was invalidated (PostgreSQL 18 on): `missing` (from [`missing_error`]) with a hint to
+/// re-create the slot first, and, with `--allow-gap`, why no gap was recorded.
+fn invalidated_slot_error(missing: &ReceiverError, slot: &str, allow_gap: bool) -> ReceiverError {
+    let mut msg = format!(
+        "{}\nHINT (walsink):  the replication slot \"{slot}\" was invalidated, and the server refuses to stream through it from any position: drop and re-create it (walsink receive -S {slot} --drop-slot, then --create-slot), then ",
+        missing.summary()
+    );
+    if allow_gap {
+        msg.push_str("run again with --allow-gap; --allow-gap cannot continue through the invalidated slot, so no gap was recorded in walsink.meta");
+    } else {
+        msg.push_str("start a new archive directory, or run again with --allow-gap to continue from the oldest WAL the server still has and record the gap in walsink.meta; to keep this from happening, give max_slot_wal_keep_size room for walsink's downtime");
+    }
+    ReceiverError::new(ErrorKind::WalRemoved, msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,6 +479,58 @@ mod tests {
         );
         // Only one hint: the cause's own is replaced.
         assert_eq!(m.matches("HINT (walsink)").count(), 1, "{m}");
+    }
+
+    fn slot_refused() -> ReceiverError {
+        ReceiverError::from_server(
+            &ServerError {
+                severity: "ERROR".into(),
+                code: "55000".into(),
+                message: "can no longer access replication slot \"s\"".into(),
+                detail: Some(
+                    "This replication slot has been invalidated due to \"wal_removed\".".into(),
+                ),
+                ..Default::default()
+            },
+            "could not start WAL streaming",
+        )
+    }
+
+    #[test]
+    fn an_invalidated_slot_says_to_recreate_it_and_records_no_gap() {
+        assert!(slot_refused().is_slot_invalidated());
+        assert_eq!(slot_refused().kind(), ErrorKind::WalRemoved);
+        assert!(!removed().is_slot_invalidated());
+        for allow_gap in [false, true] {
+            let missing = missing_error(
+                &slot_refused(),
+                Lsn(0x300_0000),
+                TimelineId::ONE,
+                seg16m(),
+                Some((Lsn(0x500_0000), TimelineId::ONE)),
+                None,
+                None,
+                false,
+            );
+            let e = invalidated_slot_error(&missing, "s", allow_gap);
+            assert_eq!(e.kind(), ErrorKind::WalRemoved);
+            let m = e.to_string();
+            assert!(
+                m.starts_with("the server no longer has WAL from 0/3000000 (segment 000000010000000000000003) to 0/5000000"),
+                "{m}"
+            );
+            assert!(
+                m.contains("can no longer access replication slot \"s\""),
+                "{m}"
+            );
+            assert!(
+                m.contains("HINT (walsink):  the replication slot \"s\" was invalidated")
+                    && m.contains("--drop-slot, then --create-slot"),
+                "{m}"
+            );
+            assert_eq!(m.matches("HINT (walsink)").count(), 1, "{m}");
+            assert_eq!(m.contains("no gap was recorded"), allow_gap, "{m}");
+        }
     }
 
     #[test]
