@@ -250,7 +250,7 @@ pub(crate) async fn check_slot_coverage(
         SlotInfo::Physical {
             restart_lsn: None, ..
         } => info!(
-            "replication slot \"{slot}\" on server {} has reserved no WAL yet; it will retain WAL from where walsink reports",
+            "replication slot \"{slot}\" on server {} has no restart_lsn: it has reserved no WAL yet (it will retain WAL from where walsink reports), or it was invalidated (PostgreSQL 18 and later then refuse to stream through it)",
             describe(&conn.target)
         ),
         _ => {}
