@@ -266,10 +266,11 @@ pub(crate) async fn missing_wal(
             ),
         ));
     }
-    if cause.is_slot_invalidated() {
-        // PostgreSQL 18 refuses an invalidated slot for good, from any position: neither a
-        // new directory nor --allow-gap streams again until the slot is re-created, so no
-        // gap is recorded here (the run after the re-creation records it with --allow-gap).
+    // PostgreSQL 18 refuses an invalidated slot for good, from any position: neither a
+    // new directory nor --allow-gap streams again until the slot is re-created, so no
+    // gap is recorded then (the run after the re-creation records it with --allow-gap).
+    let invalidated = cause.is_slot_invalidated();
+    if invalidated || !cfg.allow_gap {
         let err = missing_error(
             &cause,
             from,
@@ -280,23 +281,11 @@ pub(crate) async fn missing_wal(
             wal.oldest.as_ref().err(),
             false,
         );
-        return Err(invalidated_slot_error(
-            &err,
-            cfg.slot.as_deref().unwrap_or(""),
-            cfg.allow_gap,
-        ));
-    }
-    if !cfg.allow_gap {
-        return Err(missing_error(
-            &cause,
-            from,
-            tli,
-            seg,
-            probed,
-            slot_note.as_deref(),
-            wal.oldest.as_ref().err(),
-            false,
-        ));
+        return Err(if invalidated {
+            invalidated_slot_error(&err, cfg.slot.as_deref().unwrap_or(""), cfg.allow_gap)
+        } else {
+            err
+        });
     }
 
     // --allow-gap: continue from the oldest WAL the server still has, best known first.
