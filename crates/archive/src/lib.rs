@@ -149,7 +149,9 @@ pub struct WriterOptions {
     /// full segments (sync, rename, directory `fsync`) on a sync thread, in order,
     /// while the writer goes on writing; the durable position moves when each
     /// finishes ([`SegmentWriter::flushed`], [`SegmentWriter::set_flush_listener`]).
-    /// Off: they run inline, and the writer waits.
+    /// The next segment's `.partial` is named only after the previous completion is
+    /// durable (the writer waits for it there). Off: they run inline, and the writer
+    /// waits for each.
     pub background_sync: bool,
 }
 

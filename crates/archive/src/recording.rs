@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use walsink_wal::{Lsn, SegmentName, TimelineId, WalSegSize};
+use walsink_wal::{Lsn, SegNo, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
 
 use crate::ArchiveError;
 use crate::fsops::{RealFs, SegmentFs};
@@ -307,6 +307,22 @@ pub(crate) fn check_crash_consistency(
             }
             Op::FsyncDir => durable_names = names.clone(),
             Op::Rename { from, to } => {
+                // A segment's `.partial` appears only once the segment before it is
+                // durably complete: after a crash, streaming restarts from the newest
+                // segment, and an incomplete one before it would stay a hole.
+                if let Some((sn, SegmentFileKind::Partial)) = SegmentName::parse_file_name(to, seg)
+                    && sn.segno > seg.segno(start)
+                {
+                    let before = SegmentName {
+                        segno: SegNo(sn.segno.0 - 1),
+                        ..sn
+                    };
+                    assert!(
+                        durable_names.contains_key(&before.file_name(seg)),
+                        "op {i}: \"{to}\" created before \"{}\" was durably complete (durable names {durable_names:?})",
+                        before.file_name(seg)
+                    );
+                }
                 let ino = names
                     .remove(from)
                     .unwrap_or_else(|| panic!("op {i}: rename of unknown {from}"));
@@ -685,8 +701,8 @@ mod tests {
         };
         let (_d, _a, mut w, fs) = setup(opts);
         fs.slow_writes();
-        // A segment and a half: the first completes in the background while the
-        // writer goes on into the next.
+        // A segment and a half: the first completes in the background, and the next
+        // one's name appears only once that completion is durable.
         let data = pattern(SEG as usize + SEG as usize / 2, 4);
         w.write(tli(1), S3, &data).unwrap();
         assert_eq!(w.written(), Lsn(S3.0 + data.len() as u64));

@@ -7,7 +7,9 @@
 //! have finished), then runs the `fdatasync` (or the completion: `fdatasync`,
 //! rename, directory `fsync`), and only then publishes the task's end as durable.
 //! Tasks run one at a time in the order given, so the published position only
-//! grows. A failure is kept, and every later task is skipped: nothing after a failed
+//! grows. The writer waits for a queued completion before it names the next
+//! segment's `.partial`, so a crash never leaves an incomplete segment before the
+//! newest one. A failure is kept, and every later task is skipped: nothing after a failed
 //! sync is ever called durable.
 
 use std::fs::File;

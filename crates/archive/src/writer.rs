@@ -596,6 +596,13 @@ impl SegmentWriter {
         let fs = Arc::clone(&self.fs);
         let mut direct = false;
         let file = if seg.offset(pos) == 0 {
+            // The previous segment's completion (queued for the sync thread) must be
+            // durable before this segment's name exists: after a crash, streaming
+            // restarts from the newest segment, so an earlier `.partial` would stay a
+            // hole in the archive.
+            if self.syncer.as_ref().is_some_and(Syncer::busy) {
+                self.settle_syncer()?;
+            }
             // A new segment gets the prepared file, unless its .partial exists.
             let prepared = self.preparer.take()?;
             match fs.rename_noreplace(self.preparer.path(), &partial) {
