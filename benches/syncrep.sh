@@ -5,6 +5,12 @@
 #
 # usage: benches/syncrep.sh                 (30 s per case, 3 repetitions, scale 10, 8 clients)
 #   DURATION=10 REPS=1 benches/syncrep.sh
+#   SYSCALLS=1 CASES="pg_receivewal walsink" benches/syncrep.sh
+#   PERF=1 CASES="pg_receivewal walsink" benches/syncrep.sh   (perf record -e cpu-clock of each receiver: the
+#                                        symbols its CPU time goes to, user and kernel)
+#                                       (also counts each receiver's system calls per transaction, all
+#                                        threads, with strace -c: where the CPU per commit goes; strace
+#                                        slows the receiver, so TPS and CPU of such a run are not comparable)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DURATION=${DURATION:-30}
@@ -97,6 +103,7 @@ stop_case() {
 }
 
 # CPU seconds (user+sys, all threads) and context switches of a process so far.
+proc_utime() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", $14 / hz }' "/proc/$1/stat" || echo 0; }
 proc_cpu() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat" || echo 0; }
 proc_csw() { { [ -n "$1" ] && cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/_ctxt_switches/ { n += $2 } END { print n + 0 }'; }
 # The walsender of a case, and the process receiving for it (the standby's walreceiver).
@@ -116,21 +123,46 @@ for rep in $(seq 1 "$REPS"); do
         start_case "$c"
         rpid=$(receiver_pid "$c"); spid=
         [ "$c" = none ] || spid=$(walsender_pid "$name")
-        r0=$(proc_cpu "$rpid"); s0=$(proc_cpu "$spid"); x0=$(proc_csw "$rpid")
+        r0=$(proc_cpu "$rpid"); u0=$(proc_utime "$rpid"); s0=$(proc_cpu "$spid"); x0=$(proc_csw "$rpid")
+        tracer=
+        if [ "${SYSCALLS:-0}" = 1 ] && [ -n "$rpid" ] && [ "$c" != standby ]; then
+            strace -f -c -o "$ROOT/strace.$c.$rep" $(ls /proc/"$rpid"/task | sed 's/^/-p /') 2>/dev/null &
+            tracer=$!
+            sleep 0.5
+        elif [ "${PERF:-0}" = 1 ] && [ -n "$rpid" ] && [ "$c" != standby ]; then
+            perf record -q -e cpu-clock -F 4999 -g -o "$ROOT/perf.$c.$rep" -p "$rpid" 2>/dev/null &
+            tracer=$!
+            sleep 0.5
+        fi
         out=$("$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" -M prepared -h "$ROOT/primary/sock" -p "$PORT" -U postgres postgres 2>&1)
         tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
         lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
         [ -n "$tps" ] || { echo "pgbench failed: $out" >&2; exit 1; }
         txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
-        r1=$(proc_cpu "$rpid"); s1=$(proc_cpu "$spid"); x1=$(proc_csw "$rpid")
+        if [ -n "$tracer" ] && [ "${PERF:-0}" = 1 ]; then
+            kill -INT "$tracer"; wait "$tracer" || true
+            echo "    rep $rep $c: where the receiver's CPU goes (perf, cpu-clock samples, self time)"
+            perf report -q -i "$ROOT/perf.$c.$rep" --no-children -g none --sort dso 2>/dev/null |
+                grep -v '^$' | head -8 | sed 's/^/        /'
+            echo "    rep $rep $c: user-space symbols (share of all samples)"
+            perf report -q -i "$ROOT/perf.$c.$rep" --no-children -g none --sort dso,sym 2>/dev/null |
+                grep -v '^$' | grep -v '\[k\]' | head -25 | cut -c1-150 | sed 's/^/        /'
+        elif [ -n "$tracer" ]; then
+            kill -INT "$tracer"; wait "$tracer" || true
+            echo "    rep $rep $c: system calls per transaction (strace -c, all threads)"
+            awk -v n="$txns" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "        %-16s %7.2f calls/txn %7.1f us/txn\n", $NF, $4 / n, $2 * 1e6 / n }' \
+                "$ROOT/strace.$c.$rep" | sort -k4 -rn | head -12
+        fi
+        r1=$(proc_cpu "$rpid"); u1=$(proc_utime "$rpid"); s1=$(proc_cpu "$spid"); x1=$(proc_csw "$rpid")
         # Per transaction: receiver CPU µs, walsender CPU µs, receiver context switches.
         rcpu=$(python3 -c "print(f'{($r1 - $r0) * 1e6 / $txns:.1f}')")
         scpu=$(python3 -c "print(f'{($s1 - $s0) * 1e6 / $txns:.1f}')")
         rcsw=$(python3 -c "print(f'{($x1 - $x0) / $txns:.2f}')")
+        rusr=$(python3 -c "print(f'{($u1 - $u0) * 1e6 / $txns:.1f}')")
         stop_case "$c"
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$tps" "$lat" "$rcpu" "$scpu" "$rcsw" >>"$results"
-        printf '    rep %d %-14s %8.0f TPS  %6.2f ms  receiver %6.1f µs/txn  walsender %6.1f µs/txn  %5.2f csw/txn\n' \
-            "$rep" "$c" "$tps" "$lat" "$rcpu" "$scpu" "$rcsw"
+        printf '    rep %d %-14s %8.0f TPS  %6.2f ms  receiver %6.1f µs/txn (user %5.1f)  walsender %6.1f µs/txn  %5.2f csw/txn\n' \
+            "$rep" "$c" "$tps" "$lat" "$rcpu" "$rusr" "$scpu" "$rcsw"
     done
 done
 
