@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use crate::harness::pg::free_port;
 use crate::harness::{
-    HostAuth, PgCluster, StopMode, Walsink, WalsinkProcess, archive, clean_command, format_lsn,
-    parse_lsn, wait_for,
+    HostAuth, PgCluster, StopMode, Walsink, WalsinkProcess, archive, archive_dir, clean_command,
+    format_lsn, parse_lsn, wait_for,
 };
 
-/// Upper bound for a walsink run that should end by itself; errors normally end it in well under a second.
-const TIMEOUT: Duration = Duration::from_secs(60);
+use crate::harness::WAIT as TIMEOUT;
 
 /// A finished walsink run (exit code, stderr, elapsed time).
 use crate::harness::walsink::RunOutcome as Run;
@@ -35,11 +34,6 @@ where
 
 fn run(cmd: Command) -> Run {
     Run::of(cmd, TIMEOUT)
-}
-
-/// A fresh archive directory.
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
 }
 
 /// `receive -D <fresh dir> -n -w --no-sync -E <just past pg's position>` plus whatever `configure` adds
@@ -485,8 +479,9 @@ fn missing_slot_exits_12_naming_the_slot() {
     );
 }
 
-/// Proves a slot another receiver streams from gives exit 13 after the documented grace of about 10 s
-/// (retried meanwhile, even with -n), with a message saying the slot is active.
+/// Proves a slot another receiver streams from gives exit 13 after the grace period (10 s by default,
+/// shortened here with the hidden `--slot-in-use-grace` so the test does not sleep through it), retried
+/// meanwhile even with -n, with a message saying the slot is active.
 #[test]
 fn slot_in_use_exits_13_after_the_grace_period() {
     let pg = PgCluster::start_default();
@@ -517,6 +512,8 @@ fn slot_in_use_exits_13_after_the_grace_period() {
         "-n",
         "-w",
         "--no-sync",
+        "--slot-in-use-grace",
+        "2s",
         "-S",
         slot,
         "-d",
@@ -530,12 +527,13 @@ fn slot_in_use_exits_13_after_the_grace_period() {
         13,
         &[
             &format!("replication slot \"{slot}\" is active for PID"),
+            "retrying for up to 2 s in case the slot's previous user is just going away",
             "another receiver is streaming from this slot",
         ],
     );
     assert!(
-        r.elapsed >= Duration::from_secs(9) && r.elapsed < Duration::from_secs(45),
-        "gave up after {:?}, expected about 10 s",
+        r.elapsed >= Duration::from_secs(2) && r.elapsed < Duration::from_secs(30),
+        "gave up after {:?}, expected a little over the 2 s grace",
         r.elapsed
     );
     assert!(first.is_running(), "{}", first.stderr_text());

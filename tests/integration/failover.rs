@@ -10,15 +10,14 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::harness::{
-    PgCluster, StopMode, Walsink, WalsinkProcess, archive, format_lsn, parse_lsn, wait_for,
+    PgCluster, StopMode, WAIT, Walsink, WalsinkProcess, archive, format_lsn, generate_past,
+    parse_lsn, switch_point, wait_for,
 };
 use crate::timeline::{
     WalFile, assert_archive_follows, sources, wait_flushed, wait_received, wal_files,
 };
 
 const SLOT: &str = "walsink_fo";
-/// Generous: servers on a loaded 2-core machine are slow, and reconnection backs off.
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A cluster that keeps its WAL (so `pg_wal` can be compared with the archive after the fact).
 fn keeping_cluster() -> PgCluster {
@@ -91,15 +90,6 @@ fn assert_streams_from(ws: &mut WalsinkProcess, server: &PgCluster, others: &[&P
     );
 }
 
-/// Writes WAL on the primary `server` until its insert position is past `lsn`.
-fn generate_past(server: &PgCluster, lsn: u64) {
-    let now = parse_lsn(&server.current_lsn());
-    if now <= lsn {
-        server.generate_wal(lsn - now + 1);
-    }
-    assert!(parse_lsn(&server.current_lsn()) > lsn);
-}
-
 /// An LSN `bytes` past the current position of `server`, deliberately not on a page or segment boundary.
 fn lsn_ahead(server: &PgCluster, bytes: u64) -> u64 {
     parse_lsn(&server.current_lsn()) + bytes + 0x1238
@@ -114,13 +104,6 @@ fn expect_exit(ws: &mut WalsinkProcess, code: i32) {
         "walsink exited with {status:?}:\n{}",
         ws.stderr_text()
     );
-}
-
-/// The switch point of timeline 1 in a promoted server's `00000002.history`.
-fn switch_point_of_tli1(server: &PgCluster) -> u64 {
-    let text = fs::read_to_string(server.pg_wal_dir().join("00000002.history")).unwrap();
-    let line = text.lines().find(|l| l.starts_with("1\t")).unwrap();
-    parse_lsn(line.split('\t').nth(1).unwrap())
 }
 
 /// The physical slot's restart_lsn on `server`, if the slot exists.
@@ -440,7 +423,7 @@ fn archive_past_the_fork_point_continues_on_the_new_timeline() {
     standby.start();
     standby.promote();
     assert_eq!(standby.timeline(), 2);
-    let fork = switch_point_of_tli1(&standby);
+    let fork = switch_point(&standby, 1);
     let fork_seg_start = fork / seg * seg;
     assert!(
         fork_seg_start + 2 * seg <= end1 / seg * seg,
@@ -587,7 +570,7 @@ fn aligned_switch_point_scenario() -> bool {
     );
     primary.stop(StopMode::Immediate);
     standby.promote();
-    if switch_point_of_tli1(&standby) != boundary {
+    if switch_point(&standby, 1) != boundary {
         return false;
     }
     let names = archive::list(dir.path());

@@ -7,20 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::proxy::FaultProxy;
-use crate::harness::{PgCluster, Walsink, WalsinkProcess, archive, parse_lsn, wait_for};
-
-fn archive_dir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("walsink-faults-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(
-        d.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    d
-}
+use crate::harness::{
+    PgCluster, Walsink, WalsinkProcess, archive, archive_dir, parse_lsn, wait_for,
+};
 
 /// Starts walsink through the proxy with a slot, so the server keeps every segment.
 fn spawn_through(pg: &PgCluster, proxy: &FaultProxy, dir: &Path, extra: &[&str]) -> WalsinkProcess {

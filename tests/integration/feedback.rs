@@ -15,11 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    PgCluster, Walsink, WalsinkProcess, archive, format_lsn, parse_lsn, wait_for,
+    PgCluster, WAIT, Walsink, WalsinkProcess, archive, archive_dir, create_slot, format_lsn,
+    parse_lsn, restart_lsn, wait_for,
 };
 
-/// Upper bound for waits on the server or on walsink.
-const WAIT: Duration = Duration::from_secs(30);
 /// How soon a flush must be reported in the default mode (flush interval 1 s, plus slack for a busy machine).
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -68,25 +67,6 @@ fn sender(pg: &PgCluster, app: &str) -> Option<Sender> {
     rows.pop()
 }
 
-/// The slot's restart_lsn (`None` if NULL); panics if the slot does not exist.
-fn restart_lsn(pg: &PgCluster, slot: &str) -> Option<u64> {
-    let rows = pg.sql(&format!(
-        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = '{slot}'"
-    ));
-    let row = rows
-        .first()
-        .unwrap_or_else(|| panic!("slot {slot} does not exist"));
-    row[0].as_deref().map(parse_lsn)
-}
-
-/// A fresh archive directory (mode 0700).
-fn archive_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("wsk-feedback")
-        .tempdir()
-        .expect("create archive dir")
-}
-
 /// Starts `walsink receive -D dir -d <conninfo> <extra>` and waits until the server streams to it
 /// (`application_name` `app`).
 fn start_walsink(
@@ -125,19 +105,6 @@ fn stop(ws: &mut WalsinkProcess) {
         Some(0),
         "walsink did not exit 0 on SIGINT\n--- stderr ---\n{}",
         ws.stderr_text()
-    );
-}
-
-/// Runs `walsink receive --create-slot -S slot` against `pg`.
-fn create_slot(pg: &PgCluster, slot: &str) {
-    let out = Walsink::run(
-        ["receive", "-d", &pg.conninfo(), "-S", slot, "--create-slot"],
-        WAIT,
-    );
-    assert!(
-        out.status.success(),
-        "--create-slot failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

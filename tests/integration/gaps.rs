@@ -12,13 +12,12 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::harness::{
-    PgCluster, Walsink, WalsinkProcess, archive, format_lsn, parse_lsn, wait_for,
+    PgCluster, WAIT, Walsink, WalsinkProcess, archive, create_slot, format_lsn, parse_lsn,
+    restart_lsn, wait_for,
 };
 
 /// Upper bound for a walsink run that should end by itself.
 const TIMEOUT: Duration = Duration::from_secs(120);
-/// Upper bound for anything walsink should do while running (stream, notice, pause, resume).
-const WAIT: Duration = Duration::from_secs(60);
 /// Segment size of the clusters here.
 const SEG: u64 = 1 << 20;
 
@@ -39,27 +38,10 @@ fn run(cmd: Command) -> (Option<i32>, String) {
     )
 }
 
-fn create_slot(pg: &PgCluster) {
-    let (code, stderr) = run(Walsink::cmd([
-        "receive",
-        "-S",
-        SLOT,
-        "--create-slot",
-        "-w",
-        "-d",
-        &pg.conninfo(),
-    ]));
-    assert_eq!(code, Some(0), "--create-slot failed:\n{stderr}");
-}
-
 fn slot_column(pg: &PgCluster, column: &str) -> Option<String> {
     pg.sql_one(&format!(
         "SELECT {column}::text FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
     ))
-}
-
-fn restart_lsn(pg: &PgCluster) -> Option<u64> {
-    slot_column(pg, "restart_lsn").map(|l| parse_lsn(&l))
 }
 
 /// The start LSN of a segment file name (timeline 1 layout; 1 MiB segments: 4096 per xlogid).
@@ -130,7 +112,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
         eprintln!("max_slot_wal_keep_size needs PostgreSQL 13; skipped");
         return;
     }
-    create_slot(&pg);
+    create_slot(&pg, SLOT);
     let dir = tempfile::tempdir().unwrap();
 
     // 1. Stream a little through the slot, then stop.
@@ -160,7 +142,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
     );
     assert!(!on_server(&pg, &needed), "the server kept {needed}");
     assert_eq!(
-        restart_lsn(&pg),
+        restart_lsn(&pg, SLOT),
         None,
         "an invalidated slot has no restart_lsn"
     );
@@ -248,7 +230,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
             &pg.conninfo(),
         ]));
         assert_eq!(code, Some(0), "--drop-slot failed:\n{stderr}");
-        create_slot(&pg);
+        create_slot(&pg, SLOT);
         assert_eq!(slot_column(&pg, "wal_status").as_deref(), Some("reserved"));
     }
 
@@ -319,7 +301,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
     let compared_after = assert_gapless_from(dir.path(), &pg, oldest);
     assert!(compared_after > compared, "{:?}", archive::list(dir.path()));
     // The slot is in use again and holds the WAL from where walsink stopped.
-    assert_eq!(restart_lsn(&pg), Some(end3));
+    assert_eq!(restart_lsn(&pg, SLOT), Some(end3));
 }
 
 // ---- disk full ----------------------------------------------------------------------------------------------
@@ -495,16 +477,16 @@ fn disk_full_pauses_and_resumes_without_losing_wal() {
         return;
     };
     let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
-    create_slot(&pg);
+    create_slot(&pg, SLOT);
     let dir = small.mount_point.join("archive");
     fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
 
     let mut w = WalsinkProcess::spawn_command(receive(&pg, &dir, &[]));
     let target = parse_lsn(&pg.generate_wal(SEG / 2));
     assert!(
-        wait_for(|| restart_lsn(&pg).is_some_and(|r| r >= target), WAIT),
+        wait_for(|| restart_lsn(&pg, SLOT).is_some_and(|r| r >= target), WAIT),
         "walsink did not stream: slot at {:?}, target {}\n{}",
-        restart_lsn(&pg).map(format_lsn),
+        restart_lsn(&pg, SLOT).map(format_lsn),
         format_lsn(target),
         w.stderr_text()
     );
@@ -524,12 +506,12 @@ fn disk_full_pauses_and_resumes_without_losing_wal() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(w.is_running(), "walsink exited:\n{}", w.stderr_text());
     let (flush1, reply1) = replication_row(&pg);
-    let slot1 = restart_lsn(&pg).expect("slot has a restart_lsn");
+    let slot1 = restart_lsn(&pg, SLOT).expect("slot has a restart_lsn");
     let extent = archived_extent(&dir, &pg);
     std::thread::sleep(Duration::from_secs(5));
     assert!(w.is_running(), "walsink exited:\n{}", w.stderr_text());
     let (flush2, reply2) = replication_row(&pg);
-    let slot2 = restart_lsn(&pg).expect("slot has a restart_lsn");
+    let slot2 = restart_lsn(&pg, SLOT).expect("slot has a restart_lsn");
     let stderr = w.stderr_text();
     assert_eq!(
         stderr.matches("disk full: pausing WAL writes").count(),
@@ -572,9 +554,9 @@ fn disk_full_pauses_and_resumes_without_losing_wal() {
     pg.switch_wal();
     let target = parse_lsn(&pg.generate_wal(SEG / 4));
     assert!(
-        wait_for(|| restart_lsn(&pg).is_some_and(|r| r >= target), WAIT),
+        wait_for(|| restart_lsn(&pg, SLOT).is_some_and(|r| r >= target), WAIT),
         "walsink did not catch up: slot at {:?}, target {}\n{}",
-        restart_lsn(&pg).map(format_lsn),
+        restart_lsn(&pg, SLOT).map(format_lsn),
         format_lsn(target),
         w.stderr_text()
     );
@@ -603,14 +585,14 @@ fn interrupt_while_the_disk_is_full_exits_cleanly_and_the_next_start_catches_up(
         return;
     };
     let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
-    create_slot(&pg);
+    create_slot(&pg, SLOT);
     let dir = small.mount_point.join("archive");
     fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
 
     let mut w = WalsinkProcess::spawn_command(receive(&pg, &dir, &[]));
     let target = parse_lsn(&pg.generate_wal(SEG / 2));
     assert!(
-        wait_for(|| restart_lsn(&pg).is_some_and(|r| r >= target), WAIT),
+        wait_for(|| restart_lsn(&pg, SLOT).is_some_and(|r| r >= target), WAIT),
         "walsink did not stream:\n{}",
         w.stderr_text()
     );
@@ -623,7 +605,7 @@ fn interrupt_while_the_disk_is_full_exits_cleanly_and_the_next_start_catches_up(
         "walsink did not report the full disk:\n{}",
         w.stderr_text()
     );
-    let slot_paused = restart_lsn(&pg).expect("restart_lsn");
+    let slot_paused = restart_lsn(&pg, SLOT).expect("restart_lsn");
     let started = std::time::Instant::now();
     let status = w.interrupt_and_wait(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", w.stderr_text());
@@ -638,7 +620,7 @@ fn interrupt_while_the_disk_is_full_exits_cleanly_and_the_next_start_catches_up(
         w.stderr_text()
     );
     // Nothing past what was durable was reported, and the archive holds what it says.
-    let slot_after = restart_lsn(&pg).expect("restart_lsn");
+    let slot_after = restart_lsn(&pg, SLOT).expect("restart_lsn");
     assert!(slot_after < wanted);
     assert!(
         slot_after <= archived_extent(&dir, &pg),

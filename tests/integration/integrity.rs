@@ -14,12 +14,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tempfile::TempDir;
-
 use crate::harness::pg::pg_receivewal;
 use crate::harness::{
-    PgCluster, StopMode, Walsink, WalsinkProcess, archive, clean_command, format_lsn, parse_lsn,
-    tail, temp_base, wait_for,
+    PgCluster, StopMode, Walsink, WalsinkProcess, archive, archive_dir, clean_command, format_lsn,
+    generate_past, parse_lsn, restart_lsn, tail, wait_for,
 };
 
 /// How long a walsink (or pg_receivewal) may take to reach an end position or exit after a signal before the
@@ -78,14 +76,6 @@ fn cluster(seg_mb: u32) -> PgCluster {
         .start()
 }
 
-/// An empty archive directory (0700) under the harness's temp base.
-fn archive_dir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("wsk-arch")
-        .tempdir_in(temp_base())
-        .expect("create archive dir")
-}
-
 /// Creates a physical slot that reserves WAL at once; returns its restart_lsn (where streaming starts).
 fn create_slot(pg: &PgCluster) -> u64 {
     pg.execute(&format!(
@@ -95,10 +85,7 @@ fn create_slot(pg: &PgCluster) -> u64 {
 }
 
 fn slot_restart_lsn(pg: &PgCluster) -> Option<u64> {
-    pg.sql_one(&format!(
-        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
-    ))
-    .map(|s| parse_lsn(&s))
+    restart_lsn(pg, SLOT)
 }
 
 /// The write position the (only) streaming client last reported to the server.
@@ -129,17 +116,6 @@ fn mid_segment(pg: &PgCluster) -> u64 {
 /// that a receiver which overshoots an end position by a whole message stays in that segment.
 fn end_position(seg: Seg, lsn: u64, segments: u64) -> u64 {
     seg.start(lsn) + segments * seg.bytes() + seg.bytes() / 2 + 123
-}
-
-/// Writes WAL until the server's position is past `lsn` (so everything up to `lsn` is committed and sent).
-fn generate_past(pg: &PgCluster, lsn: u64) {
-    loop {
-        let now = current_lsn(pg);
-        if now > lsn {
-            return;
-        }
-        pg.generate_wal((lsn - now + 1).min(2 << 20));
-    }
 }
 
 /// `walsink receive -D dir -d <conninfo> -S integrity <extra>`, started in the background.

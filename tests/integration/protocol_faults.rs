@@ -35,8 +35,7 @@ const TL1_SLOT: FakeSlot = FakeSlot::Physical {
     restart_lsn: Some(START),
     restart_tli: 1,
 };
-/// Upper bound for a walsink run; every case ends by itself in a second or two.
-const TIMEOUT: Duration = Duration::from_secs(60);
+use crate::harness::WAIT as TIMEOUT;
 
 /// A finished walsink run (exit code, stderr, elapsed time).
 use crate::harness::walsink::RunOutcome as Run;

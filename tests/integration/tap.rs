@@ -11,17 +11,16 @@
 //! Every run that streams also checks that each completed segment is byte-identical to the server's.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::harness::{PgCluster, Walsink, archive, format_lsn, parse_lsn, wait_for};
+use crate::harness::{
+    PgCluster, WAIT, Walsink, archive, archive_dir, format_lsn, parse_lsn, switch_point, wait_for,
+};
 
 /// Upper bound for one walsink run that must end by itself (usage errors, slot commands, `--endpos`).
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Upper bound for waiting on the server (standby catch-up).
-const WAIT: Duration = Duration::from_secs(30);
 
 // ---- helpers --------------------------------------------------------------------------------------------
 
@@ -62,16 +61,6 @@ fn assert_usage_error(args: &[&str], needles: &[&str]) {
             args.join(" ")
         );
     }
-}
-
-/// A fresh archive directory with mode 0700 (walsink never creates it: `mkdir -m 700`).
-fn archive_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("wsk-tap")
-        .tempdir()
-        .expect("create archive dir");
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod 700");
-    dir
 }
 
 fn path_str(p: &Path) -> &str {
@@ -560,14 +549,7 @@ fn stream_from_a_promoted_standby_follows_the_new_timeline() {
 
     // The timeline-1 segment holding the switch point stays .partial (as with pg_receivewal); the only other
     // .partial is the one stopped at the end position on timeline 2.
-    let history = fs::read_to_string(standby.pg_wal_dir().join("00000002.history"))
-        .expect("read 00000002.history");
-    let switchpoint = parse_lsn(
-        history
-            .lines()
-            .find_map(|l| l.split('\t').nth(1))
-            .expect("a switch point in 00000002.history"),
-    );
+    let switchpoint = switch_point(&standby, 1);
     let seg = standby.wal_segsize_bytes();
     let last = standby.walfile_name(&nextlsn);
     let mut expected = vec![format!("{last}.partial")];

@@ -13,38 +13,15 @@ use std::time::{Duration, SystemTime};
 use tempfile::TempDir;
 
 use crate::harness::{
-    PgCluster, StopMode, Walsink, WalsinkProcess, archive, format_lsn, parse_lsn, wait_for,
+    PgCluster, StopMode, WAIT, Walsink, WalsinkProcess, archive, create_slot, format_lsn,
+    generate_past, parse_lsn, switch_points, wait_for,
 };
 
 const SLOT: &str = "walsink_tl";
-/// Generous: walsink flushes within `--flush-interval` (1 s); servers on a loaded 2-core machine are slow.
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A cluster that keeps its WAL (so `pg_wal` can be compared with the archive after the fact).
 fn keeping_cluster() -> PgCluster {
     PgCluster::builder().setting("wal_keep_size", "1GB").start()
-}
-
-/// `walsink receive --create-slot` against `server` (which may be a standby).
-fn create_slot(server: &PgCluster) {
-    let out = Walsink::run(
-        [
-            "receive",
-            "-d",
-            &server.conninfo(),
-            "-S",
-            SLOT,
-            "--create-slot",
-        ],
-        WAIT,
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "--create-slot on port {} failed:\n{}",
-        server.port(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Starts `walsink receive -D dir -d server -E end [extra]` in the background.
@@ -82,15 +59,6 @@ pub(crate) fn wait_flushed(server: &PgCluster, ws: &mut WalsinkProcess, lsn: u64
         ws.is_running(),
         ws.stderr_text()
     );
-}
-
-/// Writes WAL on the primary `server` until its insert position is past `lsn`.
-fn generate_past(server: &PgCluster, lsn: u64) {
-    let now = parse_lsn(&server.current_lsn());
-    if now <= lsn {
-        server.generate_wal(lsn - now + 1);
-    }
-    assert!(parse_lsn(&server.current_lsn()) > lsn);
 }
 
 /// Waits for walsink to exit by itself (it was given `-E`) and asserts exit code 0.
@@ -152,20 +120,6 @@ pub(crate) fn wal_files(dir: &Path, seg_size: u64) -> Vec<WalFile> {
         .collect();
     files.sort_by_key(|f| (f.segno, f.tli, !f.partial));
     files
-}
-
-/// The switch points of a history file: (timeline, LSN where it ended), oldest first.
-fn switch_points(history: &str) -> Vec<(u32, u64)> {
-    history
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let mut fields = l.split_whitespace();
-            let tli = fields.next().unwrap().parse().unwrap();
-            let lsn = parse_lsn(fields.next().unwrap());
-            (tli, lsn)
-        })
-        .collect()
 }
 
 /// Checks an archive that streamed timelines `1..=last_tli` and stopped at `end` on `last_tli`:
@@ -321,7 +275,7 @@ struct Promoted {
 fn stream_through_promotion() -> Promoted {
     let primary = keeping_cluster();
     let standby = primary.make_standby();
-    create_slot(&standby);
+    create_slot(&standby, SLOT);
     let dir = tempfile::tempdir().unwrap();
     let end = lsn_ahead(&primary, 5 << 20);
     let mut ws = spawn_walsink(dir.path(), &standby, end, &["-S", SLOT]);
@@ -526,7 +480,7 @@ fn double_promotion_ends_with_both_history_files() {
     let primary = keeping_cluster();
     let s1 = primary.make_standby();
     let s2 = s1.make_standby();
-    create_slot(&s2);
+    create_slot(&s2, SLOT);
     let dir = tempfile::tempdir().unwrap();
     let end = lsn_ahead(&primary, 5 << 20);
     let mut ws = spawn_walsink(dir.path(), &s2, end, &["-S", SLOT]);

@@ -86,6 +86,12 @@ pub struct ReceiveArgs {
     #[arg(long = "allow-gap")]
     pub allow_gap: bool,
 
+    /// How long "replication slot is active" is retried (a crashed predecessor's walsender may
+    /// hold the slot a moment longer) before it exits 13. Not in --help: tests shorten it
+    /// instead of sleeping through the default.
+    #[arg(long = "slot-in-use-grace", value_name = "DURATION", hide = true, value_parser = parse_duration)]
+    pub slot_in_use_grace: Option<Duration>,
+
     /// More output (repeat for more).
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
@@ -300,6 +306,9 @@ impl ReceiveArgs {
             flush_bytes: self.flush_bytes,
             flush_interval: self.flush_interval,
             allow_gap: self.allow_gap,
+            slot_in_use_grace: self
+                .slot_in_use_grace
+                .unwrap_or(walsink_receiver::run::SLOT_IN_USE_GRACE),
         };
         Ok((config, action, self.verbose))
     }

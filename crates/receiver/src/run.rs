@@ -57,6 +57,10 @@ pub struct ReceiveConfig {
     /// `--allow-gap`: when the server no longer has the WAL the archive needs, record
     /// the gap in `walsink.meta` and continue from the oldest WAL it still has.
     pub allow_gap: bool,
+    /// How long "slot in use" is retried before it counts as needing a human (after a
+    /// crash of a previous walsink, its walsender may hold the slot for a moment longer).
+    /// [`SLOT_IN_USE_GRACE`] unless a test shortens it.
+    pub slot_in_use_grace: Duration,
 }
 
 /// How a run that did not fail ended.
@@ -73,8 +77,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A stream that lasted this long resets the backoff.
 const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 /// After a crash of a previous walsink, its walsender may hold the slot for a moment
-/// longer; "slot in use" is retried this long before it counts as needing a human.
-const SLOT_IN_USE_GRACE: Duration = Duration::from_secs(10);
+/// longer; by default "slot in use" is retried this long before it counts as needing a
+/// human ([`ReceiveConfig::slot_in_use_grace`]).
+pub const SLOT_IN_USE_GRACE: Duration = Duration::from_secs(10);
 /// Oldest server version walsink speaks to (SHOW in replication mode needs 10).
 const MIN_SERVER_VERSION: u32 = 100000;
 
@@ -130,8 +135,8 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
                     last_error = None;
                 }
                 let failing_since = *first_failure_at.get_or_insert_with(Instant::now);
-                let slot_grace =
-                    e.kind() == ErrorKind::SlotInUse && failing_since.elapsed() < SLOT_IN_USE_GRACE;
+                let slot_grace = e.kind() == ErrorKind::SlotInUse
+                    && failing_since.elapsed() < cfg.slot_in_use_grace;
                 if !slot_grace && (cfg.no_loop || !e.is_transient()) {
                     return Err(e);
                 }
@@ -143,7 +148,7 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
                     if slot_grace {
                         warn!(
                             "retrying for up to {} s in case the slot's previous user is just going away",
-                            SLOT_IN_USE_GRACE.as_secs()
+                            cfg.slot_in_use_grace.as_secs_f64()
                         );
                     } else {
                         info!(

@@ -8,6 +8,7 @@
 //! - [`archive`]: checks that what walsink wrote matches what the server has in `pg_wal`, byte for byte.
 //! - [`fake`]: [`fake::FakeServer`], a scripted fake replication server for what PostgreSQL never sends.
 //! - [`proxy`]: [`proxy::FaultProxy`], a TCP proxy in front of a real server that stalls and cuts.
+//! - [`scenario`]: helpers many scenarios share (archive directory, slots, WAL past a position, [`WAIT`]).
 //!
 //! Everything here is parallel-safe: each value owns its temp directory and port, and the only global state
 //! is the once-per-process lookup (or creation) of the unprivileged OS user that runs the servers when the
@@ -20,12 +21,19 @@ pub mod archive;
 pub mod fake;
 pub mod pg;
 pub mod proxy;
+pub mod scenario;
 pub mod walsink;
 
 use std::time::{Duration, Instant};
 
+use walsink_wal::Lsn;
+
 #[allow(unused_imports)] // re-exports for scenario modules
 pub use pg::{HostAuth, PgCluster, PgClusterBuilder, StopMode};
+#[allow(unused_imports)]
+pub use scenario::{
+    WAIT, archive_dir, create_slot, generate_past, restart_lsn, switch_point, switch_points,
+};
 pub use walsink::{Walsink, WalsinkProcess, clean_command};
 
 /// Polls `cond` every 50 ms until it returns true or `timeout` passes. Returns whether it became true;
@@ -44,20 +52,18 @@ pub fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
     }
 }
 
-/// Parses PostgreSQL's `X/X` LSN text into a number (panics on malformed input: this is test code).
+/// Parses PostgreSQL's `X/X` LSN text into a number with walsink's own [`Lsn`] parser (panics on malformed
+/// input: this is test code). Scenarios compute with plain `u64` byte positions.
 pub fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s
-        .trim()
-        .split_once('/')
-        .unwrap_or_else(|| panic!("not an LSN: {s:?}"));
-    let hi = u64::from_str_radix(hi, 16).unwrap_or_else(|e| panic!("not an LSN: {s:?}: {e}"));
-    let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|e| panic!("not an LSN: {s:?}: {e}"));
-    (hi << 32) | lo
+    s.trim()
+        .parse::<Lsn>()
+        .unwrap_or_else(|e| panic!("not an LSN: {s:?}: {e}"))
+        .0
 }
 
-/// Formats a number as PostgreSQL's `X/X` LSN text.
+/// Formats a byte position as PostgreSQL's `X/X` LSN text ([`Lsn`]'s `Display`).
 pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    Lsn(lsn).to_string()
 }
 
 /// The last `n` lines of a text, for failure messages.
