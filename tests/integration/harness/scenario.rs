@@ -2,6 +2,8 @@
 //! walsink, a slot's `restart_lsn`, WAL past a position, the switch points of a timeline history, and the
 //! common upper bound for waiting ([`WAIT`]).
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -17,10 +19,12 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 /// A fresh, empty archive directory (mode 0700, under `/tmp`), deleted when the value is dropped.
 pub fn archive_dir() -> TempDir {
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("wsk-arch")
         .tempdir_in(temp_base())
-        .expect("create archive dir")
+        .expect("create archive dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod 700");
+    dir
 }
 
 /// `walsink receive -d <pg> -S <slot> --create-slot -w`: creates a physical slot that reserves WAL at once.
