@@ -1,4 +1,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| walsink_protocol::frame::fuzz_decode(data));
+fuzz_target!(|data: &[u8]| walsink_fuzz::backend_frames(data));

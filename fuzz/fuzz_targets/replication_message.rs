@@ -1,4 +1,4 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| walsink_protocol::copy::fuzz_replication_message(data));
+fuzz_target!(|data: &[u8]| walsink_fuzz::replication_message(data));

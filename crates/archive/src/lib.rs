@@ -77,7 +77,7 @@ mod writer;
 
 pub use archive::{Archive, LOCK_FILE, META_FILE};
 pub use error::ArchiveError;
-pub use meta::Gap;
+pub use meta::{Gap, fuzz_meta};
 pub use prepare::PREPARED_FILE;
 pub use syncer::FlushListener;
 pub use writer::SegmentWriter;

@@ -206,6 +206,26 @@ impl Meta {
     }
 }
 
+/// Fuzzing entry point: `data` as the content of `walsink.meta`, read as the archive
+/// reads it (UTF-8 or refused). Never panics on its own account; it panics only if a
+/// file that parses does not render to one that parses back to the same metadata.
+pub fn fuzz_meta(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(meta) = Meta::parse(text) {
+        let rendered = meta.render();
+        assert_eq!(
+            Meta::parse(&rendered).as_ref(),
+            Ok(&meta),
+            "walsink.meta does not round-trip: {rendered:?}"
+        );
+        for g in &meta.gaps {
+            let _ = g.to_string();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
