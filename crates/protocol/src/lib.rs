@@ -12,9 +12,15 @@
 //! * [`query`]: simple-query result collection, the replication commands and their
 //!   typed results (`IDENTIFY_SYSTEM`, `READ_REPLICATION_SLOT`, `TIMELINE_HISTORY`, ...).
 //! * [`copy`]: the copy-both payloads: XLogData, primary keepalive, standby status update.
+//! * [`session`]: one `START_REPLICATION` session as a state machine
+//!   ([`session::ReplicationSession`]): the rules of the copy-both exchange (contiguity,
+//!   `--endpos`, keepalives, status updates, the receive timeout, which flush position may
+//!   be reported, both ends of the copy).
 //!
-//! It has no tokio dependency, opens no sockets and reads no clock: callers pass time
-//! in. The thin async driver around it lives in `walsink-receiver`.
+//! The contract: the protocol logic is deterministic, and it does no I/O and reads no
+//! timestamps. It has no tokio dependency, opens no sockets and reads no clock: callers
+//! pass time in (an [`std::time::Instant`] for deadlines, a wall-clock time only to stamp
+//! status updates with). The thin async driver around it lives in `walsink-receiver`.
 #![deny(missing_docs)]
 
 pub mod conninfo;
@@ -22,6 +28,7 @@ pub mod copy;
 mod error;
 pub mod frame;
 pub mod query;
+pub mod session;
 pub mod startup;
 
 pub use error::{ProtocolError, ServerError};

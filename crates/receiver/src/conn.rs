@@ -354,6 +354,12 @@ impl Connection {
         &mut self.wbuf
     }
 
+    /// The read buffer, for callers that decode frames themselves (the session takes every
+    /// whole frame off its front).
+    pub fn recv_buf(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
     /// Decodes a message already in the read buffer, without reading the socket.
     pub fn try_decode(&mut self) -> Result<Option<BackendMessage>, ReceiverError> {
         frame::decode(&mut self.rbuf).map_err(ReceiverError::from)
