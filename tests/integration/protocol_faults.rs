@@ -500,6 +500,55 @@ fn first_xlogdata_off_the_requested_start_is_refused() {
     }
 }
 
+/// XLogData whose end lies past the last possible WAL position (2^64) is a protocol violation: exit 1,
+/// as for any other, not an archive error (17) from a wrapped-around position; the WAL before it, to
+/// 128 bytes short of 2^64 on the last segment there is, is archived and its flush reported.
+#[test]
+fn xlogdata_ending_past_2_pow_64_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let last_segment = u64::MAX - SEG + 1;
+    let good = u64::MAX - 127;
+    let mut script = wal_chunks(last_segment, good);
+    script.extend([
+        Step::wait_flush(good),
+        Step::CopyData(crate::harness::fake::xlogdata_payload(
+            good,
+            u64::MAX,
+            &[0x55; 256],
+        )),
+    ]);
+    let fake = FakeServer::start(vec![FakeSession::new(SYSID, 1, last_segment).steps(script)]);
+    let r = run(&fake, dir.path(), &["-n"]);
+    r.expect(
+        "XLogData past 2^64",
+        1,
+        &[
+            &format!(
+                "server sent 256 bytes of WAL starting at {}, which end past the last possible WAL position",
+                format_lsn(good)
+            ),
+            &format!("nothing after {} (timeline 1) was written", format_lsn(good)),
+        ],
+    );
+    let partial = format!("{}.partial", seg_name(1, last_segment));
+    let bytes = fs::read(dir.path().join(&partial)).unwrap();
+    let n = (good - last_segment) as usize;
+    assert!(
+        bytes[..n]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == wal_byte(last_segment + i as u64)),
+        "{partial} does not hold the WAL sent"
+    );
+    assert!(
+        bytes[n..].iter().all(|&b| b == 0),
+        "bytes past {} written",
+        format_lsn(good)
+    );
+    assert_eq!(fake.assert_reports_within(good), good);
+    assert_no_problems(&fake);
+}
+
 // ---- end of timeline -------------------------------------------------------------------------------
 
 /// Control for the bogus replies below: a valid end-of-timeline reply (next timeline 2 beginning inside

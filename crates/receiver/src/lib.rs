@@ -6,7 +6,8 @@
 //! * [`conn`]: a replication connection (TCP or Unix socket), startup and queries;
 //! * [`writer`]: the writer thread, which owns the segment files and runs fdatasync by
 //!   policy, publishing the durable position;
-//! * [`stream`]: one `START_REPLICATION` session, the copy-both loop;
+//! * [`stream`]: the tokio driver of one `START_REPLICATION` session, whose rules live in
+//!   the sans-IO `walsink_protocol::session::ReplicationSession`;
 //! * `failover`: continuing on the server's timeline after a promotion, and the slot
 //!   on a new server;
 //! * [`receive`]: the daemon loop: start position, timeline following, reconnects with

@@ -265,6 +265,9 @@ impl Driver<'_> {
             }
             let writer = self.writer;
             let reading = self.held.is_none();
+            // New durable positions matter only while streaming: once stopping, the writer
+            // is closed and the final flush is reported from its answer.
+            let watching = session.phase() == Phase::Streaming;
             tokio::select! {
                 biased;
                 _ = &mut cancelled, if !cancel_seen => {
@@ -272,7 +275,7 @@ impl Driver<'_> {
                     info!("received interrupt signal, stopping at {}", session.received());
                     session.close(std::time::Instant::now());
                 }
-                changed = flush_rx.changed() => {
+                changed = flush_rx.changed(), if watching => {
                     if changed.is_err() || flush_rx.borrow().error.is_some() {
                         return Err(self.writer_error());
                     }
