@@ -22,7 +22,7 @@
 //!   sleeping;
 //! * cancellation (SIGINT/SIGTERM): [`ReplicationSession::close`].
 //!
-//! Errors of the session become [`ReceiverError`]s in one place, [`session_error`].
+//! Errors of the session become [`ReceiverError`]s in one place, `session_error`.
 
 use std::cell::Cell;
 use std::time::{Duration, SystemTime};

@@ -934,3 +934,59 @@ fn bad_next_timeline_results_are_violations() {
         assert!(text.contains(needle), "{needle}: {text}");
     }
 }
+
+#[test]
+fn garbage_never_panics_and_either_waits_or_fails() {
+    // Valid frames of every type the session meets, cut and spliced at pseudo-random points,
+    // with some bytes flipped.
+    let mut parts = vec![
+        copy_both(),
+        xlog(START, 300),
+        keepalive(true),
+        frame(b'c', b""),
+    ];
+    parts.push(next_timeline_result("2", "0/3000010"));
+    parts.push(error_response("XX000", "x"));
+    parts.push(command_complete("COPY 0"));
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let mut bytes = Vec::new();
+        for _ in 0..(next() % 6) {
+            let p = &parts[(next() % parts.len() as u64) as usize];
+            let from = (next() % (p.len() as u64 + 1)) as usize;
+            bytes.extend(&p[from..]);
+        }
+        for _ in 0..(next() % 4) {
+            if !bytes.is_empty() {
+                let i = (next() % bytes.len() as u64) as usize;
+                bytes[i] ^= next() as u8;
+            }
+        }
+        let mut sim = Sim::new(SessionConfig {
+            endpos: Some(Lsn(START + 200)),
+            receive_timeout: Some(60 * SEC),
+            ..config()
+        });
+        for chunk in bytes.chunks(1 + (next() % 64) as usize) {
+            sim.feed(chunk);
+            sim.s.handle_writer_closed(sim.now, sim.s.received());
+            sim.run_until(sim.elapsed() + 7 * SEC);
+        }
+        // Whatever happened, WAL handed out is contiguous from the start and stops at endpos.
+        let mut at = START;
+        for (start, len) in wal_events(&sim.events) {
+            assert_eq!(start, at);
+            at += len as u64;
+        }
+        assert!(at <= START + 200);
+        if let Some(e) = sim.s.error() {
+            assert_eq!(sim.events.last(), Some(&Event::Failed(e.clone())));
+        }
+    }
+}
