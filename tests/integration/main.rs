@@ -29,3 +29,5 @@ mod failover;
 mod protocol_faults;
 // No silent gaps (exit 14 naming the missing range, --allow-gap and its record) and disk-full pauses.
 mod gaps;
+// walsink's protocol client against a real server byte by byte; the recordings are fuzz seeds.
+mod fuzz_seeds;
