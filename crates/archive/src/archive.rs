@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use walsink_wal::{Lsn, TimelineId, WalSegSize};
 
 use crate::fsops::{RealFs, SegmentFs};
+use crate::lock::Shared;
 use crate::meta::{Gap, Meta};
 use crate::writer::SegmentWriter;
 use crate::{ArchiveError, StartPoint, SyncMode, WriterOptions, fsops, scan};
@@ -24,16 +25,6 @@ pub const META_FILE: &str = "walsink.meta";
 
 /// Name of the file created and removed at open to prove the directory is writable.
 const PROBE_FILE: &str = "walsink.probe";
-
-/// State shared between the [`Archive`] and its [`SegmentWriter`].
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// The locked `walsink.lock`. The `flock` lives as long as this file is open, so
-    /// it is held until the archive and every writer are dropped.
-    _lock: File,
-    /// Whether a [`SegmentWriter`] exists; there may be only one.
-    pub(crate) writer_active: AtomicBool,
-}
 
 /// An open, exclusively locked archive directory.
 ///

@@ -63,6 +63,7 @@
 mod archive;
 mod error;
 mod fsops;
+mod lock;
 mod meta;
 mod prepare;
 #[cfg(test)]
