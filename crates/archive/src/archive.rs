@@ -1,15 +1,15 @@
 //! [`Archive`]: the opened, locked archive directory.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 use walsink_wal::{Lsn, TimelineId, WalSegSize};
 
+use crate::dir::Dir;
 use crate::fsops::{RealFs, SegmentFs};
 use crate::lock::Shared;
 use crate::meta::{Gap, Meta};
@@ -26,6 +26,17 @@ pub const META_FILE: &str = "walsink.meta";
 /// Name of the file created and removed at open to prove the directory is writable.
 const PROBE_FILE: &str = "walsink.probe";
 
+/// The largest `walsink.meta` read (it holds two lines and one per recorded gap).
+pub(crate) const META_LIMIT: u64 = 1 << 20;
+
+/// The largest timeline history file read (one line per timeline).
+pub(crate) const HISTORY_LIMIT: u64 = 16 << 20;
+
+/// How often a [`SegmentWriter`] rechecks the lock file while it writes (see
+/// [`SegmentWriter::check_lock`]); callers checking an idle writer should use the same
+/// period.
+pub const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// An open, exclusively locked archive directory.
 ///
 /// Dropping it releases the lock (once no [`SegmentWriter`] made from it is left).
@@ -33,8 +44,8 @@ const PROBE_FILE: &str = "walsink.probe";
 pub struct Archive {
     /// The directory, as given to [`Archive::open`].
     path: PathBuf,
-    /// The directory opened for `fsync` after creations and renames.
-    dir: File,
+    /// The directory's handle: every file in it is opened relative to it.
+    dir: Arc<Dir>,
     /// Whether to sync.
     sync: SyncMode,
     /// The lock and the one-writer flag.
@@ -55,13 +66,19 @@ impl Archive {
     /// The directory is never created: a missing one is [`ArchiveError::NoDirectory`].
     /// It must be a directory ([`ArchiveError::NotADirectory`]) that this process can
     /// create files in ([`ArchiveError::NotWritable`]). The lock is an exclusive
-    /// `flock` on `walsink.lock` (created with mode 0600), into which our pid is
-    /// written; if another process holds it the result is [`ArchiveError::Locked`]
-    /// with that process's pid. pg_receivewal takes no lock, so it is not kept out.
+    /// `flock` on the directory and on `walsink.lock` (created with mode 0600), into
+    /// which our pid is written; if another process holds either the result is
+    /// [`ArchiveError::Locked`] with that process's pid if `walsink.lock` still has it.
+    /// A `walsink.lock` that is not a regular file (a symbolic link, say) is
+    /// [`ArchiveError::NotARegularFile`]. pg_receivewal takes no lock, so it is not
+    /// kept out.
+    ///
+    /// Logs a warning if the directory is writable by its group or by others, or
+    /// belongs to another user than the one walsink runs as: they can put files there.
     pub fn open(dir: &Path, sync: SyncMode) -> Result<Archive, ArchiveError> {
         let md = match fs::metadata(dir) {
             Ok(md) => md,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ArchiveError::NoDirectory { path: dir.into() });
             }
             Err(e) => return Err(ArchiveError::io(dir, "stat", e)),
@@ -69,60 +86,20 @@ impl Archive {
         if !md.is_dir() {
             return Err(ArchiveError::NotADirectory { path: dir.into() });
         }
-        let not_writable = |e: &std::io::Error| {
-            matches!(
-                e.kind(),
-                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
-            )
-        };
-
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(fsops::FILE_MODE)
-            .open(&lock_path)
-        {
-            Ok(f) => f,
-            // EACCES on an existing lock file is about that file (another user's
-            // walsink?), not about the directory.
-            Err(e)
-                if e.kind() == ErrorKind::ReadOnlyFilesystem
-                    || (not_writable(&e) && !lock_path.exists()) =>
-            {
-                return Err(ArchiveError::NotWritable {
-                    path: dir.into(),
-                    source: e,
-                });
-            }
-            Err(e) => return Err(ArchiveError::io(lock_path, "open", e)),
-        };
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let pid = fs::read_to_string(&lock_path)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok());
-                return Err(ArchiveError::Locked {
-                    path: dir.into(),
-                    pid,
-                });
-            }
-            Err(TryLockError::Error(e)) => return Err(ArchiveError::io(lock_path, "lock", e)),
-        }
-        let pid = format!("{}\n", std::process::id());
-        fsops::set_len(&lock, &lock_path, 0)?;
-        lock.write_all_at(pid.as_bytes(), 0)
-            .map_err(|e| ArchiveError::io(&lock_path, "write to", e))?;
+        let handle = Dir::open(dir)?;
+        let shared = Shared::acquire(&handle)?;
+        warn_if_others_can_write(&handle)?;
 
         // The lock file may predate a chmod or a read-only remount; only creating a
         // file proves that segments can be created.
-        let probe = dir.join(PROBE_FILE);
-        match fsops::create_fresh(&probe) {
-            Ok(_) => fsops::remove(&probe)?,
-            Err(ArchiveError::Io { source, .. }) if not_writable(&source) => {
+        match fsops::create_fresh(&handle, PROBE_FILE) {
+            Ok(_) => fsops::remove(&handle, PROBE_FILE)?,
+            Err(ArchiveError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
                 return Err(ArchiveError::NotWritable {
                     path: dir.into(),
                     source,
@@ -131,20 +108,25 @@ impl Archive {
             Err(e) => return Err(e),
         }
 
-        let dir_fd = fsops::open_dir(dir)?;
         debug!("opened and locked archive directory \"{}\"", dir.display());
         Ok(Archive {
             path: dir.into(),
-            dir: dir_fd,
+            dir: Arc::new(handle),
             sync,
-            shared: Arc::new(Shared {
-                _lock: lock,
-                writer_active: AtomicBool::new(false),
-            }),
+            shared: Arc::new(shared),
             pinned_seg: None,
             meta: None,
             gaps_reported: false,
         })
+    }
+
+    /// Checks that `walsink.lock` is still the file this process locked (two `stat`s).
+    /// [`ArchiveError::LockLost`] if it was removed or replaced: another program is
+    /// changing the directory, and walsink must stop writing. The
+    /// [`SegmentWriter`] checks on its own while it writes
+    /// ([`SegmentWriter::check_lock`]).
+    pub fn check_lock(&self) -> Result<(), ArchiveError> {
+        self.shared.check(&self.dir)
     }
 
     /// The archive directory, as given to [`Archive::open`].
@@ -170,7 +152,7 @@ impl Archive {
     /// see [`Archive::gap_report`].
     pub fn check_identity(&mut self, system_id: u64, seg: WalSegSize) -> Result<(), ArchiveError> {
         let meta_path = self.path.join(META_FILE);
-        if let Some(bytes) = fsops::read_if_exists(&meta_path)? {
+        if let Some(bytes) = self.dir.read_capped(META_FILE, META_LIMIT)? {
             let bad = |reason: String| ArchiveError::BadMetadata {
                 path: meta_path.clone(),
                 reason,
@@ -189,7 +171,7 @@ impl Archive {
             return Ok(());
         }
 
-        let (found, candidates) = scan::probe_identity(&self.path)?;
+        let (found, candidates) = scan::probe_identity(&self.dir)?;
         match found {
             Some((file, long)) => {
                 info!(
@@ -215,7 +197,6 @@ impl Archive {
         };
         fsops::write_file_atomically(
             &self.dir,
-            &self.path,
             META_FILE,
             meta.render().as_bytes(),
             self.sync == SyncMode::Sync,
@@ -283,7 +264,6 @@ impl Archive {
         updated.gaps.push(gap);
         fsops::write_file_atomically(
             &self.dir,
-            &self.path,
             META_FILE,
             updated.render().as_bytes(),
             self.sync == SyncMode::Sync,
@@ -332,7 +312,7 @@ impl Archive {
         if let Some(pinned) = self.pinned_seg {
             self.check_seg(pinned, seg)?;
         }
-        scan::find_start(&self.path, seg)
+        scan::find_start(&self.dir, seg)
     }
 
     /// [`find_start`](Self::find_start) for each timeline separately: per timeline
@@ -347,18 +327,22 @@ impl Archive {
         if let Some(pinned) = self.pinned_seg {
             self.check_seg(pinned, seg)?;
         }
-        scan::find_starts(&self.path, seg)
+        scan::find_starts(&self.dir, seg)
     }
 
-    /// Whether `NNNNNNNN.history` of `tli` exists as a regular file.
+    /// Whether `NNNNNNNN.history` of `tli` exists as a regular file (not following a
+    /// link).
     pub fn has_history(&self, tli: TimelineId) -> bool {
-        fs::metadata(self.path.join(tli.history_file_name())).is_ok_and(|m| m.is_file())
+        let name = tli.history_file_name();
+        matches!(self.dir.lstat(&name), Ok(Some(st)) if crate::dir::kind_of(&st).is_none())
     }
 
     /// The content of `NNNNNNNN.history` of `tli`, or `None` if the archive does not
-    /// have it.
+    /// have it. It must be a regular file of at most 16 MiB
+    /// ([`ArchiveError::NotARegularFile`], [`ArchiveError::FileTooLarge`]).
     pub fn read_history(&self, tli: TimelineId) -> Result<Option<Vec<u8>>, ArchiveError> {
-        fsops::read_if_exists(&self.path.join(tli.history_file_name()))
+        self.dir
+            .read_capped(&tli.history_file_name(), HISTORY_LIMIT)
     }
 
     /// Writes the history file of `tli` durably (`NNNNNNNN.history.tmp`, fsync,
@@ -370,20 +354,14 @@ impl Archive {
     pub fn write_history(&self, tli: TimelineId, content: &[u8]) -> Result<(), ArchiveError> {
         let name = tli.history_file_name();
         let path = self.path.join(&name);
-        if let Some(existing) = fsops::read_if_exists(&path)? {
+        if let Some(existing) = self.dir.read_capped(&name, HISTORY_LIMIT)? {
             if existing == content {
                 debug!("timeline history file \"{name}\" already archived");
                 return Ok(());
             }
             return Err(ArchiveError::HistoryConflict { path });
         }
-        fsops::write_file_atomically(
-            &self.dir,
-            &self.path,
-            &name,
-            content,
-            self.sync == SyncMode::Sync,
-        )?;
+        fsops::write_file_atomically(&self.dir, &name, content, self.sync == SyncMode::Sync)?;
         info!("archived timeline history file \"{name}\"");
         Ok(())
     }
@@ -416,10 +394,6 @@ impl Archive {
         if let Some(pinned) = self.pinned_seg {
             self.check_seg(pinned, seg)?;
         }
-        let dir = self
-            .dir
-            .try_clone()
-            .map_err(|e| ArchiveError::io(&self.path, "duplicate handle of", e))?;
         if self
             .shared
             .writer_active
@@ -431,8 +405,7 @@ impl Archive {
             });
         }
         Ok(SegmentWriter::new(
-            self.path.clone(),
-            dir,
+            Arc::clone(&self.dir),
             seg,
             self.sync,
             Arc::clone(&self.shared),
@@ -440,6 +413,35 @@ impl Archive {
             fs,
         ))
     }
+}
+
+/// Warns if users other than the one walsink runs as can put files into the
+/// directory: it is writable by its group or by others, or owned by another user.
+fn warn_if_others_can_write(dir: &Dir) -> Result<(), ArchiveError> {
+    let st = rustix::fs::fstat(dir).map_err(|e| ArchiveError::io(dir.path(), "stat", e.into()))?;
+    let mode = st.st_mode & 0o7777;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => Some("its group and by all users"),
+        (true, false) => Some("its group"),
+        (false, true) => Some("all users"),
+        (false, false) => None,
+    };
+    if let Some(who) = who {
+        warn!(
+            "archive directory \"{}\" is writable by {who} (mode {mode:04o}): they can put files into it and remove walsink's; walsink refuses links and special files there, but make it private: chmod go-w \"{}\"",
+            dir.path().display(),
+            dir.path().display()
+        );
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        warn!(
+            "archive directory \"{}\" is owned by uid {}, but walsink runs as uid {me}: its owner can put files into it and remove walsink's; run walsink as the directory's owner, or chown the directory to uid {me}",
+            dir.path().display(),
+            st.st_uid
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -766,7 +768,16 @@ mod tests {
         let e = a
             .record_gap(Gap::new(Lsn(0x30_0000), Lsn(0x50_0000), 1, "r"))
             .unwrap_err();
-        assert!(matches!(e, ArchiveError::Io { .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                ArchiveError::NotARegularFile {
+                    kind: "a directory",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         assert_eq!(fs::read_to_string(&meta).unwrap(), before);
         assert!(a.gaps().is_empty(), "not recorded in memory either");
         fs::remove_dir(d.path().join("walsink.meta.tmp")).unwrap();

@@ -6,7 +6,9 @@ use walsink_wal::{Lsn, TimelineId, WalSegSize};
 /// Everything that can go wrong in the archive directory.
 ///
 /// Variants are split by cause: the directory is unusable (`NoDirectory`,
-/// `NotADirectory`, `NotWritable`, `Locked`), it belongs to another cluster
+/// `NotADirectory`, `NotWritable`, `Locked`), something other than walsink put or
+/// changed files in it (`NotARegularFile`, `FileTooLarge`, `FileReplaced`,
+/// `LockLost`), it belongs to another cluster
 /// (`SystemIdMismatch`, `SegSizeMismatch`, `BadMetadata`), archived data would be
 /// overwritten (`HistoryConflict`), the caller broke the writer's rules
 /// (`NotContiguous`, `TimelineMismatch`, `LsnOverflow`, `WriterBusy`), or local I/O
@@ -53,6 +55,60 @@ pub enum ArchiveError {
         path: PathBuf,
         /// The pid the holder wrote into `walsink.lock`, if it could be read.
         pid: Option<u32>,
+    },
+
+    /// A name walsink uses in the archive directory is a symbolic link, FIFO,
+    /// directory, device or socket. walsink opens only regular files there and never
+    /// follows a link: a link planted by another user must not make it overwrite a
+    /// file elsewhere, a FIFO must not make it hang.
+    #[error(
+        "\"{}\" is {kind}, not a regular file; walsink only uses regular files in the archive directory and never follows links there (another user or program may have put it there): remove it or move it out of the directory, and check who can write to the directory",
+        .path.display()
+    )]
+    NotARegularFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead: "a symbolic link", "a FIFO", ...
+        kind: &'static str,
+    },
+
+    /// A file walsink reads from the archive directory (`walsink.meta`, a timeline
+    /// history file) is far larger than any file walsink writes there.
+    #[error(
+        "\"{}\" is larger than {limit} bytes, which no file walsink writes ever is; it is not walsink's: move it out of the archive directory",
+        .path.display()
+    )]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The largest size accepted.
+        limit: u64,
+    },
+
+    /// A file walsink had open was replaced under the same name by another process
+    /// (between two checks, or while walsink renamed it into place).
+    #[error(
+        "\"{}\" was replaced by another process while walsink was using it; another program is changing files in the archive directory: stop it, then start walsink again",
+        .path.display()
+    )]
+    FileReplaced {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// walsink's lock file was removed or replaced while walsink was running: another
+    /// program is changing the archive directory. walsink stops writing (what it
+    /// reported flushed is durable) instead of sharing the directory with whatever
+    /// comes next.
+    #[error(
+        "lock file \"{}\" was {how} while walsink was running; another program is changing the archive directory, so walsink stopped writing (all WAL reported flushed is durable); find out what touched the directory (a cleanup job, another archiver), then start walsink again",
+        .path.display()
+    )]
+    LockLost {
+        /// The lock file.
+        path: PathBuf,
+        /// "removed" or "replaced".
+        how: &'static str,
     },
 
     /// The archive holds WAL of another database system.

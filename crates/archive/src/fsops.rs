@@ -10,13 +10,17 @@
 //! asserts the order of writes, syncs and renames against what the writer reports).
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::num::NonZeroU64;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use rustix::fs::{AtFlags, OFlags};
+use rustix::io::Errno;
+
 use crate::ArchiveError;
+use crate::dir::Dir;
 
 /// Alignment (of memory, file offset and length) used for `O_DIRECT` writes. 4096
 /// covers every logical block size in use (512 and 4096).
@@ -24,12 +28,19 @@ pub(crate) const DIRECT_ALIGN: usize = 4096;
 
 /// The file operations behind [`SegmentWriter`](crate::SegmentWriter) and the
 /// segment preparer. Each method does what the free function of the same name does.
+/// Files are named relative to the archive directory's handle ([`Dir`]); operations
+/// on an open file take its path for messages only.
 pub(crate) trait SegmentFs: Send + Sync + fmt::Debug {
     /// [`open_existing`].
-    fn open_existing(&self, path: &Path) -> Result<File, ArchiveError>;
+    fn open_existing(&self, dir: &Dir, name: &str) -> Result<File, ArchiveError>;
     /// [`create_fresh_rw`]: a new empty file, with `O_DIRECT` if asked for and the
     /// filesystem accepts it. Returns the file and whether it is `O_DIRECT`.
-    fn create_fresh(&self, path: &Path, direct: bool) -> Result<(File, bool), ArchiveError>;
+    fn create_fresh(
+        &self,
+        dir: &Dir,
+        name: &str,
+        direct: bool,
+    ) -> Result<(File, bool), ArchiveError>;
     /// [`clear_direct`].
     fn clear_direct(&self, file: &File, path: &Path) -> Result<(), ArchiveError>;
     /// [`file_len`].
@@ -54,19 +65,19 @@ pub(crate) trait SegmentFs: Send + Sync + fmt::Debug {
     /// [`fsync`].
     fn fsync(&self, file: &File, path: &Path) -> Result<(), ArchiveError>;
     /// [`fsync_dir`].
-    fn fsync_dir(&self, dir: &File, path: &Path) -> Result<(), ArchiveError>;
+    fn fsync_dir(&self, dir: &Dir) -> Result<(), ArchiveError>;
     /// [`rename`].
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError>;
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> Result<(), ArchiveError>;
     /// [`rename_noreplace`]: `Ok(false)`, and nothing renamed, if `to` exists.
-    fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<bool, ArchiveError>;
+    fn rename_noreplace(&self, dir: &Dir, from: &str, to: &str) -> Result<bool, ArchiveError>;
     /// [`remove`].
-    fn remove(&self, path: &Path) -> Result<(), ArchiveError>;
+    fn remove(&self, dir: &Dir, name: &str) -> Result<(), ArchiveError>;
     /// [`remove_if_exists`].
-    fn remove_if_exists(&self, path: &Path) -> Result<(), ArchiveError>;
+    fn remove_if_exists(&self, dir: &Dir, name: &str) -> Result<(), ArchiveError>;
     /// [`exists`].
-    fn exists(&self, path: &Path) -> Result<bool, ArchiveError>;
+    fn exists(&self, dir: &Dir, name: &str) -> Result<bool, ArchiveError>;
     /// [`files_identical`].
-    fn files_identical(&self, a: &Path, b: &Path) -> Result<bool, ArchiveError>;
+    fn files_identical(&self, dir: &Dir, a: &str, b: &str) -> Result<bool, ArchiveError>;
     /// [`drop_cache`].
     fn drop_cache(&self, file: &File);
 }
@@ -76,11 +87,16 @@ pub(crate) trait SegmentFs: Send + Sync + fmt::Debug {
 pub(crate) struct RealFs;
 
 impl SegmentFs for RealFs {
-    fn open_existing(&self, path: &Path) -> Result<File, ArchiveError> {
-        open_existing(path)
+    fn open_existing(&self, dir: &Dir, name: &str) -> Result<File, ArchiveError> {
+        open_existing(dir, name)
     }
-    fn create_fresh(&self, path: &Path, direct: bool) -> Result<(File, bool), ArchiveError> {
-        create_fresh_rw(path, direct)
+    fn create_fresh(
+        &self,
+        dir: &Dir,
+        name: &str,
+        direct: bool,
+    ) -> Result<(File, bool), ArchiveError> {
+        create_fresh_rw(dir, name, direct)
     }
     fn clear_direct(&self, file: &File, path: &Path) -> Result<(), ArchiveError> {
         clear_direct(file, path)
@@ -118,26 +134,26 @@ impl SegmentFs for RealFs {
     fn fsync(&self, file: &File, path: &Path) -> Result<(), ArchiveError> {
         fsync(file, path)
     }
-    fn fsync_dir(&self, dir: &File, path: &Path) -> Result<(), ArchiveError> {
-        fsync_dir(dir, path)
+    fn fsync_dir(&self, dir: &Dir) -> Result<(), ArchiveError> {
+        fsync_dir(dir)
     }
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError> {
-        rename(from, to)
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> Result<(), ArchiveError> {
+        rename(dir, from, to)
     }
-    fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<bool, ArchiveError> {
-        rename_noreplace(from, to)
+    fn rename_noreplace(&self, dir: &Dir, from: &str, to: &str) -> Result<bool, ArchiveError> {
+        rename_noreplace(dir, from, to)
     }
-    fn remove(&self, path: &Path) -> Result<(), ArchiveError> {
-        remove(path)
+    fn remove(&self, dir: &Dir, name: &str) -> Result<(), ArchiveError> {
+        remove(dir, name)
     }
-    fn remove_if_exists(&self, path: &Path) -> Result<(), ArchiveError> {
-        remove_if_exists(path)
+    fn remove_if_exists(&self, dir: &Dir, name: &str) -> Result<(), ArchiveError> {
+        remove_if_exists(dir, name)
     }
-    fn exists(&self, path: &Path) -> Result<bool, ArchiveError> {
-        exists(path)
+    fn exists(&self, dir: &Dir, name: &str) -> Result<bool, ArchiveError> {
+        exists(dir, name)
     }
-    fn files_identical(&self, a: &Path, b: &Path) -> Result<bool, ArchiveError> {
-        files_identical(a, b)
+    fn files_identical(&self, dir: &Dir, a: &str, b: &str) -> Result<bool, ArchiveError> {
+        files_identical(dir, a, b)
     }
     fn drop_cache(&self, file: &File) {
         drop_cache(file)
@@ -151,25 +167,17 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 /// compare files.
 pub(crate) const BLOCK: usize = 1 << 20;
 
-/// Opens an existing file for reading and writing.
-pub(crate) fn open_existing(path: &Path) -> Result<File, ArchiveError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| ArchiveError::io(path, "open", e))
+/// Opens an existing regular file of the directory for reading and writing.
+pub(crate) fn open_existing(dir: &Dir, name: &str) -> Result<File, ArchiveError> {
+    dir.open_file(name, OFlags::RDWR)
 }
 
-/// Creates `path` empty with mode 0600, first removing any leftover file of that name
-/// (used for temporary files, so a stale one from a crash never keeps its old mode).
-pub(crate) fn create_fresh(path: &Path) -> Result<File, ArchiveError> {
-    remove_if_exists(path)?;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(path)
-        .map_err(|e| ArchiveError::io(path, "create", e))
+/// Creates `name` empty with mode 0600, first removing any leftover regular file of
+/// that name (used for temporary files, so a stale one from a crash never keeps its
+/// old mode). Anything else in its place is refused.
+pub(crate) fn create_fresh(dir: &Dir, name: &str) -> Result<File, ArchiveError> {
+    remove_if_exists(dir, name)?;
+    dir.create_new(name, FILE_MODE, OFlags::empty())
 }
 
 /// The current size of an open file.
@@ -212,32 +220,34 @@ pub(crate) fn fallocate(
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, to - from) {
         Ok(()) => Ok(true),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(false),
+        Err(e) if e == Errno::OPNOTSUPP || e == Errno::NOSYS => Ok(false),
         Err(e) => Err(ArchiveError::io(path, "allocate space for", e.into())),
     }
 }
 
-/// Creates `path` empty (read-write, mode 0600), first removing any leftover file of
-/// that name. With `direct`, opens it `O_DIRECT` if the filesystem allows (tmpfs on
-/// older kernels refuses with `EINVAL`). Returns the file and whether it is direct.
-pub(crate) fn create_fresh_rw(path: &Path, direct: bool) -> Result<(File, bool), ArchiveError> {
-    remove_if_exists(path)?;
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true).create_new(true).mode(FILE_MODE);
+/// Creates `name` empty (read-write, mode 0600), first removing any leftover regular
+/// file of that name. With `direct`, opens it `O_DIRECT` if the filesystem allows
+/// (tmpfs on older kernels refuses with `EINVAL`). Returns the file and whether it is
+/// direct.
+pub(crate) fn create_fresh_rw(
+    dir: &Dir,
+    name: &str,
+    direct: bool,
+) -> Result<(File, bool), ArchiveError> {
+    remove_if_exists(dir, name)?;
     if direct {
-        match opts.clone().custom_flags(libc::O_DIRECT).open(path) {
+        match dir.create_new(name, FILE_MODE, OFlags::DIRECT) {
             Ok(f) => return Ok((f, true)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(ArchiveError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
                 // Nothing was created when the open was refused; in case a
                 // filesystem creates and then refuses, start over without it.
-                remove_if_exists(path)?;
+                remove_if_exists(dir, name)?;
             }
-            Err(e) => return Err(ArchiveError::io(path, "create", e)),
+            Err(e) => return Err(e),
         }
     }
-    opts.open(path)
+    dir.create_new(name, FILE_MODE, OFlags::empty())
         .map(|f| (f, false))
-        .map_err(|e| ArchiveError::io(path, "create", e))
 }
 
 /// Turns `O_DIRECT` off on an open file (a filesystem that accepted the open but
@@ -255,20 +265,21 @@ pub(crate) fn drop_cache(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None::<NonZeroU64>, rustix::fs::Advice::DontNeed);
 }
 
-/// `rename(from, to)` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; where the
-/// filesystem lacks it, a check then a plain rename). `Ok(false)` if `to` exists.
-pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<bool, ArchiveError> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+/// `renameat(from, to)` in the directory unless `to` exists
+/// (`renameat2(RENAME_NOREPLACE)`; where the filesystem lacks it, a check then a plain
+/// rename). `Ok(false)` if `to` exists.
+pub(crate) fn rename_noreplace(dir: &Dir, from: &str, to: &str) -> Result<bool, ArchiveError> {
+    use rustix::fs::{RenameFlags, renameat_with};
+    match renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(true),
-        Err(e) if e == rustix::io::Errno::EXIST => Ok(false),
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            if exists(to)? {
+        Err(e) if e == Errno::EXIST => Ok(false),
+        Err(e) if e == Errno::INVAL || e == Errno::NOSYS => {
+            if exists(dir, to)? {
                 return Ok(false);
             }
-            rename(from, to).map(|()| true)
+            rename(dir, from, to).map(|()| true)
         }
-        Err(e) => Err(ArchiveError::io(from, "rename", e.into())),
+        Err(e) => Err(ArchiveError::io(dir.join(from), "rename", e.into())),
     }
 }
 
@@ -301,75 +312,71 @@ pub(crate) fn fsync(file: &File, path: &Path) -> Result<(), ArchiveError> {
         .map_err(|e| ArchiveError::io(path, "fsync", e))
 }
 
-/// Opens a directory so it can be fsynced.
-pub(crate) fn open_dir(path: &Path) -> Result<File, ArchiveError> {
-    File::open(path).map_err(|e| ArchiveError::io(path, "open directory", e))
+/// `fsync` of the directory, which makes creations, renames and removals in it durable.
+pub(crate) fn fsync_dir(dir: &Dir) -> Result<(), ArchiveError> {
+    dir.file()
+        .sync_all()
+        .map_err(|e| ArchiveError::io(dir.path(), "fsync directory", e))
 }
 
-/// `fsync` of a directory, which makes creations, renames and removals in it durable.
-pub(crate) fn fsync_dir(dir: &File, path: &Path) -> Result<(), ArchiveError> {
-    dir.sync_all()
-        .map_err(|e| ArchiveError::io(path, "fsync directory", e))
+/// `renameat(from, to)` in the directory (replacing the entry `to`, never what a link
+/// there points to). The error names `from`.
+pub(crate) fn rename(dir: &Dir, from: &str, to: &str) -> Result<(), ArchiveError> {
+    rustix::fs::renameat(dir, from, dir, to)
+        .map_err(|e| ArchiveError::io(dir.join(from), "rename", e.into()))
 }
 
-/// `rename(from, to)`. The error names `from`.
-pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), ArchiveError> {
-    fs::rename(from, to).map_err(|e| ArchiveError::io(from, "rename", e))
+/// Removes a regular file of the directory (anything else is refused).
+pub(crate) fn remove(dir: &Dir, name: &str) -> Result<(), ArchiveError> {
+    if let Some(st) = dir.lstat(name)? {
+        dir.refuse_special(name, &st)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::empty())
+        .map_err(|e| ArchiveError::io(dir.join(name), "remove", e.into()))
 }
 
-/// Removes a file.
-pub(crate) fn remove(path: &Path) -> Result<(), ArchiveError> {
-    fs::remove_file(path).map_err(|e| ArchiveError::io(path, "remove", e))
-}
-
-/// Removes a file if it exists.
-pub(crate) fn remove_if_exists(path: &Path) -> Result<(), ArchiveError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(ArchiveError::io(path, "remove", e)),
-        _ => Ok(()),
+/// Removes a regular file of the directory if it exists (anything else is refused).
+pub(crate) fn remove_if_exists(dir: &Dir, name: &str) -> Result<(), ArchiveError> {
+    let Some(st) = dir.lstat(name)? else {
+        return Ok(());
+    };
+    dir.refuse_special(name, &st)?;
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(ArchiveError::io(dir.join(name), "remove", e.into())),
     }
 }
 
-/// Whether a directory entry named `path` exists (without following symlinks).
-pub(crate) fn exists(path: &Path) -> Result<bool, ArchiveError> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(ArchiveError::io(path, "stat", e)),
-    }
+/// Whether the directory has an entry `name` (of any type; links are not followed).
+pub(crate) fn exists(dir: &Dir, name: &str) -> Result<bool, ArchiveError> {
+    Ok(dir.lstat(name)?.is_some())
 }
 
-/// The whole content of a file, or `None` if it does not exist.
-pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, ArchiveError> {
-    match fs::read(path) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ArchiveError::io(path, "read", e)),
-    }
-}
-
-/// Up to `n` leading bytes of a file.
-pub(crate) fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>, ArchiveError> {
-    let f = File::open(path).map_err(|e| ArchiveError::io(path, "open", e))?;
+/// Up to `n` leading bytes of a regular file of the directory.
+pub(crate) fn read_prefix(dir: &Dir, name: &str, n: usize) -> Result<Vec<u8>, ArchiveError> {
+    let f = dir.open_file(name, OFlags::RDONLY)?;
     let mut buf = Vec::with_capacity(n);
     f.take(n as u64)
         .read_to_end(&mut buf)
-        .map_err(|e| ArchiveError::io(path, "read", e))?;
+        .map_err(|e| ArchiveError::io(dir.join(name), "read", e))?;
     Ok(buf)
 }
 
-/// Whether two files have the same length and bytes.
-pub(crate) fn files_identical(a: &Path, b: &Path) -> Result<bool, ArchiveError> {
-    let open = |p: &Path| File::open(p).map_err(|e| ArchiveError::io(p, "open", e));
-    let (fa, fb) = (open(a)?, open(b)?);
-    if file_len(&fa, a)? != file_len(&fb, b)? {
+/// Whether two regular files of the directory have the same length and bytes.
+pub(crate) fn files_identical(dir: &Dir, a: &str, b: &str) -> Result<bool, ArchiveError> {
+    let (fa, fb) = (
+        dir.open_file(a, OFlags::RDONLY)?,
+        dir.open_file(b, OFlags::RDONLY)?,
+    );
+    let (pa, pb) = (dir.join(a), dir.join(b));
+    if file_len(&fa, &pa)? != file_len(&fb, &pb)? {
         return Ok(false);
     }
     let (mut ra, mut rb) = (fa, fb);
     let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
     loop {
-        let na = read_full(&mut ra, &mut ba).map_err(|e| ArchiveError::io(a, "read", e))?;
-        let nb = read_full(&mut rb, &mut bb).map_err(|e| ArchiveError::io(b, "read", e))?;
+        let na = read_full(&mut ra, &mut ba).map_err(|e| ArchiveError::io(&pa, "read", e))?;
+        let nb = read_full(&mut rb, &mut bb).map_err(|e| ArchiveError::io(&pb, "read", e))?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -393,27 +400,26 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Writes `content` to `dir/name` so that it either appears whole or not at all:
-/// write `dir/name.tmp` (mode 0600), fsync it, rename it over `dir/name`, fsync the
-/// directory. With `sync == false` the two fsyncs are skipped.
+/// Writes `content` to `name` in the directory so that it either appears whole or
+/// not at all: write `name.tmp` (created anew, mode 0600), fsync it, rename it over
+/// `name`, fsync the directory. With `sync == false` the two fsyncs are skipped.
 pub(crate) fn write_file_atomically(
-    dir: &File,
-    dir_path: &Path,
+    dir: &Dir,
     name: &str,
     content: &[u8],
     sync: bool,
 ) -> Result<(), ArchiveError> {
-    let tmp = dir_path.join(format!("{name}.tmp"));
-    let dst = dir_path.join(name);
-    let f = create_fresh(&tmp)?;
-    write_at(&f, &tmp, content, 0)?;
+    let tmp = format!("{name}.tmp");
+    let tmp_path = dir.join(&tmp);
+    let f = create_fresh(dir, &tmp)?;
+    write_at(&f, &tmp_path, content, 0)?;
     if sync {
-        fsync(&f, &tmp)?;
+        fsync(&f, &tmp_path)?;
     }
     drop(f);
-    rename(&tmp, &dst)?;
+    rename(dir, &tmp, name)?;
     if sync {
-        fsync_dir(dir, dir_path)?;
+        fsync_dir(dir)?;
     }
     Ok(())
 }

@@ -61,8 +61,11 @@
 #![deny(missing_docs)]
 
 mod archive;
+mod dir;
 mod error;
 mod fsops;
+#[cfg(test)]
+mod hostile;
 mod lock;
 mod meta;
 mod prepare;
@@ -76,7 +79,7 @@ mod testutil;
 mod writeback;
 mod writer;
 
-pub use archive::{Archive, LOCK_FILE, META_FILE};
+pub use archive::{Archive, LOCK_CHECK_INTERVAL, LOCK_FILE, META_FILE};
 pub use error::ArchiveError;
 pub use meta::{Gap, fuzz_meta};
 pub use prepare::PREPARED_FILE;

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 
 use tracing::{debug, warn};
 
+use crate::dir::Dir;
 use crate::fsops::SegmentFs;
 use crate::stage::AlignedBuf;
 use crate::{ArchiveError, Prefill, SyncMode};
@@ -41,6 +42,8 @@ pub(crate) struct Prepared {
 #[derive(Debug, Clone)]
 struct Job {
     fs: Arc<dyn SegmentFs>,
+    dir: Arc<Dir>,
+    /// The prepared file's path, for messages.
     path: PathBuf,
     size: u64,
     prefill: Prefill,
@@ -71,7 +74,7 @@ impl Preparer {
     /// a helper thread starts on the first one at once.
     pub(crate) fn new(
         fs: Arc<dyn SegmentFs>,
-        dir: &Path,
+        dir: Arc<Dir>,
         size: u64,
         prefill: Prefill,
         direct: bool,
@@ -81,6 +84,7 @@ impl Preparer {
         let job = Job {
             fs,
             path: dir.join(PREPARED_FILE),
+            dir,
             size,
             prefill,
             direct,
@@ -179,7 +183,7 @@ impl Preparer {
         self.done = None;
         self.in_flight = false;
         self.ready = None;
-        if let Err(e) = self.job.fs.remove_if_exists(&self.job.path) {
+        if let Err(e) = self.job.fs.remove_if_exists(&self.job.dir, PREPARED_FILE) {
             debug!("could not remove the unused prepared segment file: {e}");
         }
     }
@@ -195,7 +199,7 @@ impl Drop for Preparer {
 fn prepare(job: &Job, zeros: &mut Option<AlignedBuf>) -> Result<Prepared, ArchiveError> {
     let fs = &*job.fs;
     let path = &job.path;
-    let (file, mut direct) = fs.create_fresh(path, job.direct)?;
+    let (file, mut direct) = fs.create_fresh(&job.dir, PREPARED_FILE, job.direct)?;
     let allocated = job.prefill == Prefill::Fallocate && fs.fallocate(&file, path, 0, job.size)?;
     if allocated {
         if direct {

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use walsink_wal::{Lsn, SegNo, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
 
 use crate::ArchiveError;
+use crate::dir::Dir;
 use crate::fsops::{RealFs, SegmentFs};
 
 /// One recorded operation. Names are file names in the archive directory. Writes are
@@ -132,21 +133,28 @@ impl RecordingFs {
 }
 
 impl SegmentFs for RecordingFs {
-    fn open_existing(&self, path: &Path) -> Result<File, ArchiveError> {
-        let f = self.real.open_existing(path)?;
+    fn open_existing(&self, dir: &Dir, name: &str) -> Result<File, ArchiveError> {
+        let f = self.real.open_existing(dir, name)?;
         self.push(Op::Open {
-            name: name(path),
+            name: name.to_owned(),
             ino: ino(&f),
         });
         Ok(f)
     }
-    fn create_fresh(&self, path: &Path, direct: bool) -> Result<(File, bool), ArchiveError> {
-        if self.real.exists(path)? {
-            self.push(Op::Remove { name: name(path) });
+    fn create_fresh(
+        &self,
+        dir: &Dir,
+        name: &str,
+        direct: bool,
+    ) -> Result<(File, bool), ArchiveError> {
+        if self.real.exists(dir, name)? {
+            self.push(Op::Remove {
+                name: name.to_owned(),
+            });
         }
-        let (f, d) = self.real.create_fresh(path, direct)?;
+        let (f, d) = self.real.create_fresh(dir, name, direct)?;
         self.push(Op::Create {
-            name: name(path),
+            name: name.to_owned(),
             ino: ino(&f),
         });
         Ok((f, d))
@@ -219,46 +227,50 @@ impl SegmentFs for RecordingFs {
         });
         self.real.fsync(file, path)
     }
-    fn fsync_dir(&self, dir: &File, path: &Path) -> Result<(), ArchiveError> {
-        self.should_fail(FailOn::FsyncDir, path, "fsync directory")?;
+    fn fsync_dir(&self, dir: &Dir) -> Result<(), ArchiveError> {
+        self.should_fail(FailOn::FsyncDir, dir.path(), "fsync directory")?;
         self.push(Op::FsyncDir);
-        self.real.fsync_dir(dir, path)
+        self.real.fsync_dir(dir)
     }
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), ArchiveError> {
-        self.real.rename(from, to)?;
+    fn rename(&self, dir: &Dir, from: &str, to: &str) -> Result<(), ArchiveError> {
+        self.real.rename(dir, from, to)?;
         self.push(Op::Rename {
-            from: name(from),
-            to: name(to),
+            from: from.to_owned(),
+            to: to.to_owned(),
         });
         Ok(())
     }
-    fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<bool, ArchiveError> {
-        let r = self.real.rename_noreplace(from, to)?;
+    fn rename_noreplace(&self, dir: &Dir, from: &str, to: &str) -> Result<bool, ArchiveError> {
+        let r = self.real.rename_noreplace(dir, from, to)?;
         if r {
             self.push(Op::Rename {
-                from: name(from),
-                to: name(to),
+                from: from.to_owned(),
+                to: to.to_owned(),
             });
         }
         Ok(r)
     }
-    fn remove(&self, path: &Path) -> Result<(), ArchiveError> {
-        self.real.remove(path)?;
-        self.push(Op::Remove { name: name(path) });
+    fn remove(&self, dir: &Dir, name: &str) -> Result<(), ArchiveError> {
+        self.real.remove(dir, name)?;
+        self.push(Op::Remove {
+            name: name.to_owned(),
+        });
         Ok(())
     }
-    fn remove_if_exists(&self, path: &Path) -> Result<(), ArchiveError> {
-        if self.real.exists(path)? {
-            self.real.remove(path)?;
-            self.push(Op::Remove { name: name(path) });
+    fn remove_if_exists(&self, dir: &Dir, name: &str) -> Result<(), ArchiveError> {
+        if self.real.exists(dir, name)? {
+            self.real.remove(dir, name)?;
+            self.push(Op::Remove {
+                name: name.to_owned(),
+            });
         }
         Ok(())
     }
-    fn exists(&self, path: &Path) -> Result<bool, ArchiveError> {
-        self.real.exists(path)
+    fn exists(&self, dir: &Dir, name: &str) -> Result<bool, ArchiveError> {
+        self.real.exists(dir, name)
     }
-    fn files_identical(&self, a: &Path, b: &Path) -> Result<bool, ArchiveError> {
-        self.real.files_identical(a, b)
+    fn files_identical(&self, dir: &Dir, a: &str, b: &str) -> Result<bool, ArchiveError> {
+        self.real.files_identical(dir, a, b)
     }
     fn drop_cache(&self, file: &File) {
         self.real.drop_cache(file)

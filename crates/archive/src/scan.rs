@@ -1,28 +1,15 @@
 //! Reading the directory: where to resume streaming, and whose WAL is already there.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tracing::{debug, warn};
 use walsink_wal::page::{LONG_HEADER_LEN, LongHeader, PageHeader};
 use walsink_wal::{SegNo, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
 
+use crate::dir::{Dir, kind_of};
 use crate::{ArchiveError, StartPoint, fsops};
-
-/// The names of all entries of `dir` that are valid UTF-8.
-fn entry_names(dir: &Path) -> Result<Vec<String>, ArchiveError> {
-    let rd = fs::read_dir(dir).map_err(|e| ArchiveError::io(dir, "read directory", e))?;
-    let mut names = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| ArchiveError::io(dir, "read directory", e))?;
-        if let Ok(name) = entry.file_name().into_string() {
-            names.push(name);
-        }
-    }
-    Ok(names)
-}
 
 /// pg_receivewal's `FindStreamingStart`: the position after the newest usable WAL
 /// file, or `None` if the directory has none.
@@ -31,14 +18,14 @@ fn entry_names(dir: &Path) -> Result<Vec<String>, ArchiveError> {
 /// exactly the segment size; a `.partial` is never checked (it is re-streamed from its
 /// start). The newest file is the maximum by (segment number, timeline, completed over
 /// partial).
-pub(crate) fn find_start(dir: &Path, seg: WalSegSize) -> Result<Option<StartPoint>, ArchiveError> {
+pub(crate) fn find_start(dir: &Dir, seg: WalSegSize) -> Result<Option<StartPoint>, ArchiveError> {
     let best = usable_files(dir, seg)?.into_iter().max();
     Ok(best.map(|key| start_point(key, seg)))
 }
 
 /// [`find_start`] per timeline: for each timeline that has a usable WAL file, the
 /// position after its newest one, by the same rules. Sorted by timeline.
-pub(crate) fn find_starts(dir: &Path, seg: WalSegSize) -> Result<Vec<StartPoint>, ArchiveError> {
+pub(crate) fn find_starts(dir: &Dir, seg: WalSegSize) -> Result<Vec<StartPoint>, ArchiveError> {
     let mut newest: BTreeMap<TimelineId, (SegNo, TimelineId, bool)> = BTreeMap::new();
     for key in usable_files(dir, seg)? {
         let e = newest.entry(key.1).or_insert(key);
@@ -61,11 +48,11 @@ fn start_point((segno, tli, complete): (SegNo, TimelineId, bool), seg: WalSegSiz
 /// regular files; completed ones only at exactly the segment size (others are skipped
 /// with a warning).
 fn usable_files(
-    dir: &Path,
+    dir: &Dir,
     seg: WalSegSize,
 ) -> Result<Vec<(SegNo, TimelineId, bool)>, ArchiveError> {
     let mut files = Vec::new();
-    for name in entry_names(dir)? {
+    for name in dir.entry_names()? {
         let Some((sn, kind)) = SegmentName::parse_file_name(&name, seg) else {
             continue;
         };
@@ -77,22 +64,18 @@ fn usable_files(
                 continue;
             }
         };
-        let path = dir.join(&name);
-        let md = match fs::metadata(&path) {
-            Ok(md) => md,
+        // Not following links: a link is not WAL of this archive.
+        let Some(st) = dir.lstat(&name)? else {
             // Removed between readdir and stat: it is not there.
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(ArchiveError::io(path, "stat", e)),
+            continue;
         };
-        if !md.is_file() {
-            warn!("WAL file \"{name}\" is not a regular file, skipping");
+        if let Some(kind) = kind_of(&st) {
+            warn!("WAL file \"{name}\" is {kind}, not a regular file, skipping");
             continue;
         }
-        if complete && md.len() != seg.bytes() {
-            warn!(
-                "segment file \"{name}\" has incorrect size {}, skipping",
-                md.len()
-            );
+        let len = u64::try_from(st.st_size).unwrap_or(0);
+        if complete && len != seg.bytes() {
+            warn!("segment file \"{name}\" has incorrect size {len}, skipping");
             continue;
         }
         files.push((sn.segno, sn.tli, complete));
@@ -109,10 +92,11 @@ fn usable_files(
 /// segment size is not known yet, so names are ordered at the smallest segment size,
 /// which orders them the same way as any other size would.
 pub(crate) fn probe_identity(
-    dir: &Path,
+    dir: &Dir,
 ) -> Result<(Option<(PathBuf, LongHeader)>, usize), ArchiveError> {
     let min = WalSegSize::new(WalSegSize::MIN).expect("the minimum segment size is valid");
-    let mut files: Vec<(SegNo, TimelineId, bool, String)> = entry_names(dir)?
+    let mut files: Vec<(SegNo, TimelineId, bool, String)> = dir
+        .entry_names()?
         .into_iter()
         .filter_map(|name| {
             let (sn, kind) = SegmentName::parse_file_name(&name, min)?;
@@ -128,9 +112,13 @@ pub(crate) fn probe_identity(
     let count = files.len();
     for (_, _, _, name) in files {
         let path = dir.join(&name);
-        let head = match fsops::read_prefix(&path, LONG_HEADER_LEN) {
+        let head = match fsops::read_prefix(dir, &name, LONG_HEADER_LEN) {
             Ok(h) => h,
             Err(ArchiveError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                continue;
+            }
+            Err(e @ ArchiveError::NotARegularFile { .. }) => {
+                warn!("skipping: {e}");
                 continue;
             }
             Err(e) => return Err(e),
@@ -165,12 +153,17 @@ fn plausible_long_header(name: &str, head: &[u8]) -> Option<LongHeader> {
 mod tests {
     use super::*;
     use crate::testutil::*;
+    use std::fs;
     use walsink_wal::Lsn;
+
+    fn dir(d: &tempfile::TempDir) -> Dir {
+        Dir::open(d.path()).unwrap()
+    }
 
     #[test]
     fn empty_directory_has_no_start() {
         let d = tempdir();
-        assert_eq!(find_start(d.path(), seg1m()).unwrap(), None);
+        assert_eq!(find_start(&dir(&d), seg1m()).unwrap(), None);
     }
 
     #[test]
@@ -179,7 +172,7 @@ mod tests {
         put(d.path(), "000000010000000000000003", SEG as usize);
         put(d.path(), "000000010000000000000004", SEG as usize);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap(),
+            find_start(&dir(&d), seg1m()).unwrap(),
             Some(StartPoint {
                 tli: tli(1),
                 lsn: Lsn(5 * SEG),
@@ -194,7 +187,7 @@ mod tests {
         put(d.path(), "000000010000000000000003", SEG as usize);
         put(d.path(), "000000010000000000000004.partial", SEG as usize);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap(),
+            find_start(&dir(&d), seg1m()).unwrap(),
             Some(StartPoint {
                 tli: tli(1),
                 lsn: Lsn(4 * SEG),
@@ -204,7 +197,7 @@ mod tests {
         // A completed file of the same segment wins over its partial.
         put(d.path(), "000000010000000000000004", SEG as usize);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap().unwrap(),
+            find_start(&dir(&d), seg1m()).unwrap().unwrap(),
             StartPoint {
                 tli: tli(1),
                 lsn: Lsn(5 * SEG),
@@ -221,13 +214,13 @@ mod tests {
         put(d.path(), "000000010000000000000005", SEG as usize + 1);
         put(d.path(), "000000010000000000000006", 0);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap().unwrap().lsn,
+            find_start(&dir(&d), seg1m()).unwrap().unwrap().lsn,
             Lsn(4 * SEG)
         );
         // Partials are not size-checked, as in pg_receivewal.
         put(d.path(), "000000010000000000000007.partial", 17);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap().unwrap().lsn,
+            find_start(&dir(&d), seg1m()).unwrap().unwrap().lsn,
             Lsn(7 * SEG)
         );
     }
@@ -239,7 +232,7 @@ mod tests {
         put(d.path(), "000000020000000000000005.partial", SEG as usize);
         // Same segment: the higher timeline wins even though it is only partial.
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap().unwrap(),
+            find_start(&dir(&d), seg1m()).unwrap().unwrap(),
             StartPoint {
                 tli: tli(2),
                 lsn: Lsn(5 * SEG),
@@ -249,7 +242,7 @@ mod tests {
         // A higher segment wins over a higher timeline.
         put(d.path(), "000000010000000000000006.partial", SEG as usize);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap().unwrap(),
+            find_start(&dir(&d), seg1m()).unwrap().unwrap(),
             StartPoint {
                 tli: tli(1),
                 lsn: Lsn(6 * SEG),
@@ -259,7 +252,7 @@ mod tests {
         // Segment numbers cross the xlogid boundary (4096 segments of 1 MiB each).
         put(d.path(), "000000020000000100000000", SEG as usize);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap().unwrap(),
+            find_start(&dir(&d), seg1m()).unwrap().unwrap(),
             StartPoint {
                 tli: tli(2),
                 lsn: Lsn(4097 * SEG),
@@ -271,7 +264,7 @@ mod tests {
     #[test]
     fn per_timeline_starts_ignore_other_timelines() {
         let d = tempdir();
-        assert_eq!(find_starts(d.path(), seg1m()).unwrap(), vec![]);
+        assert_eq!(find_starts(&dir(&d), seg1m()).unwrap(), vec![]);
         // Timeline 1 ran past the point where timeline 2 forked (in segment 5).
         put(d.path(), "000000010000000000000005", SEG as usize);
         put(d.path(), "000000010000000000000006", SEG as usize);
@@ -280,7 +273,7 @@ mod tests {
         put(d.path(), "000000020000000000000006.partial", SEG as usize);
         // A wrong-size completed file is skipped here too.
         put(d.path(), "000000020000000000000006", 3);
-        let starts = find_starts(d.path(), seg1m()).unwrap();
+        let starts = find_starts(&dir(&d), seg1m()).unwrap();
         assert_eq!(
             starts,
             vec![
@@ -297,7 +290,7 @@ mod tests {
             ]
         );
         // pg_receivewal's rule picks the higher segment on the old timeline.
-        assert_eq!(find_start(d.path(), seg1m()).unwrap(), Some(starts[0]));
+        assert_eq!(find_start(&dir(&d), seg1m()).unwrap(), Some(starts[0]));
     }
 
     #[test]
@@ -319,10 +312,10 @@ mod tests {
             put(d.path(), name, SEG as usize);
         }
         fs::create_dir(d.path().join("00000001000000000000000D")).unwrap();
-        assert_eq!(find_start(d.path(), seg1m()).unwrap(), None);
+        assert_eq!(find_start(&dir(&d), seg1m()).unwrap(), None);
         put(d.path(), "000000010000000000000002", SEG as usize);
         assert_eq!(
-            find_start(d.path(), seg1m()).unwrap().unwrap().lsn,
+            find_start(&dir(&d), seg1m()).unwrap().unwrap().lsn,
             Lsn(3 * SEG)
         );
     }
@@ -330,18 +323,18 @@ mod tests {
     #[test]
     fn probe_takes_the_newest_plausible_header() {
         let d = tempdir();
-        assert_eq!(probe_identity(d.path()).unwrap(), (None, 0));
+        assert_eq!(probe_identity(&dir(&d)).unwrap(), (None, 0));
         // An older completed segment of system 111, a newer one of system 222 and a
         // newest all-zero partial (freshly pre-filled): the probe finds 222.
         put_segment(d.path(), "000000010000000000000003", 3, 111, SEG);
         put_segment(d.path(), "000000010000000000000004", 4, 222, SEG);
         put(d.path(), "000000010000000000000005.partial", SEG as usize);
-        let (path, long) = probe_identity(d.path()).unwrap().0.unwrap();
+        let (path, long) = probe_identity(&dir(&d)).unwrap().0.unwrap();
         assert_eq!(long.sysid, 222);
         assert!(path.ends_with("000000010000000000000004"));
         // A header whose page address does not match the file name is not believed.
         put_segment(d.path(), "000000010000000000000006", 9, 333, SEG);
-        assert_eq!(probe_identity(d.path()).unwrap().0.unwrap().1.sysid, 222);
+        assert_eq!(probe_identity(&dir(&d)).unwrap().0.unwrap().1.sysid, 222);
     }
 
     #[test]
@@ -350,7 +343,7 @@ mod tests {
         // 16 MiB segment 0/3000000 is "000000010000000000000003" at 16 MiB but
         // segment 0x30 at 1 MiB; the header's own size is used to check the address.
         put_segment(d.path(), "000000010000000000000003", 3, 111, 16 << 20);
-        let (_, long) = probe_identity(d.path()).unwrap().0.unwrap();
+        let (_, long) = probe_identity(&dir(&d)).unwrap().0.unwrap();
         assert_eq!(long.seg_size, 16 << 20);
     }
 }

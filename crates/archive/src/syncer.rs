@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use walsink_wal::Lsn;
 
 use crate::ArchiveError;
+use crate::dir::Dir;
 use crate::fsops::SegmentFs;
 use crate::writeback::Progress;
 
@@ -113,8 +114,7 @@ impl Syncer {
     /// inline).
     pub(crate) fn start(
         fs: Arc<dyn SegmentFs>,
-        dir: Arc<File>,
-        dir_path: PathBuf,
+        dir: Arc<Dir>,
         listener: ListenerSlot,
     ) -> Option<Syncer> {
         let (tx, rx) = mpsc::channel::<Task>();
@@ -131,7 +131,7 @@ impl Syncer {
                     let r = if skip {
                         Ok(())
                     } else {
-                        run(&*fs, &dir, &dir_path, task.work, task.after)
+                        run(&*fs, &dir, task.work, task.after)
                     };
                     let mut s = sh.lock();
                     s.done += 1;
@@ -224,8 +224,7 @@ impl Syncer {
 
 fn run(
     fs: &dyn SegmentFs,
-    dir: &File,
-    dir_path: &std::path::Path,
+    dir: &Dir,
     work: Work,
     after: Option<After>,
 ) -> Result<(), ArchiveError> {
@@ -248,7 +247,7 @@ fn run(
         } => {
             fs.datasync(&file, &path)?;
             if sync_dir {
-                fs.fsync_dir(dir, dir_path)?;
+                fs.fsync_dir(dir)?;
             }
             Ok(())
         }

@@ -84,7 +84,6 @@ impl SegmentWriter {
             self.syncer = Syncer::start(
                 Arc::clone(&self.fs),
                 Arc::clone(&self.dir),
-                self.dir_path.clone(),
                 self.listener.clone(),
             );
         }
@@ -109,7 +108,7 @@ impl SegmentWriter {
                     .open
                     .as_ref()
                     .map(|o| o.partial.clone())
-                    .unwrap_or_else(|| self.dir_path.clone());
+                    .unwrap_or_else(|| self.dir.path().to_owned());
                 self.failed = Some(path.clone());
                 Err(e.unwrap_or(ArchiveError::WriterFailed { path }))
             }

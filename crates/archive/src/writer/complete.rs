@@ -2,14 +2,13 @@
 //! (keeping a differing existing `NAME` aside), directory `fsync`; inline or queued
 //! for the sync thread.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
 use super::{OpenSegment, SegmentWriter};
+use crate::dir::Dir;
 use crate::fsops::{self, SegmentFs};
 use crate::stage::Stage;
 use crate::syncer::{Task, Work};
@@ -38,16 +37,10 @@ impl SegmentWriter {
         let open = self.open.take().expect("a segment is open");
         if background {
             let after = if open.direct { self.after_jobs() } else { None };
-            let (fs, dir, dir_path) = (
-                Arc::clone(&self.fs),
-                Arc::clone(&self.dir),
-                self.dir_path.clone(),
-            );
+            let (fs, dir) = (Arc::clone(&self.fs), Arc::clone(&self.dir));
             let upto = self.written;
             let task = Task {
-                work: Work::Complete(Box::new(move || {
-                    finish_segment(&*fs, &dir, &dir_path, true, open)
-                })),
+                work: Work::Complete(Box::new(move || finish_segment(&*fs, &dir, true, open))),
                 after,
                 upto,
             };
@@ -63,13 +56,7 @@ impl SegmentWriter {
             self.requested = upto;
             return Ok(());
         }
-        let r = finish_segment(
-            &*self.fs,
-            &self.dir,
-            &self.dir_path,
-            self.sync == SyncMode::Sync,
-            open,
-        );
+        let r = finish_segment(&*self.fs, &self.dir, self.sync == SyncMode::Sync, open);
         self.fatal(&partial, r)?;
         self.dir_dirty = false;
         self.flushed = self.written;
@@ -79,11 +66,11 @@ impl SegmentWriter {
 
 /// Completes a full segment: `fdatasync` (if `sync`), rename from `NAME.partial` to
 /// `NAME` (an identical existing `NAME` is kept, a different one moved aside), and
-/// `fsync` of the directory (if `sync`).
+/// `fsync` of the directory (if `sync`). `NAME.partial` must still be the file written
+/// before, and `NAME` must be it after the rename ([`ArchiveError::FileReplaced`]).
 fn finish_segment(
     fs: &dyn SegmentFs,
-    dir: &File,
-    dir_path: &Path,
+    dir: &Dir,
     sync: bool,
     open: OpenSegment,
 ) -> Result<(), ArchiveError> {
@@ -93,54 +80,53 @@ fn finish_segment(
         fs.drop_cache(&open.file);
     }
     drop(open.file);
-    let (partial, complete) = (&open.partial, &open.complete);
-    if fs.exists(complete)? {
-        if fs.files_identical(partial, complete)? {
+    let (partial, complete) = (open.partial_name.as_str(), open.complete_name.as_str());
+    dir.verify_is(partial, open.id)?;
+    let complete_path = dir.join(complete);
+    if fs.exists(dir, complete)? {
+        if fs.files_identical(dir, partial, complete)? {
             info!(
                 "segment file \"{}\" already exists with identical content; removing \"{}\"",
-                complete.display(),
-                partial.display()
+                complete_path.display(),
+                open.partial.display()
             );
             if sync {
                 // Whoever wrote it may not have synced it.
-                let f = fs.open_existing(complete)?;
-                fs.fsync(&f, complete)?;
+                let f = fs.open_existing(dir, complete)?;
+                fs.fsync(&f, &complete_path)?;
             }
-            fs.remove(partial)?;
+            fs.remove(dir, partial)?;
         } else {
-            let aside = aside_name(complete)?;
+            let aside = aside_name(dir, complete)?;
             warn!(
                 "segment file \"{}\" already exists with different content; keeping it as \"{}\"",
-                complete.display(),
-                aside.display()
+                complete_path.display(),
+                dir.join(&aside).display()
             );
-            fs.rename(complete, &aside)?;
-            fs.rename(partial, complete)?;
+            fs.rename(dir, complete, &aside)?;
+            fs.rename(dir, partial, complete)?;
+            dir.verify_is(complete, open.id)?;
         }
     } else {
-        fs.rename(partial, complete)?;
+        fs.rename(dir, partial, complete)?;
+        dir.verify_is(complete, open.id)?;
     }
     if sync {
-        fs.fsync_dir(dir, dir_path)?;
+        fs.fsync_dir(dir)?;
     }
-    debug!("completed segment \"{}\"", complete.display());
+    debug!("completed segment \"{}\"", complete_path.display());
     Ok(())
 }
 
 /// A free name `NAME.replaced-<unix seconds>[-N]` to move an old `NAME` to.
-fn aside_name(complete: &Path) -> Result<PathBuf, ArchiveError> {
+fn aside_name(dir: &Dir, complete: &str) -> Result<String, ArchiveError> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let with_suffix = |suffix: String| {
-        let mut s = complete.as_os_str().to_owned();
-        s.push(suffix);
-        PathBuf::from(s)
-    };
-    let mut candidate = with_suffix(format!(".replaced-{secs}"));
+    let mut candidate = format!("{complete}.replaced-{secs}");
     let mut n = 1;
-    while fsops::exists(&candidate)? {
-        candidate = with_suffix(format!(".replaced-{secs}-{n}"));
+    while fsops::exists(dir, &candidate)? {
+        candidate = format!("{complete}.replaced-{secs}-{n}");
         n += 1;
     }
     Ok(candidate)

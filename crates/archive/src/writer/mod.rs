@@ -23,10 +23,13 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tracing::{debug, error, info, warn};
 use walsink_wal::{Lsn, SegmentName, TimelineId, WalSegSize};
 
+use crate::LOCK_CHECK_INTERVAL;
+use crate::dir::{Dir, FileId};
 use crate::fsops::SegmentFs;
 use crate::lock::Shared;
 use crate::prepare::Preparer;
@@ -43,10 +46,15 @@ struct OpenSegment {
     /// `NAME.partial`, open for writing, always exactly one segment long (shared with
     /// the I/O threads while direct writes are in flight).
     file: Arc<File>,
-    /// Path of `NAME.partial`.
+    /// Which file `file` is (device, inode): the name must still lead to it when
+    /// the segment is completed.
+    id: FileId,
+    /// Path of `NAME.partial`, for messages.
     partial: PathBuf,
-    /// Path of `NAME`, which it is renamed to when complete.
-    complete: PathBuf,
+    /// `NAME.partial`, in the archive directory.
+    partial_name: String,
+    /// `NAME`, which it is renamed to when complete.
+    complete_name: String,
     /// End of the bytes of this file made durable by the last `fdatasync`.
     synced_to: Lsn,
     /// Written with `O_DIRECT` through the writer's [`Stage`].
@@ -77,10 +85,9 @@ struct OpenSegment {
 /// It keeps the archive directory locked while it exists.
 #[derive(Debug)]
 pub struct SegmentWriter {
-    /// The archive directory.
-    dir_path: PathBuf,
-    /// The archive directory, open for `fsync` (shared with the sync thread).
-    dir: Arc<File>,
+    /// The archive directory (shared with the helper threads): every file is opened
+    /// relative to it.
+    dir: Arc<Dir>,
     /// The file operations.
     fs: Arc<dyn SegmentFs>,
     /// Options.
@@ -118,14 +125,17 @@ pub struct SegmentWriter {
     failed: Option<PathBuf>,
     /// The archive lock and the one-writer flag.
     shared: Arc<Shared>,
+    /// When the lock file was last checked.
+    lock_checked_at: Instant,
+    /// The lock file was found removed or replaced: no more writes.
+    lock_lost: bool,
     /// Makes the writer `!Sync`.
     _not_sync: PhantomData<Cell<()>>,
 }
 
 impl SegmentWriter {
     pub(crate) fn new(
-        dir_path: PathBuf,
-        dir: File,
+        dir: Arc<Dir>,
         seg: WalSegSize,
         sync: SyncMode,
         shared: Arc<Shared>,
@@ -134,7 +144,7 @@ impl SegmentWriter {
     ) -> SegmentWriter {
         let preparer = Preparer::new(
             Arc::clone(&fs),
-            &dir_path,
+            Arc::clone(&dir),
             seg.bytes(),
             opts.prefill,
             opts.direct_io,
@@ -142,11 +152,10 @@ impl SegmentWriter {
             opts.prepare_ahead,
         );
         SegmentWriter {
-            dir_path,
+            dir,
             fs,
             opts,
             preparer,
-            dir: Arc::new(dir),
             stage: None,
             writeback: None,
             syncer: None,
@@ -161,6 +170,8 @@ impl SegmentWriter {
             flushed: Lsn::INVALID,
             failed: None,
             shared,
+            lock_checked_at: Instant::now(),
+            lock_lost: false,
             _not_sync: PhantomData,
         }
     }
@@ -178,8 +189,13 @@ impl SegmentWriter {
     /// Data is split at segment boundaries; every segment that fills is completed
     /// (synced, renamed from `NAME.partial` to `NAME`, directory synced) before the
     /// rest is written.
+    ///
+    /// At most every [`LOCK_CHECK_INTERVAL`](crate::LOCK_CHECK_INTERVAL), and before a
+    /// new segment file is named, the lock file is rechecked (see
+    /// [`check_lock`](Self::check_lock)).
     pub fn write(&mut self, tli: TimelineId, start: Lsn, data: &[u8]) -> Result<(), ArchiveError> {
         self.check_usable()?;
+        self.check_lock_due(false)?;
         if start.checked_add(data.len() as u64).is_none() {
             return Err(ArchiveError::LsnOverflow {
                 start,
@@ -414,13 +430,44 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Checks that `walsink.lock` is still the file the archive locked. If it was
+    /// removed or replaced ([`ArchiveError::LockLost`]), another program is changing
+    /// the directory: the writer makes what it has written durable (through the files
+    /// it has open, without looking up or creating a name) and refuses every later
+    /// [`write`](Self::write); [`flush`](Self::flush) and [`close`](Self::close) still
+    /// work. [`write`](Self::write) checks on its own, at most every
+    /// [`LOCK_CHECK_INTERVAL`](crate::LOCK_CHECK_INTERVAL); call this as often while
+    /// no WAL arrives. Costs one `fstatat`.
+    pub fn check_lock(&mut self) -> Result<(), ArchiveError> {
+        self.lock_checked_at = Instant::now();
+        let Err(e) = self.shared.check(&self.dir) else {
+            return Ok(());
+        };
+        if !std::mem::replace(&mut self.lock_lost, true) && self.failed.is_none() {
+            match self.flush() {
+                Ok(at) => info!("WAL written up to {at} is durable"),
+                Err(f) => warn!("could not make the WAL written so far durable: {f}"),
+            }
+        }
+        Err(e)
+    }
+
+    /// [`check_lock`](Self::check_lock) if `now`, if the lock was lost already, or if
+    /// the last check is [`LOCK_CHECK_INTERVAL`](crate::LOCK_CHECK_INTERVAL) old.
+    fn check_lock_due(&mut self, now: bool) -> Result<(), ArchiveError> {
+        if now || self.lock_lost || self.lock_checked_at.elapsed() >= LOCK_CHECK_INTERVAL {
+            return self.check_lock();
+        }
+        Ok(())
+    }
+
     /// `fsync` of the archive directory (Sync mode only).
     fn sync_dir(&mut self) -> Result<(), ArchiveError> {
         if self.sync == SyncMode::NoSync {
             return Ok(());
         }
-        let r = self.fs.fsync_dir(&self.dir, &self.dir_path);
-        let dir = self.dir_path.clone();
+        let r = self.fs.fsync_dir(&self.dir);
+        let dir = self.dir.path().to_owned();
         self.fatal(&dir, r)?;
         self.dir_dirty = false;
         Ok(())

@@ -10,6 +10,8 @@ use walsink_wal::{Lsn, SegmentName, TimelineId};
 
 use super::direct::STAGE_BYTES;
 use super::{OpenSegment, SegmentWriter};
+use crate::PREPARED_FILE;
+use crate::dir::id_of;
 use crate::stage::Stage;
 use crate::syncer::Syncer;
 use crate::writeback::Writeback;
@@ -22,8 +24,9 @@ impl SegmentWriter {
     pub(super) fn open_segment(&mut self, tli: TimelineId, pos: Lsn) -> Result<(), ArchiveError> {
         let seg = self.seg;
         let name = SegmentName::containing(tli, pos, seg);
-        let partial = self.dir_path.join(name.partial_file_name(seg));
-        let complete = self.dir_path.join(name.file_name(seg));
+        let partial_name = name.partial_file_name(seg);
+        let complete_name = name.file_name(seg);
+        let partial = self.dir.join(&partial_name);
 
         let fs = Arc::clone(&self.fs);
         let mut direct = false;
@@ -35,10 +38,17 @@ impl SegmentWriter {
             if self.syncer.as_ref().is_some_and(Syncer::busy) {
                 self.settle_syncer()?;
             }
+            // No new name while another program is changing the directory.
+            self.check_lock_due(true)?;
             // A new segment gets the prepared file, unless its .partial exists.
             let prepared = self.preparer.take()?;
-            match fs.rename_noreplace(self.preparer.path(), &partial) {
+            let prepared_id = id_of(&prepared.file, self.preparer.path())?;
+            match fs.rename_noreplace(&self.dir, PREPARED_FILE, &partial_name) {
                 Ok(true) => {
+                    // What was renamed must be the file prepared (and still open
+                    // here), not one another process put under the prepared name.
+                    let r = self.dir.verify_is(&partial_name, prepared_id);
+                    self.fatal(&partial, r)?;
                     debug!("creating \"{}\"", partial.display());
                     self.preparer.request();
                     if self.sync == SyncMode::Sync {
@@ -62,11 +72,12 @@ impl SegmentWriter {
         let file = Arc::new(match file {
             Some(f) => f,
             None => {
-                let file = fs.open_existing(&partial)?;
+                let file = fs.open_existing(&self.dir, &partial_name)?;
                 self.reuse_existing(&file, &partial)?;
                 file
             }
         });
+        let id = id_of(&file, &partial)?;
         if direct {
             let cap = match self.opts.write_behind {
                 0 => STAGE_BYTES,
@@ -78,18 +89,20 @@ impl SegmentWriter {
                 self.writeback = Writeback::start(Arc::clone(&fs), cap, self.opts.io_threads);
             }
         }
-        if fs.exists(&complete)? {
+        if fs.exists(&self.dir, &complete_name)? {
             info!(
                 "completed segment file \"{}\" already exists; keeping it until \"{}\" is complete",
-                complete.display(),
+                self.dir.join(&complete_name).display(),
                 partial.display()
             );
         }
         self.open = Some(OpenSegment {
             name,
             file,
+            id,
             partial,
-            complete,
+            partial_name,
+            complete_name,
             synced_to: Lsn::INVALID,
             direct,
         });
