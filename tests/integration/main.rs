@@ -31,3 +31,5 @@ mod protocol_faults;
 mod gaps;
 // walsink's protocol client against a real server byte by byte; the recordings are fuzz seeds.
 mod fuzz_seeds;
+// Hostile files in the archive directory: planted links, FIFOs, endless metadata, a lock file deleted under a running walsink.
+mod hostile_files;

@@ -29,6 +29,7 @@ mod exit {
     pub const SYSTEM_ID_MISMATCH: u8 = 15;
     pub const ARCHIVE_LOCKED: u8 = 16;
     pub const ARCHIVE_ERROR: u8 = 17;
+    pub const ARCHIVE_LOCK_LOST: u8 = 18;
 }
 
 fn exit_code(e: &ReceiverError) -> u8 {
@@ -41,6 +42,7 @@ fn exit_code(e: &ReceiverError) -> u8 {
         ErrorKind::WalRemoved => exit::WAL_REMOVED,
         ErrorKind::SystemIdMismatch => exit::SYSTEM_ID_MISMATCH,
         ErrorKind::ArchiveLocked => exit::ARCHIVE_LOCKED,
+        ErrorKind::ArchiveLockLost => exit::ARCHIVE_LOCK_LOST,
         ErrorKind::Archive | ErrorKind::DiskFull => exit::ARCHIVE_ERROR,
         _ => exit::ERROR,
     }

@@ -87,8 +87,8 @@ impl Archive {
             return Err(ArchiveError::NotADirectory { path: dir.into() });
         }
         let handle = Dir::open(dir)?;
-        let shared = Shared::acquire(&handle)?;
         warn_if_others_can_write(&handle)?;
+        let shared = Shared::acquire(&handle)?;
 
         // The lock file may predate a chmod or a read-only remount; only creating a
         // file proves that segments can be created.

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     SystemIdMismatch,
     /// Another walsink holds the archive directory's lock.
     ArchiveLocked,
+    /// The archive's lock file was removed or replaced while walsink ran: another
+    /// program is changing the directory, so walsink stopped writing.
+    ArchiveLockLost,
     /// The archive directory is missing, unwritable or damaged, or a write or fsync
     /// failed.
     Archive,
@@ -197,6 +200,7 @@ impl From<ArchiveError> for ReceiverError {
         let kind = match &e {
             _ if e.is_disk_full() => ErrorKind::DiskFull,
             ArchiveError::Locked { .. } => ErrorKind::ArchiveLocked,
+            ArchiveError::LockLost { .. } => ErrorKind::ArchiveLockLost,
             ArchiveError::SystemIdMismatch { .. } | ArchiveError::SegSizeMismatch { .. } => {
                 ErrorKind::SystemIdMismatch
             }
@@ -240,6 +244,26 @@ mod tests {
         let e = ReceiverError::from(io(libc::EIO));
         assert_eq!(e.kind(), ErrorKind::Archive);
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn a_lost_archive_lock_has_its_own_kind_and_is_not_retried() {
+        let e = ReceiverError::from(ArchiveError::LockLost {
+            path: "d/walsink.lock".into(),
+            how: "removed",
+        });
+        assert_eq!(e.kind(), ErrorKind::ArchiveLockLost);
+        assert!(!e.is_transient());
+        assert!(
+            e.to_string()
+                .starts_with("lock file \"d/walsink.lock\" was removed while walsink was running"),
+            "{e}"
+        );
+        let link = ReceiverError::from(ArchiveError::NotARegularFile {
+            path: "d/walsink.meta".into(),
+            kind: "a FIFO",
+        });
+        assert_eq!(link.kind(), ErrorKind::Archive);
     }
 
     #[test]

@@ -398,6 +398,8 @@ impl From<ArcArchiveError> for ReceiverError {
         // reconnect loop starts over from the archive, once there is space again.
         let kind = if e.0.is_disk_full() {
             crate::error::ErrorKind::DiskFull
+        } else if matches!(*e.0, walsink_archive::ArchiveError::LockLost { .. }) {
+            crate::error::ErrorKind::ArchiveLockLost
         } else {
             crate::error::ErrorKind::Archive
         };

@@ -40,7 +40,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use walsink_archive::{ArchiveError, Prefill, SegmentWriter, WriterOptions};
+use walsink_archive::{ArchiveError, LOCK_CHECK_INTERVAL, Prefill, SegmentWriter, WriterOptions};
 use walsink_wal::{Lsn, TimelineId};
 
 /// Capacity of the queue between the network task and the writer, in messages.
@@ -700,7 +700,20 @@ fn run(
                         Err(_) => continue, // deadline passed: flush on the next turn
                     }
                 } else {
-                    rt.block_on(async { rx.recv().await })
+                    // Idle: recheck the archive's lock file now and then (another
+                    // program may remove it while no WAL arrives).
+                    match rt.block_on(async {
+                        tokio::time::timeout(LOCK_CHECK_INTERVAL, rx.recv()).await
+                    }) {
+                        Ok(c) => c,
+                        Err(_) => {
+                            if let Err(e) = seg.check_lock() {
+                                fail(e, &state);
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                 }
             }
         };
