@@ -84,6 +84,7 @@ replay_tests!(
     startup,
     query_collector,
     meta,
+    session,
 );
 
 /// Every `[[bin]]` in fuzz/Cargo.toml is a target here and is replayed, and every corpus
@@ -422,6 +423,134 @@ mod seeds {
         ])
     }
 
+    /// `session` target script: bytes from the server, in chunks of at most 255.
+    fn feed(bytes: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for chunk in bytes.chunks(255) {
+            v.push(0);
+            v.push(chunk.len() as u8);
+            v.extend(chunk);
+        }
+        v
+    }
+
+    const WRITTEN: u8 = 1;
+    const FLUSHED: u8 = 2;
+    const CLOSE: u8 = 4;
+    const WRITER_CLOSED: u8 = 5;
+    const LOST: u8 = 6;
+    const PAUSE: u8 = 7;
+
+    fn wait(secs: u8) -> Vec<u8> {
+        vec![3, secs]
+    }
+
+    /// `session` scripts: flags, then operations (see `fuzz/src/lib.rs`).
+    fn session_scripts() -> Vec<(&'static str, Vec<u8>)> {
+        const ENDPOS: u8 = 1;
+        const STATUS: u8 = 2;
+        const TIMEOUT: u8 = 4;
+        const REPORT: u8 = 8;
+        const CONFIRMED: u8 = 16;
+        let start = super::targets::SESSION_START;
+        let wal = |at: u64, n: usize| {
+            copy_data(&xlogdata(
+                at,
+                at + n as u64,
+                &wal_page()[..n.min(72)]
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(0))
+                    .take(n)
+                    .collect::<Vec<u8>>(),
+            ))
+        };
+        let ack = cat(&[msg(b'c', b""), complete("START_STREAMING"), ready(b'I')]);
+        vec![
+            (
+                "stream-and-stop",
+                cat(&[
+                    vec![STATUS | TIMEOUT | REPORT | CONFIRMED],
+                    feed(&cat(&[
+                        copy_both(),
+                        wal(start, 200),
+                        copy_data(&keepalive(start + 200, true)),
+                    ])),
+                    vec![WRITTEN, FLUSHED],
+                    wait(11),
+                    feed(&wal(start + 200, 100)),
+                    vec![CLOSE, WRITER_CLOSED],
+                    feed(&ack),
+                ]),
+            ),
+            (
+                "endpos",
+                cat(&[
+                    vec![ENDPOS | STATUS | REPORT],
+                    feed(&cat(&[copy_both(), wal(start, 200), wal(start + 200, 200)])),
+                    vec![WRITER_CLOSED],
+                    feed(&ack),
+                ]),
+            ),
+            (
+                "end-of-timeline",
+                cat(&[
+                    vec![REPORT],
+                    feed(&cat(&[copy_both(), wal(start, 160)])),
+                    vec![FLUSHED],
+                    feed(&cat(&[msg(b'c', b""), next_timeline("2", "0/30000A0")])),
+                ]),
+            ),
+            (
+                "timeline-ends-at-start",
+                cat(&[vec![0], feed(&next_timeline("2", "0/3000000"))]),
+            ),
+            (
+                "receive-timeout",
+                cat(&[
+                    vec![TIMEOUT | STATUS],
+                    feed(&copy_both()),
+                    wait(35),
+                    wait(30),
+                    wait(40),
+                ]),
+            ),
+            (
+                "paused-writer",
+                cat(&[
+                    vec![TIMEOUT | REPORT],
+                    feed(&copy_both()),
+                    vec![PAUSE],
+                    feed(&wal(start, 120)),
+                    wait(120),
+                    vec![PAUSE, FLUSHED],
+                ]),
+            ),
+            (
+                "slot-missing",
+                cat(&[
+                    vec![0],
+                    feed(&server_error(
+                        "42704",
+                        "replication slot \"walsink\" does not exist",
+                    )),
+                ]),
+            ),
+            (
+                "wrong-start",
+                cat(&[vec![0], feed(&cat(&[copy_both(), wal(start + 8, 64)]))]),
+            ),
+            (
+                "cut-after-copy-done",
+                cat(&[
+                    vec![REPORT],
+                    feed(&copy_both()),
+                    vec![CLOSE, WRITER_CLOSED, LOST],
+                ]),
+            ),
+        ]
+    }
+
     pub fn all() -> Vec<Seed> {
         let startup_streams: Vec<(&str, Vec<u8>)> = vec![
             ("trust", after_auth()),
@@ -557,6 +686,9 @@ mod seeds {
             next_timeline("2", "0/30000A0"),
         ]);
         let mut v: Vec<Seed> = Vec::new();
+        for (name, s) in session_scripts() {
+            v.push(("session", name, s));
+        }
         for (name, s) in &startup_streams {
             v.push(("startup", name, s.clone()));
         }

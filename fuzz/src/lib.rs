@@ -6,11 +6,14 @@
 //! same function, so CI runs the corpora on stable Rust and the two cannot drift.
 //! Every function must return normally on any input; a panic is a bug.
 
+use std::time::{Duration, Instant, SystemTime};
+
 use bytes::BytesMut;
 use walsink_protocol::frame::{self, BackendMessage};
 use walsink_protocol::query::{self, QueryCollector, ResultSet};
+use walsink_protocol::session::{Event, ReplicationSession, SessionConfig, Transmit};
 use walsink_protocol::startup::{Startup, StartupOutcome, StartupParams};
-use walsink_wal::{TimelineHistory, TimelineId};
+use walsink_wal::{Lsn, TimelineHistory, TimelineId};
 
 /// A target's body: called with one input, returns normally.
 pub type Body = fn(&[u8]);
@@ -25,6 +28,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("startup", startup),
     ("query_collector", query_collector),
     ("meta", meta),
+    ("session", session),
 ];
 
 /// The backend byte stream split into messages (`frame::decode`).
@@ -181,4 +185,154 @@ fn parse_every_way(rs: &ResultSet) {
 /// The content of `walsink.meta`.
 pub fn meta(data: &[u8]) {
     walsink_archive::fuzz_meta(data);
+}
+
+/// Where the `session` target's stream starts, and its `--endpos` when the flags ask for one.
+pub const SESSION_START: u64 = 0x300_0000;
+/// See [`SESSION_START`].
+pub const SESSION_ENDPOS: u64 = 0x300_0100;
+
+/// One `START_REPLICATION` session (`session::ReplicationSession`) driven as walsink's
+/// driver drives it, by a script: the first byte holds flags (bit 0 `--endpos`, 1 a status
+/// interval, 2 a receive timeout, 3 flush reporting, 4 a slot confirmed at the start), then
+/// operations, one byte each:
+///
+/// * `0 n <n bytes>`: bytes from the server;
+/// * `1`: the writer has written what was handed out; `2`: ... and made it durable;
+/// * `3 s`: `s` seconds pass (the session's deadlines are served);
+/// * `4`: close (shutdown); `5`: the writer closed (only after `CloseWriter`);
+/// * `6`: the connection is lost; `7`: pause or resume reading.
+///
+/// Besides not panicking, the session must keep its promises to the driver: WAL handed
+/// out is contiguous from the start and never past `--endpos`, a status update never
+/// reports as written or flushed more than the driver said is written or durable, nothing follows a final event,
+/// and no status update follows our CopyDone.
+pub fn session(data: &[u8]) {
+    let Some((&flags, mut ops)) = data.split_first() else {
+        return;
+    };
+    let start = Lsn(SESSION_START);
+    let endpos = (flags & 1 != 0).then_some(Lsn(SESSION_ENDPOS));
+    let cfg = SessionConfig {
+        slot: Some("walsink".to_owned()),
+        timeline: TimelineId::new(1).expect("nonzero"),
+        start,
+        endpos,
+        status_interval: (flags & 2 != 0).then_some(Duration::from_secs(10)),
+        receive_timeout: (flags & 4 != 0).then_some(Duration::from_secs(60)),
+        report_flush: flags & 8 != 0,
+        confirmed: if flags & 16 != 0 { start } else { Lsn::INVALID },
+    };
+    let mut s = ReplicationSession::new(cfg);
+    let mut now = Instant::now();
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    // What the session handed out, what the driver says is written and durable.
+    let (mut handed, mut written, mut durable) = (start, start, Lsn::INVALID);
+    let mut close_writer = false;
+    let mut over = false;
+    let mut copy_done_sent = false;
+    let mut reading = true;
+    loop {
+        while let Some(ev) = s.poll_event() {
+            assert!(!over, "event after the final one: {ev:?}");
+            match ev {
+                Event::Wal { start, data } => {
+                    assert_eq!(start, handed, "WAL not contiguous");
+                    handed = start
+                        .checked_add(data.len() as u64)
+                        .expect("WAL handed out past 2^64");
+                    if let Some(e) = endpos {
+                        assert!(handed <= e, "WAL handed out past --endpos: {handed}");
+                    }
+                }
+                Event::CloseWriter => close_writer = true,
+                Event::EndOfTimeline { .. }
+                | Event::EndposReached { .. }
+                | Event::Stopped { .. }
+                | Event::Failed(_) => over = true,
+                Event::Started | Event::FlushRequested | Event::Notice(_) => {}
+            }
+        }
+        while let Some(t) = s.poll_transmit(SystemTime::UNIX_EPOCH, &mut out) {
+            match t {
+                Transmit::Status(st) => {
+                    assert!(!copy_done_sent, "status update after CopyDone");
+                    assert!(
+                        st.flush == Lsn::INVALID || st.flush <= durable,
+                        "reported {} flushed, durable is {durable}",
+                        st.flush
+                    );
+                    assert!(
+                        st.write <= written,
+                        "reported {} written, the writer has {written}",
+                        st.write
+                    );
+                }
+                Transmit::CopyDone => copy_done_sent = true,
+                Transmit::StartReplication(_) => {}
+            }
+        }
+        out.clear();
+        let Some((&op, rest)) = ops.split_first() else {
+            return;
+        };
+        ops = rest;
+        let mut arg = || {
+            let (&a, rest) = ops.split_first()?;
+            ops = rest;
+            Some(a)
+        };
+        match op % 8 {
+            0 => {
+                let Some(n) = arg() else { return };
+                let n = usize::from(n).min(ops.len());
+                buf.extend_from_slice(&ops[..n]);
+                ops = &ops[n..];
+                if reading {
+                    s.handle_bytes(now, &mut buf);
+                }
+            }
+            1 => {
+                written = handed;
+                s.handle_written(written);
+            }
+            2 => {
+                written = handed;
+                durable = handed;
+                s.handle_written(written);
+                s.handle_flushed(now, durable);
+            }
+            3 => {
+                let Some(secs) = arg() else { return };
+                now += Duration::from_secs(secs.into());
+                if s.poll_timeout().is_some_and(|d| d <= now) {
+                    s.handle_timeout(now);
+                }
+            }
+            4 => {
+                s.close(now);
+            }
+            5 if close_writer => {
+                written = handed;
+                durable = handed;
+                s.handle_writer_closed(now, durable);
+            }
+            5 => {}
+            6 => {
+                if !s.handle_connection_lost() {
+                    return;
+                }
+            }
+            _ => {
+                if reading {
+                    s.pause_reading(now);
+                } else {
+                    s.resume_reading(now);
+                    s.handle_bytes(now, &mut buf);
+                }
+                reading = !reading;
+            }
+        }
+    }
 }
