@@ -66,13 +66,18 @@ impl Dir {
         &self.fd
     }
 
-    /// Another handle on the same open directory.
-    pub(crate) fn try_clone(&self) -> Result<Dir, ArchiveError> {
+    /// The same directory opened anew (`openat(".")`): a handle of its own, whose
+    /// `flock` no other handle shares.
+    pub(crate) fn reopen(&self) -> Result<Dir, ArchiveError> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ArchiveError::io(&self.path, "open directory", e.into()))?;
         Ok(Dir {
-            fd: self
-                .fd
-                .try_clone()
-                .map_err(|e| ArchiveError::io(&self.path, "duplicate handle of", e))?,
+            fd: File::from(fd),
             path: self.path.clone(),
         })
     }

@@ -311,3 +311,32 @@ fn a_partial_swapped_while_written_is_not_completed() {
     let complete = SegmentName::new(tli(1), walsink_wal::SegNo(3)).file_name(seg1m());
     assert!(!d.path().join(complete).exists());
 }
+
+#[test]
+fn a_lock_watch_tells_an_idle_writer_and_then_the_writer_refuses_to_write() {
+    let d = tempdir();
+    let a = Archive::open(d.path(), SyncMode::NoSync).unwrap();
+    let mut w = a.segment_writer(seg1m()).unwrap();
+    w.write(tli(1), S3, &[1; 100]).unwrap();
+    let watch = w.lock_watch();
+    let on_another_thread = watch.clone();
+    std::thread::spawn(move || on_another_thread.check())
+        .join()
+        .unwrap()
+        .unwrap();
+    fs::remove_file(d.path().join(LOCK_FILE)).unwrap();
+    let e = watch.check().unwrap_err();
+    assert!(
+        matches!(e, ArchiveError::LockLost { how: "removed", .. }),
+        "{e:?}"
+    );
+    // Within the writer's own check interval, yet refused: the loss is shared.
+    let e = w.write(tli(1), w.written(), &[2; 10]).unwrap_err();
+    assert!(matches!(e, ArchiveError::LockLost { .. }), "{e:?}");
+    assert_eq!(w.written(), Lsn(S3.0 + 100));
+    // A watch outliving the archive keeps nothing locked and checks nothing.
+    drop(w);
+    drop(a);
+    watch.check().unwrap();
+    Archive::open(d.path(), SyncMode::NoSync).unwrap();
+}

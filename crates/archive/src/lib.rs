@@ -81,6 +81,7 @@ mod writer;
 
 pub use archive::{Archive, LOCK_CHECK_INTERVAL, LOCK_FILE, META_FILE};
 pub use error::ArchiveError;
+pub use lock::LockWatch;
 pub use meta::{Gap, fuzz_meta};
 pub use prepare::PREPARED_FILE;
 pub use syncer::FlushListener;

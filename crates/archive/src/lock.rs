@@ -17,8 +17,8 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock, Weak};
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
@@ -47,7 +47,9 @@ impl Shared {
     /// Locks the directory `dir` and its `walsink.lock` (created with mode 0600 if
     /// missing; refused if it is not a regular file), and writes our pid into it.
     pub(crate) fn acquire(dir: &Dir) -> Result<Shared, ArchiveError> {
-        let dir_lock = dir.try_clone()?;
+        // A handle of its own: the lock must end with the archive and its writer, not
+        // with the last of the other handles on the directory (a `LockWatch` has one).
+        let dir_lock = dir.reopen()?;
         match rustix::fs::flock(&dir_lock, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Err(locked(dir)),
@@ -111,6 +113,11 @@ impl Shared {
         })
     }
 
+    /// Whether a check found the lock file removed or replaced (an atomic load).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.get().is_some()
+    }
+
     /// Checks that `walsink.lock` in `dir` is still the file this process locked: two
     /// `fstatat`s' worth of work. Once it was found removed or replaced, every later
     /// check fails too.
@@ -132,6 +139,36 @@ impl Shared {
             path: dir.join(LOCK_FILE),
             how: self.lost.get().copied().unwrap_or("removed"),
         })
+    }
+}
+
+/// A handle that rechecks the archive's lock file from another thread or task, for a
+/// writer that may sit idle (no WAL arriving, so no [`write`] to check on its own):
+/// [`SegmentWriter::lock_watch`](crate::SegmentWriter::lock_watch). It does not keep
+/// the directory locked: once the archive and its writer are gone, checks succeed.
+///
+/// [`write`]: crate::SegmentWriter::write
+#[derive(Clone, Debug)]
+pub struct LockWatch {
+    shared: Weak<Shared>,
+    dir: Arc<Dir>,
+}
+
+impl LockWatch {
+    pub(crate) fn new(shared: &Arc<Shared>, dir: &Arc<Dir>) -> LockWatch {
+        LockWatch {
+            shared: Arc::downgrade(shared),
+            dir: Arc::clone(dir),
+        }
+    }
+
+    /// [`ArchiveError::LockLost`] if `walsink.lock` was removed or replaced (one
+    /// `fstatat`). The writer itself refuses further writes from its next one on.
+    pub fn check(&self) -> Result<(), ArchiveError> {
+        match self.shared.upgrade() {
+            Some(shared) => shared.check(&self.dir),
+            None => Ok(()),
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use walsink_wal::{Lsn, SegmentName, TimelineId, WalSegSize};
 use crate::LOCK_CHECK_INTERVAL;
 use crate::dir::{Dir, FileId};
 use crate::fsops::SegmentFs;
-use crate::lock::Shared;
+use crate::lock::{LockWatch, Shared};
 use crate::prepare::Preparer;
 use crate::stage::Stage;
 use crate::syncer::{ListenerSlot, Syncer};
@@ -430,6 +430,14 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// A handle to recheck the lock file from another thread or task while this
+    /// writer is idle (see [`check_lock`](Self::check_lock)); once it reports
+    /// [`ArchiveError::LockLost`], the writer's next [`write`](Self::write) is refused
+    /// too.
+    pub fn lock_watch(&self) -> LockWatch {
+        LockWatch::new(&self.shared, &self.dir)
+    }
+
     /// Checks that `walsink.lock` is still the file the archive locked. If it was
     /// removed or replaced ([`ArchiveError::LockLost`]), another program is changing
     /// the directory: the writer makes what it has written durable (through the files
@@ -452,10 +460,15 @@ impl SegmentWriter {
         Err(e)
     }
 
-    /// [`check_lock`](Self::check_lock) if `now`, if the lock was lost already, or if
+    /// [`check_lock`](Self::check_lock) if `now`, if the lock was found lost already
+    /// (here or through a [`LockWatch`]), or if
     /// the last check is [`LOCK_CHECK_INTERVAL`](crate::LOCK_CHECK_INTERVAL) old.
     fn check_lock_due(&mut self, now: bool) -> Result<(), ArchiveError> {
-        if now || self.lock_lost || self.lock_checked_at.elapsed() >= LOCK_CHECK_INTERVAL {
+        if now
+            || self.lock_lost
+            || self.shared.is_lost()
+            || self.lock_checked_at.elapsed() >= LOCK_CHECK_INTERVAL
+        {
             return self.check_lock();
         }
         Ok(())
