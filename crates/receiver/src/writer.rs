@@ -161,6 +161,9 @@ enum Mode {
         seg: Box<Mutex<SegmentWriter>>,
         state: watch::Sender<WriterState>,
         flush_bytes: u64,
+        /// Rechecks the archive's lock file every second while no WAL arrives (no
+        /// thread does here); publishes its loss as the writer's failure.
+        lock_watch: Option<tokio::task::JoinHandle<()>>,
     },
 }
 
@@ -227,11 +230,29 @@ impl Writer {
             error: None,
         });
         let written = Arc::new(AtomicU64::new(seg.written().0));
+        let lock_watch = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let (watch, state) = (seg.lock_watch(), state_tx.clone());
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(LOCK_CHECK_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = watch.check() {
+                        let e = Arc::new(e);
+                        state.send_modify(|s| {
+                            s.error.get_or_insert(e);
+                        });
+                        return;
+                    }
+                }
+            })
+        });
         Writer {
             mode: Mode::Inline {
                 seg: Box::new(Mutex::new(seg)),
                 state: state_tx,
                 flush_bytes: cfg.flush_bytes,
+                lock_watch,
             },
             written,
             state,
@@ -265,6 +286,7 @@ impl Writer {
             seg,
             state,
             flush_bytes,
+            ..
         } = &self.mode
         else {
             unreachable!("inline permit of a writer thread");
@@ -451,7 +473,15 @@ impl Writer {
                     let _ = t.join();
                 }
             }
-            Mode::Inline { seg, state, .. } => {
+            Mode::Inline {
+                seg,
+                state,
+                lock_watch,
+                ..
+            } => {
+                if let Some(t) = lock_watch.take() {
+                    t.abort();
+                }
                 let mut seg = Self::lock(seg);
                 if !seg.is_broken() {
                     match seg.close() {
