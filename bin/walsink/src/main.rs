@@ -124,8 +124,7 @@ fn main() -> ExitCode {
         // As libpq clients do: if the server wants a password we do not have, ask once.
         match first {
             Err(e)
-                if e.kind() == ErrorKind::AuthFailed
-                    && e.to_string().contains("no password was supplied")
+                if matches!(e.primary(), ReceiverError::PasswordRequired)
                     && !no_password
                     && config.password.is_none()
                     && std::io::stdin().is_terminal() =>

@@ -17,20 +17,6 @@ pub struct ServerError {
     pub hint: Option<String>,
 }
 
-impl ServerError {
-    /// SQLSTATE 28P01 (wrong password) or 28000 with an authentication message.
-    pub fn is_auth_failure(&self) -> bool {
-        self.code == "28P01"
-            || (self.code == "28000" && self.message.contains("authentication failed"))
-    }
-
-    /// SQLSTATE 28000 for a missing `pg_hba.conf` entry or a role without REPLICATION.
-    pub fn is_not_permitted(&self) -> bool {
-        self.code == "28000" && !self.is_auth_failure()
-            || self.code == "42501" && self.message.contains("replication")
-    }
-}
-
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:  {}", self.severity, self.message)?;
@@ -43,6 +29,8 @@ impl fmt::Display for ServerError {
         Ok(())
     }
 }
+
+impl std::error::Error for ServerError {}
 
 /// Everything that can go wrong while speaking the protocol, short of I/O.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use walsink_protocol::frame::{self, BackendMessage};
 use walsink_protocol::query::{QueryCollector, ResultSet, parse_show};
 use walsink_protocol::startup::{ServerParams, Startup, StartupOutcome, StartupParams};
 
-use crate::error::{ErrorKind, ReceiverError};
+use crate::error::{AuthStage, ConnectFailure, Context, ReceiverError, TargetFailure};
 
 /// A byte stream a connection can run over: TCP, a Unix socket, or (later) TLS.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -85,13 +85,11 @@ pub async fn connect(
         TargetSessionAttrs::Standby => &[Wanted::Standby],
         TargetSessionAttrs::PreferStandby => &[Wanted::Standby, Wanted::Any],
     };
-    let mut failures: Vec<String> = Vec::new();
-    let mut worst: Option<ReceiverError> = None;
+    let mut failures: Vec<(String, TargetFailure)> = Vec::new();
     let mut disqualified = false;
     for &wanted in passes {
         // Only the last pass's failures matter: it accepts what the earlier ones did.
         failures.clear();
-        worst = None;
         disqualified = false;
         for target in &cfg.targets {
             let pw = match password {
@@ -125,40 +123,29 @@ pub async fn connect(
                     debug!(target = %describe(target), "server does not qualify: {why}");
                     c.close().await;
                     disqualified = true;
-                    failures.push(format!(
-                        "connection to server {} failed: {why}",
-                        describe(target)
-                    ));
-                    if worst.is_none() {
-                        worst = Some(ReceiverError::transient(why));
-                    }
+                    failures.push((describe(target), TargetFailure::Disqualified(why)));
                 }
                 Err(e) => {
                     debug!(target = %describe(target), error = %e, "connection attempt failed");
-                    failures.push(format!(
-                        "connection to server {} failed: {e}",
-                        describe(target)
-                    ));
-                    // Prefer reporting the error that needs a human over a refused connection.
-                    if worst.as_ref().is_none_or(|w| w.is_transient()) {
-                        worst = Some(e);
-                    }
+                    failures.push((describe(target), TargetFailure::Failed(e)));
                 }
             }
         }
     }
-    let kind = worst.map(|w| w.kind()).unwrap_or(ErrorKind::Transient);
     if failures.is_empty() {
         return Err(ReceiverError::fatal("no host to connect to"));
     }
-    let mut message = failures.join("\n");
-    if disqualified {
-        message.push_str(&format!(
-            "\nHINT (walsink):  no server qualifies for target_session_attrs={}; without -n walsink keeps trying until one does (after a promotion, for example)",
+    // The error's kind is that of the first failure that needs a human, if any.
+    let hint = disqualified.then(|| {
+        format!(
+            "no server qualifies for target_session_attrs={}; without -n walsink keeps trying until one does (after a promotion, for example)",
             cfg.target_session_attrs.as_str()
-        ));
-    }
-    Err(ReceiverError::new(kind, message))
+        )
+    });
+    Err(ReceiverError::Connect(Box::new(ConnectFailure {
+        targets: failures,
+        hint,
+    })))
 }
 
 /// What one pass over the targets accepts.
@@ -253,7 +240,10 @@ async fn open_socket(
     cfg: &ConnConfig,
     target: &Target,
 ) -> Result<Box<dyn AsyncStream>, ReceiverError> {
-    let io = |e: std::io::Error| ReceiverError::transient(e.to_string());
+    let io = |e: std::io::Error| ReceiverError::Network {
+        message: e.to_string(),
+        source: Some(e),
+    };
     match &target.host {
         Host::Unix(dir) => {
             let path = dir.join(format!(".s.PGSQL.{}", target.port));
@@ -320,12 +310,24 @@ async fn connect_one(
     );
     startup.startup_packet(&mut conn.wbuf);
     conn.flush().await?;
+    // How far authentication got decides what a refusal means (see AuthStage).
+    let mut stage = AuthStage::NoCredentials;
     loop {
         let msg = conn.read_message().await?;
+        let next = match &msg {
+            BackendMessage::AuthenticationOk => AuthStage::Authenticated,
+            BackendMessage::AuthenticationCleartextPassword
+            | BackendMessage::AuthenticationMd5Password(_)
+            | BackendMessage::AuthenticationSasl(_)
+            | BackendMessage::AuthenticationSaslContinue(_) => AuthStage::CredentialsSent,
+            _ => stage,
+        };
         let outcome = startup.handle(msg, &mut conn.wbuf).map_err(|e| match e {
-            ProtocolError::Server(se) => ReceiverError::from_server(&se, ""),
+            ProtocolError::Server(se) => ReceiverError::from_server(&se, Context::Startup(stage)),
             other => ReceiverError::from(other),
         })?;
+        // Only once the reply is built: a request walsink could not answer sent nothing.
+        stage = next;
         conn.flush().await?;
         if let StartupOutcome::Ready(params) = outcome {
             conn.server = params;
@@ -338,15 +340,16 @@ impl Connection {
     /// Writes out everything buffered for sending.
     pub async fn flush(&mut self) -> Result<(), ReceiverError> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await.map_err(|e| {
-                ReceiverError::transient(format!("could not send data to server: {e}"))
-            })?;
+            self.stream
+                .write_all(&self.wbuf)
+                .await
+                .map_err(|e| ReceiverError::network("could not send data to server", e))?;
             self.wbuf.clear();
         }
         self.stream
             .flush()
             .await
-            .map_err(|e| ReceiverError::transient(format!("could not send data to server: {e}")))
+            .map_err(|e| ReceiverError::network("could not send data to server", e))
     }
 
     /// The send buffer, for callers that encode frames themselves.
@@ -386,9 +389,11 @@ impl Connection {
             self.next_buffer(want);
         }
         let mut limited = (&mut self.rbuf).limit(want);
-        let n = self.stream.read_buf(&mut limited).await.map_err(|e| {
-            ReceiverError::transient(format!("could not receive data from server: {e}"))
-        })?;
+        let n = self
+            .stream
+            .read_buf(&mut limited)
+            .await
+            .map_err(|e| ReceiverError::network("could not receive data from server", e))?;
         if n == 0 {
             return Err(ReceiverError::transient(if self.rbuf.is_empty() {
                 "server closed the connection unexpectedly"
@@ -434,7 +439,8 @@ impl Connection {
     }
 
     /// Runs one simple query and collects its result set. A server error becomes a
-    /// classified [`ReceiverError`] naming the command.
+    /// [`ReceiverError`] naming the command, classified in the command's
+    /// [`Context::of_command`].
     pub async fn query(&mut self, sql: &str) -> Result<ResultSet, ReceiverError> {
         encode_query(sql, &mut self.wbuf);
         self.flush().await?;
@@ -443,9 +449,11 @@ impl Connection {
             let msg = self.read_message().await?;
             if let Some(out) = c.handle(msg)? {
                 return out.map_err(|e| match e {
-                    ProtocolError::Server(se) => {
-                        ReceiverError::from_server(&se, &format!("could not run \"{sql}\""))
-                    }
+                    ProtocolError::Server(se) => ReceiverError::from_server_doing(
+                        &se,
+                        Context::of_command(sql),
+                        format!("could not run \"{sql}\""),
+                    ),
                     other => other.into(),
                 });
             }

@@ -32,7 +32,7 @@ use walsink_protocol::query::{
 use walsink_wal::{Lsn, SegNo, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 
 use crate::conn::Connection;
-use crate::error::{ErrorKind, ReceiverError};
+use crate::error::{Context, ErrorKind, ReceiverError};
 use crate::run::{ReceiveConfig, open};
 
 /// How long one probe may wait for the server's first answer.
@@ -187,8 +187,15 @@ async fn probe(cfg: &ReceiveConfig, tli: TimelineId, lsn: Lsn) -> Result<bool, R
                 // A historic timeline that ends exactly here: nothing is missing.
                 BackendMessage::RowDescription(_) => return Ok(true),
                 BackendMessage::ErrorResponse(e) => {
-                    let err = ReceiverError::from_server(&e, &format!("probing with \"{cmd}\""));
-                    if e.code == "58P01" && err.kind() == ErrorKind::WalRemoved {
+                    let err = ReceiverError::from_server_doing(
+                        &e,
+                        Context::StartReplication {
+                            slot: false,
+                            server_version: conn.server.server_version_num().unwrap_or(0),
+                        },
+                        format!("probing with \"{cmd}\""),
+                    );
+                    if err.kind() == ErrorKind::WalRemoved {
                         return Ok(false);
                     }
                     return Err(err);
@@ -329,7 +336,9 @@ pub(crate) async fn missing_wal(
             true,
         ));
     }
-    let mut reason = cause.server_message().unwrap_or(cause.summary()).to_owned();
+    let mut reason = cause
+        .server_message()
+        .map_or_else(|| cause.summary(), str::to_owned);
     if let Some(n) = &slot_note {
         reason.push_str("; ");
         reason.push_str(n);
@@ -426,7 +435,7 @@ mod tests {
                     .into(),
                 ..Default::default()
             },
-            "unexpected termination of replication stream",
+            Context::Streaming { slot: false },
         )
     }
 
@@ -481,7 +490,10 @@ mod tests {
                 ),
                 ..Default::default()
             },
-            "could not start WAL streaming",
+            Context::StartReplication {
+                slot: true,
+                server_version: 180006,
+            },
         )
     }
 

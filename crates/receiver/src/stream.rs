@@ -41,7 +41,7 @@ use walsink_protocol::session::{
 use walsink_wal::{Lsn, TimelineId};
 
 use crate::conn::Connection;
-use crate::error::ReceiverError;
+use crate::error::{Context, ReceiverError};
 use crate::writer::Writer;
 
 /// A deadline for a timer with nothing to time.
@@ -112,6 +112,7 @@ pub async fn stream(
         writer,
         held: None,
         streaming,
+        slot: opts.slot.is_some(),
     };
     let result = driver.run(&mut session, cancel).await;
     if let Some(SessionError::Server {
@@ -162,14 +163,19 @@ async fn drain_until_ready(conn: &mut Connection) {
 /// The one place where the session's errors become [`ReceiverError`]s: server errors are
 /// classified with the command they answered, violations are fatal (the same server would
 /// send the same bytes again), a stream the server ended or went silent on is retried.
-fn session_error(e: SessionError) -> ReceiverError {
+/// `slot` says whether the session streams through a replication slot, `server_version`
+/// is the server's `server_version_num`: with the SQLSTATE they classify a server error.
+fn session_error(e: SessionError, slot: bool, server_version: u32) -> ReceiverError {
     match &e {
         SessionError::Server { error, phase } => ReceiverError::from_server(
             error,
             match phase {
-                Phase::StartReplication => "could not start WAL streaming",
-                Phase::EndOfTimeline => "error at end of timeline",
-                _ => "unexpected termination of replication stream",
+                Phase::StartReplication => Context::StartReplication {
+                    slot,
+                    server_version,
+                },
+                Phase::EndOfTimeline => Context::EndOfTimeline,
+                _ => Context::Streaming { slot },
             },
         ),
         SessionError::Terminated { .. } | SessionError::ReceiveTimeout { .. } => {
@@ -190,6 +196,8 @@ struct Driver<'a> {
     held: Option<(Lsn, Bytes)>,
     /// Set once the server entered copy mode.
     streaming: &'a Cell<bool>,
+    /// Whether the session streams through a replication slot (classifies server errors).
+    slot: bool,
 }
 
 impl Driver<'_> {
@@ -361,7 +369,10 @@ impl Driver<'_> {
                     }
                     return Ok(Some(StreamEnd::Cancelled));
                 }
-                Event::Failed(e) => return Err(session_error(e)),
+                Event::Failed(e) => {
+                    let version = self.conn.server.server_version_num().unwrap_or(0);
+                    return Err(session_error(e, self.slot, version));
+                }
             }
         }
         Ok(None)
@@ -394,15 +405,9 @@ pub(crate) struct ArcArchiveError(pub std::sync::Arc<walsink_archive::ArchiveErr
 
 impl From<ArcArchiveError> for ReceiverError {
     fn from(e: ArcArchiveError) -> Self {
-        // A full disk that broke the writer (a failed fsync): the session ends and the
-        // reconnect loop starts over from the archive, once there is space again.
-        let kind = if e.0.is_disk_full() {
-            crate::error::ErrorKind::DiskFull
-        } else if matches!(*e.0, walsink_archive::ArchiveError::LockLost { .. }) {
-            crate::error::ErrorKind::ArchiveLockLost
-        } else {
-            crate::error::ErrorKind::Archive
-        };
-        ReceiverError::new(kind, format!("could not write WAL: {}", e.0))
+        // A full disk that broke the writer (a failed fsync) is ErrorKind::DiskFull: the
+        // session ends and the reconnect loop starts over from the archive, once there is
+        // space again.
+        ReceiverError::write_failed(e.0)
     }
 }
