@@ -4,6 +4,7 @@
 #   - a C toolchain (cc, the linker Rust uses) if missing: build-essential
 #   - PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_receivewal, pg_basebackup, pg_waldump,
 #     pgbench) if no /usr/lib/postgresql/*/bin/initdb exists: postgresql, postgresql-contrib
+#   - the de_DE.UTF-8 locale (for the translated-server test) if missing: locales, localedef
 #   - the rustfmt and clippy components of the active Rust toolchain
 # cargo-nextest is optional: scripts/test.sh falls back to `cargo test` without it.
 # Uses sudo for apt-get when not root (and sudo exists).
@@ -50,7 +51,28 @@ else
     say "PostgreSQL installed: $(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -V | tail -n 1)"
 fi
 
-# 3. Rust toolchain components.
+# 3. The de_DE.UTF-8 locale: the translated-server test (tests/integration/translated.rs) runs PostgreSQL with
+#    lc_messages = 'de_DE.UTF-8' (the server's German messages come with the postgresql-NN package).
+if locale -a 2>/dev/null | grep -qix 'de_DE\.utf-\?8'; then
+    say "locale de_DE.UTF-8 found"
+else
+    # Debian's locale sources and locale-gen come with the locales package.
+    if [ ! -e /usr/share/i18n/locales/de_DE ] || ! command -v locale-gen >/dev/null 2>&1; then
+        apt_install locales
+    fi
+    if [ "$(id -u)" -ne 0 ] && [ ${#SUDO[@]} -eq 0 ]; then
+        die "need root or sudo to generate the de_DE.UTF-8 locale"
+    fi
+    # Listed in /etc/locale.gen, so that a later locale-gen keeps it.
+    say "locale-gen de_DE.UTF-8"
+    if ! grep -qx 'de_DE.UTF-8 UTF-8' /etc/locale.gen 2>/dev/null; then
+        echo 'de_DE.UTF-8 UTF-8' | "${SUDO[@]}" tee -a /etc/locale.gen >/dev/null
+    fi
+    "${SUDO[@]}" locale-gen >/dev/null
+    locale -a 2>/dev/null | grep -qix 'de_DE\.utf-\?8' || die "generated de_DE.UTF-8 but locale -a does not list it"
+fi
+
+# 4. Rust toolchain components.
 command -v cargo >/dev/null 2>&1 \
     || die "cargo not found: install Rust (rustup, https://rustup.rs) and put ~/.cargo/bin on PATH"
 for component in rustfmt clippy; do
@@ -63,7 +85,7 @@ for component in rustfmt clippy; do
     rustup component add "$component"
 done
 
-# 4. cargo-nextest (optional; not installed here because `cargo install` takes minutes).
+# 5. cargo-nextest (optional; not installed here because `cargo install` takes minutes).
 if cargo nextest --version >/dev/null 2>&1; then
     say "cargo-nextest found: $(cargo nextest --version 2>/dev/null | head -n 1)"
 else

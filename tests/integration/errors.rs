@@ -22,7 +22,7 @@ use crate::harness::WAIT as TIMEOUT;
 use crate::harness::walsink::RunOutcome as Run;
 
 /// `walsink receive <args>` with a clean environment.
-fn receive<I, S>(args: I) -> Command
+pub(crate) fn receive<I, S>(args: I) -> Command
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -32,7 +32,7 @@ where
     cmd
 }
 
-fn run(cmd: Command) -> Run {
+pub(crate) fn run(cmd: Command) -> Run {
     Run::of(cmd, TIMEOUT)
 }
 
@@ -88,7 +88,7 @@ fn pgpass(dir: &Path, pg: &PgCluster, password: &str, mode: u32) -> std::path::P
 
 /// Rewrites `pg_hba.conf` with `keep` deciding which lines stay, reloads, and waits until `probe` (a psql
 /// replication connection over TCP) agrees.
-fn rewrite_hba(pg: &PgCluster, keep: impl Fn(&str) -> bool) {
+pub(crate) fn rewrite_hba(pg: &PgCluster, keep: impl Fn(&str) -> bool) {
     let path = pg.data_dir().join("pg_hba.conf");
     let text = fs::read_to_string(&path).unwrap();
     let kept: String = text
@@ -106,7 +106,7 @@ fn rewrite_hba(pg: &PgCluster, keep: impl Fn(&str) -> bool) {
 }
 
 /// Whether a psql replication connection over TCP gets through (IDENTIFY_SYSTEM).
-fn replication_psql_works(pg: &PgCluster) -> bool {
+pub(crate) fn replication_psql_works(pg: &PgCluster) -> bool {
     let mut cmd = clean_command(pg.bin("psql"));
     cmd.args([
         "-X",

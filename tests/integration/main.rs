@@ -33,3 +33,7 @@ mod gaps;
 mod fuzz_seeds;
 // Hostile files in the archive directory: planted links, FIFOs, endless metadata, a lock file deleted under a running walsink.
 mod hostile_files;
+// A server with translated messages (lc_messages = de_DE.UTF-8): the same exit codes and hints as an English one.
+mod translated;
+// A failed start (slot missing, another system, bad password, no server) leaves the archive directory as it was.
+mod failed_start;

@@ -53,9 +53,11 @@ pub struct Archive {
     /// The segment size of the cluster the directory was pinned to by
     /// [`Archive::check_identity`], once it was called.
     pinned_seg: Option<WalSegSize>,
-    /// What `walsink.meta` holds, once [`Archive::check_identity`] has read or
-    /// written it.
+    /// What `walsink.meta` holds, once [`Archive::verify_identity`] has read it (or,
+    /// for a directory without one, what [`Archive::pin_identity`] is to write).
     meta: Option<Meta>,
+    /// Whether `meta` is not in `walsink.meta` yet: verified, not pinned.
+    pin_pending: bool,
     /// Whether the recorded gaps were reported (once per process).
     gaps_reported: bool,
 }
@@ -116,6 +118,7 @@ impl Archive {
             shared: Arc::new(shared),
             pinned_seg: None,
             meta: None,
+            pin_pending: false,
             gaps_reported: false,
         })
     }
@@ -139,18 +142,26 @@ impl Archive {
         self.sync
     }
 
-    /// Pins the archive to one database system, or checks that it is pinned to this
-    /// one. Call it after every `IDENTIFY_SYSTEM`, before streaming.
+    /// [`verify_identity`](Self::verify_identity), then
+    /// [`pin_identity`](Self::pin_identity).
+    pub fn check_identity(&mut self, system_id: u64, seg: WalSegSize) -> Result<(), ArchiveError> {
+        self.verify_identity(system_id, seg)?;
+        self.pin_identity()
+    }
+
+    /// Checks that the archive belongs to this database system, without writing
+    /// anything. Call it after every `IDENTIFY_SYSTEM`, before streaming.
     ///
     /// If `walsink.meta` exists, its system identifier and segment size must equal the
     /// server's ([`ArchiveError::SystemIdMismatch`], [`ArchiveError::SegSizeMismatch`]).
     /// If it does not, but the directory already holds WAL files (for example written
     /// by pg_receivewal), the long page header of the newest file with a plausible one
-    /// must match instead; then `walsink.meta` is written durably (0600).
+    /// must match instead; then [`pin_identity`](Self::pin_identity) is to write
+    /// `walsink.meta`, once every other check of the server has passed.
     ///
     /// The first call that reads a `walsink.meta` with recorded gaps logs them (warn):
     /// see [`Archive::gap_report`].
-    pub fn check_identity(&mut self, system_id: u64, seg: WalSegSize) -> Result<(), ArchiveError> {
+    pub fn verify_identity(&mut self, system_id: u64, seg: WalSegSize) -> Result<(), ArchiveError> {
         let meta_path = self.path.join(META_FILE);
         if let Some(bytes) = self.dir.read_capped(META_FILE, META_LIMIT)? {
             let bad = |reason: String| ArchiveError::BadMetadata {
@@ -162,6 +173,7 @@ impl Archive {
             self.compare(meta.system_identifier, meta.seg, system_id, seg)?;
             self.pinned_seg = Some(seg);
             self.meta = Some(meta);
+            self.pin_pending = false;
             if !self.gaps_reported {
                 self.gaps_reported = true;
                 if let Some(report) = self.gap_report() {
@@ -190,10 +202,23 @@ impl Archive {
             ),
             None => {}
         }
-        let meta = Meta {
+        self.pinned_seg = Some(seg);
+        self.meta = Some(Meta {
             system_identifier: system_id,
             seg,
             gaps: Vec::new(),
+        });
+        self.pin_pending = true;
+        Ok(())
+    }
+
+    /// Writes `walsink.meta` durably (0600) for the identity
+    /// [`verify_identity`](Self::verify_identity) accepted, if the directory had none;
+    /// otherwise does nothing. Call it once the server has been checked completely, so
+    /// that a start that fails leaves the directory as it was.
+    pub fn pin_identity(&mut self) -> Result<(), ArchiveError> {
+        let Some(meta) = self.meta.as_ref().filter(|_| self.pin_pending) else {
+            return Ok(());
         };
         fsops::write_file_atomically(
             &self.dir,
@@ -202,11 +227,12 @@ impl Archive {
             self.sync == SyncMode::Sync,
         )?;
         info!(
-            "pinned archive directory \"{}\" to database system {system_id} (WAL segment size {seg})",
-            self.path.display()
+            "pinned archive directory \"{}\" to database system {} (WAL segment size {})",
+            self.path.display(),
+            meta.system_identifier,
+            meta.seg
         );
-        self.pinned_seg = Some(seg);
-        self.meta = Some(meta);
+        self.pin_pending = false;
         Ok(())
     }
 
@@ -269,6 +295,7 @@ impl Archive {
             self.sync == SyncMode::Sync,
         )?;
         self.meta = Some(updated);
+        self.pin_pending = false;
         Ok(())
     }
 
@@ -529,6 +556,41 @@ mod tests {
         drop(w);
         let a = open(&d);
         let _w = a.segment_writer(seg1m()).unwrap();
+    }
+
+    #[test]
+    fn verifying_writes_nothing_until_pinned() {
+        let d = tempdir();
+        let mut a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+        let listing = || {
+            let mut names: Vec<_> = fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        a.verify_identity(111, seg1m()).unwrap();
+        a.verify_identity(111, seg1m()).unwrap();
+        assert_eq!(listing(), before);
+        // What was verified applies before the pin: the segment size, for one.
+        assert!(a.find_starts(WalSegSize::DEFAULT).is_err());
+        a.pin_identity().unwrap();
+        let text = fs::read_to_string(d.path().join(META_FILE)).unwrap();
+        assert!(text.contains("system_identifier = 111\n"), "{text}");
+        // Pinned once: a second pin writes nothing (it would replace the file).
+        let inode = || {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(d.path().join(META_FILE)).unwrap().ino()
+        };
+        let written = inode();
+        a.pin_identity().unwrap();
+        assert_eq!(inode(), written);
+        assert!(matches!(
+            a.verify_identity(222, seg1m()),
+            Err(ArchiveError::SystemIdMismatch { .. })
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use walsink_protocol::query::{
 use walsink_wal::{Lsn, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 
 use crate::conn::{Connection, describe};
-use crate::error::ReceiverError;
+use crate::error::{ErrorKind, ReceiverError};
 
 /// Where streaming starts on a server, given where the archive ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,9 +253,29 @@ pub(crate) async fn check_slot_coverage(
             "replication slot \"{slot}\" on server {} has no restart_lsn: it has reserved no WAL yet (it will retain WAL from where walsink reports), or it was invalidated (PostgreSQL 18 and later then refuse to stream through it)",
             describe(&conn.target)
         ),
-        _ => {}
+        // Refused here rather than by START_REPLICATION, before anything is written.
+        SlotInfo::Missing => return Err(slot_missing(slot)),
+        SlotInfo::Other(kind) => return Err(not_physical(slot, &kind)),
+        SlotInfo::Physical { .. } => {}
     }
     Ok(())
+}
+
+/// The error for a replication slot the server does not have (exit 12).
+pub(crate) fn slot_missing(slot: &str) -> ReceiverError {
+    ReceiverError::new(
+        ErrorKind::SlotMissing,
+        format!(
+            "replication slot \"{slot}\" does not exist\nHINT (walsink):  create it with --create-slot, or name an existing slot with -S"
+        ),
+    )
+}
+
+/// The error for a slot that is not a physical one.
+pub(crate) fn not_physical(slot: &str, kind: &str) -> ReceiverError {
+    ReceiverError::fatal(format!(
+        "replication slot \"{slot}\" is a {kind} slot; walsink needs a physical slot"
+    ))
 }
 
 #[cfg(test)]

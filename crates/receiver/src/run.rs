@@ -231,7 +231,9 @@ async fn run_once(
         _ => debug!("connected to server {}", describe(&conn.target)),
     }
     let seg = parse_wal_segment_size(&conn.query("SHOW wal_segment_size").await?)?;
-    archive.check_identity(id.system_id, seg)?;
+    // Read-only: nothing in the archive changes until the server, the timeline and the
+    // slot have all been checked (the pin below).
+    archive.verify_identity(id.system_id, seg)?;
 
     if cfg.create_slot_if_missing
         && let Some(slot) = &cfg.slot
@@ -266,6 +268,10 @@ async fn run_once(
         conn.close().await;
         return Ok(RunEnd::Finished);
     }
+    // Every check a command before START_REPLICATION can make has passed: the first
+    // write to the archive. (What only START_REPLICATION tells, a slot in use or WAL
+    // already removed, comes later; by then the pin records a verified identity.)
+    archive.pin_identity()?;
     let opts = StreamOptions {
         slot: cfg.slot.clone(),
         endpos: cfg.endpos,
@@ -388,19 +394,8 @@ async fn start_position(
     {
         let rs = conn.query(&read_replication_slot_command(slot)).await?;
         match parse_read_replication_slot(&rs)? {
-            SlotInfo::Missing => {
-                return Err(ReceiverError::new(
-                    ErrorKind::SlotMissing,
-                    format!(
-                        "replication slot \"{slot}\" does not exist\nHINT (walsink):  create it with --create-slot, or name an existing slot with -S"
-                    ),
-                ));
-            }
-            SlotInfo::Other(kind) => {
-                return Err(ReceiverError::fatal(format!(
-                    "replication slot \"{slot}\" is a {kind} slot; walsink needs a physical slot"
-                )));
-            }
+            SlotInfo::Missing => return Err(failover::slot_missing(slot)),
+            SlotInfo::Other(kind) => return Err(failover::not_physical(slot, &kind)),
             SlotInfo::Physical {
                 restart_lsn: Some(lsn),
                 restart_tli,
