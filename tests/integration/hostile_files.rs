@@ -3,7 +3,7 @@
 //! runs as the test's user (root in CI) and the "attacker" is the harness's unprivileged [`SERVER_USER`].
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -159,10 +159,18 @@ fn a_lock_file_link_planted_by_another_user_is_refused_and_its_target_untouched(
         missing.to_str().unwrap(),
         link.to_str().unwrap(),
     ]);
+    // A directory its group may write to is warned about too.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o770)).unwrap();
     RunOutcome::of(receive(&pg, dir.path(), &["-n"]), PROMPT).expect(
         "dangling lock file link",
         EXIT_ARCHIVE,
-        &["is a symbolic link, not a regular file"],
+        &[
+            "is a symbolic link, not a regular file",
+            &format!(
+                "archive directory \"{}\" is writable by its group (mode 0770)",
+                dir.path().display()
+            ),
+        ],
     );
     assert!(!missing.exists(), "walsink created the link's target");
 }

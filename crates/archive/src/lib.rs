@@ -19,6 +19,14 @@
 //! content is moved aside instead of being replaced, and WAL of another cluster is
 //! refused.
 //!
+//! Other users and programs are not trusted with the directory (see `dir.rs` and
+//! `lock.rs`): every file in it is opened relative to the directory's handle, never
+//! through a symbolic link, and must be a regular file ([`ArchiveError::NotARegularFile`]);
+//! files walsink reads whole are size-capped ([`ArchiveError::FileTooLarge`]); a renamed
+//! file must be the one walsink wrote ([`ArchiveError::FileReplaced`]); the directory
+//! itself is `flock`ed, and a removed or replaced `walsink.lock` stops the writer
+//! ([`ArchiveError::LockLost`], [`LockWatch`]).
+//!
 //! # Overview
 //!
 //! * [`Archive`] opens and locks the directory, pins its identity

@@ -11,7 +11,7 @@ use crate::{ArchiveError, SyncMode};
 
 impl SegmentWriter {
     /// Starts making everything written durable without waiting for it, with
-    /// [`WriterOptions::background_sync`]: the sync thread runs the `fdatasync` once
+    /// [`WriterOptions::background_sync`](crate::WriterOptions::background_sync): the sync thread runs the `fdatasync` once
     /// the writes it covers have finished, and [`flushed`](Self::flushed) (and the
     /// [listener](Self::set_flush_listener)) move when it returns. With direct I/O it
     /// covers the bytes already handed to the I/O threads, not a partly filled
@@ -64,7 +64,7 @@ impl SegmentWriter {
     }
 
     /// Calls `listener`, from the sync thread, with each position it makes durable
-    /// ([`WriterOptions::background_sync`]). Positions made durable inline are not
+    /// ([`WriterOptions::background_sync`](crate::WriterOptions::background_sync)). Positions made durable inline are not
     /// announced: read [`flushed`](Self::flushed) after each call.
     pub fn set_flush_listener(&mut self, listener: FlushListener) {
         self.listener = ListenerSlot(Some(listener));
