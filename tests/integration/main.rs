@@ -37,3 +37,5 @@ mod hostile_files;
 mod translated;
 // A failed start (slot missing, another system, bad password, no server) leaves the archive directory as it was.
 mod failed_start;
+// Hostile servers (malformed and endless replies, floods, silence) and the connection's security options.
+mod security;

@@ -17,14 +17,42 @@ pub struct ServerError {
     pub hint: Option<String>,
 }
 
+/// The fields are server text and are shown [`Escaped`]: a newline or other control
+/// character the server put into them cannot start a line of walsink's log. The
+/// `DETAIL` and `HINT` lines are walsink's own.
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:  {}", self.severity, self.message)?;
+        write!(
+            f,
+            "{}:  {}",
+            Escaped(&self.severity),
+            Escaped(&self.message)
+        )?;
         if let Some(d) = &self.detail {
-            write!(f, "\nDETAIL:  {d}")?;
+            write!(f, "\nDETAIL:  {}", Escaped(d))?;
         }
         if let Some(h) = &self.hint {
-            write!(f, "\nHINT:  {h}")?;
+            write!(f, "\nHINT:  {}", Escaped(h))?;
+        }
+        Ok(())
+    }
+}
+
+/// Text from the server, shown so that it cannot forge a log line: control characters
+/// (newline, carriage return, escape, the C1 controls) and the Unicode line and
+/// paragraph separators are written as Rust escapes (`\n`, `\u{1b}`); a tab and
+/// everything else is shown as it is.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c != '\t' && (c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
         }
         Ok(())
     }
@@ -80,6 +108,18 @@ pub enum ProtocolError {
     /// SCRAM failed on our side (bad server proof, bad message).
     #[error("SCRAM authentication failed: {0}")]
     Scram(String),
+    /// The server sent more of something than walsink accepts: rows or bytes in a
+    /// command's result, `ParameterStatus` messages during startup. PostgreSQL stays
+    /// far below each limit; an endless reply must not exhaust memory.
+    #[error(
+        "the server sent {what} over walsink's limit of {limit}; the connection is not to a PostgreSQL server or it is broken"
+    )]
+    TooMuch {
+        /// What was counted (`rows in a command's result`, ...).
+        what: &'static str,
+        /// The limit, with its unit.
+        limit: String,
+    },
     /// A replication command returned a result of the wrong shape.
     #[error("unexpected result from {command}: {reason}")]
     BadResult {

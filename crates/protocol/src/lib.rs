@@ -16,6 +16,7 @@
 //!   ([`session::ReplicationSession`]): the rules of the copy-both exchange (contiguity,
 //!   `--endpos`, keepalives, status updates, the receive timeout, which flush position may
 //!   be reported, both ends of the copy).
+//! * [`notice`]: rate limiting for logging server notices.
 //!
 //! The contract: the protocol logic is deterministic, and it does no I/O and reads no
 //! timestamps. It has no tokio dependency, opens no sockets and reads no clock: callers
@@ -27,8 +28,9 @@ pub mod conninfo;
 pub mod copy;
 mod error;
 pub mod frame;
+pub mod notice;
 pub mod query;
 pub mod session;
 pub mod startup;
 
-pub use error::{ProtocolError, ServerError};
+pub use error::{Escaped, ProtocolError, ServerError};

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use walsink_wal::{Lsn, TimelineId, WalSegSize};
 
-use crate::error::ProtocolError;
+use crate::error::{Escaped, ProtocolError};
 use crate::frame::BackendMessage;
 
 /// The rows of one simple query (text format).
@@ -23,12 +23,14 @@ pub struct ResultSet {
 }
 
 impl ResultSet {
+    /// The value at `row`, `col`; `None` for NULL or a value that is not there.
+    fn value(&self, row: usize, col: usize) -> Option<Bytes> {
+        self.rows.get(row)?.get(col)?.clone()
+    }
+
     fn text(&self, row: usize, col: usize) -> Option<String> {
-        self.rows
-            .get(row)?
-            .get(col)?
-            .as_ref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
+        self.value(row, col)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
     fn check_shape(
@@ -37,24 +39,51 @@ impl ResultSet {
         rows: usize,
         cols: usize,
     ) -> Result<(), ProtocolError> {
-        if self.rows.len() != rows || self.columns.len() < cols {
+        let ragged = self.rows.iter().any(|r| r.len() != self.columns.len());
+        if self.rows.len() != rows || self.columns.len() < cols || ragged {
             return Err(ProtocolError::BadResult {
                 command,
-                reason: format!(
-                    "got {} rows and {} fields, expected {rows} rows and {cols} or more fields",
-                    self.rows.len(),
-                    self.columns.len()
-                ),
+                reason: if ragged {
+                    format!(
+                        "a row does not have the {} values its columns declare",
+                        self.columns.len()
+                    )
+                } else {
+                    format!(
+                        "got {} rows and {} fields, expected {rows} rows and {cols} or more fields",
+                        self.rows.len(),
+                        self.columns.len()
+                    )
+                },
             });
         }
         Ok(())
     }
 }
 
+/// Most rows [`QueryCollector`] accepts in one result. Replication commands answer
+/// with one row.
+pub const MAX_ROWS: usize = 1000;
+
+/// Most bytes of values (plus 8 per value, so empty values count too) [`QueryCollector`]
+/// accepts in one result. The largest answer walsink asks for is a timeline history
+/// file, a few kilobytes even after hundreds of timelines (and one message is at most
+/// [`crate::frame::MAX_MESSAGE_LEN`]).
+pub const MAX_RESULT_BYTES: usize = 4 << 20;
+
 /// Collects the messages of one simple query until `ReadyForQuery`.
+///
+/// Bounded: a `DataRow` must come after a `RowDescription` and carry exactly as many
+/// values as it declared, and a result holds at most [`MAX_ROWS`] rows and
+/// [`MAX_RESULT_BYTES`] bytes; anything else is an error at once, before it is stored.
+/// `NoticeResponse` and `ParameterStatus` are ignored (the driver logs notices before
+/// they get here).
 #[derive(Debug, Default)]
 pub struct QueryCollector {
     result: ResultSet,
+    /// Columns declared by the last `RowDescription`, `None` before one.
+    declared: Option<usize>,
+    bytes: usize,
     error: Option<crate::error::ServerError>,
 }
 
@@ -65,8 +94,11 @@ impl QueryCollector {
         msg: BackendMessage,
     ) -> Result<Option<Result<ResultSet, ProtocolError>>, ProtocolError> {
         match msg {
-            BackendMessage::RowDescription(cols) => self.result.columns = cols,
-            BackendMessage::DataRow(vals) => self.result.rows.push(vals),
+            BackendMessage::RowDescription(cols) => {
+                self.declared = Some(cols.len());
+                self.result.columns = cols;
+            }
+            BackendMessage::DataRow(vals) => self.row(vals)?,
             BackendMessage::CommandComplete(tag) => self.result.tag = Some(tag),
             BackendMessage::EmptyQueryResponse
             | BackendMessage::NoticeResponse(_)
@@ -77,6 +109,7 @@ impl QueryCollector {
                     Some(e) => Err(ProtocolError::Server(e)),
                     None => Ok(std::mem::take(&mut self.result)),
                 };
+                *self = QueryCollector::default();
                 return Ok(Some(out));
             }
             other => {
@@ -87,6 +120,38 @@ impl QueryCollector {
             }
         }
         Ok(None)
+    }
+
+    fn row(&mut self, vals: Vec<Option<Bytes>>) -> Result<(), ProtocolError> {
+        let malformed = |reason: String| ProtocolError::Malformed { tag: 'D', reason };
+        let Some(declared) = self.declared else {
+            return Err(malformed("a data row before any row description".into()));
+        };
+        if vals.len() != declared {
+            return Err(malformed(format!(
+                "a row of {} values where the row description declared {declared} columns",
+                vals.len()
+            )));
+        }
+        if self.result.rows.len() >= MAX_ROWS {
+            return Err(ProtocolError::TooMuch {
+                what: "rows in a command's result",
+                limit: format!("{MAX_ROWS} rows"),
+            });
+        }
+        let size: usize = vals
+            .iter()
+            .map(|v| 8 + v.as_ref().map_or(0, Bytes::len))
+            .sum();
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > MAX_RESULT_BYTES {
+            return Err(ProtocolError::TooMuch {
+                what: "bytes in a command's result",
+                limit: format!("{} MiB", MAX_RESULT_BYTES >> 20),
+            });
+        }
+        self.result.rows.push(vals);
+        Ok(())
     }
 }
 
@@ -140,7 +205,13 @@ pub fn parse_wal_segment_size(rs: &ResultSet) -> Result<WalSegSize, ProtocolErro
     rs.check_shape(C, 1, 1)?;
     let text = rs.text(0, 0).ok_or_else(|| bad(C, "NULL value"))?;
     WalSegSize::from_show(&text).map_err(|_| {
-        bad(C, format!("the server's WAL segment size \"{text}\" is not a power of two between 1 MB and 1 GB"))
+        bad(
+            C,
+            format!(
+                "the server's WAL segment size \"{}\" is not a power of two between 1 MB and 1 GB",
+                Escaped(&text)
+            ),
+        )
     })
 }
 
@@ -179,17 +250,21 @@ pub fn parse_read_replication_slot(rs: &ResultSet) -> Result<SlotInfo, ProtocolE
     }
     let restart_lsn = match rs.text(0, 1) {
         None => None,
-        Some(t) => Some(
-            t.parse()
-                .map_err(|_| bad(C, format!("could not parse restart_lsn \"{t}\"")))?,
-        ),
+        Some(t) => Some(t.parse().map_err(|_| {
+            bad(
+                C,
+                format!("could not parse restart_lsn \"{}\"", Escaped(&t)),
+            )
+        })?),
     };
     let restart_tli = match rs.text(0, 2) {
         None => None,
-        Some(t) => Some(
-            t.parse()
-                .map_err(|_| bad(C, format!("could not parse restart_tli \"{t}\"")))?,
-        ),
+        Some(t) => Some(t.parse().map_err(|_| {
+            bad(
+                C,
+                format!("could not parse restart_tli \"{}\"", Escaped(&t)),
+            )
+        })?),
     };
     Ok(SlotInfo::Physical {
         restart_lsn,
@@ -218,14 +293,13 @@ pub fn parse_timeline_history(
         return Err(bad(
             C,
             format!(
-                "expected file name {}, got \"{filename}\"",
-                tli.history_file_name()
+                "expected file name {}, got \"{}\"",
+                tli.history_file_name(),
+                Escaped(&filename)
             ),
         ));
     }
-    let content = rs.rows[0][1]
-        .clone()
-        .ok_or_else(|| bad(C, "NULL content"))?;
+    let content = rs.value(0, 1).ok_or_else(|| bad(C, "NULL content"))?;
     Ok(HistoryFile { filename, content })
 }
 
@@ -243,16 +317,22 @@ pub fn parse_next_timeline(rs: &ResultSet) -> Result<NextTimeline, ProtocolError
     const C: &str = "START_REPLICATION (end of timeline)";
     rs.check_shape(C, 1, 2)?;
     let tli_text = rs.text(0, 0).ok_or_else(|| bad(C, "NULL next timeline"))?;
-    let tli = tli_text
-        .parse()
-        .map_err(|_| bad(C, format!("could not parse next timeline \"{tli_text}\"")))?;
+    let tli = tli_text.parse().map_err(|_| {
+        bad(
+            C,
+            format!("could not parse next timeline \"{}\"", Escaped(&tli_text)),
+        )
+    })?;
     let start_text = rs
         .text(0, 1)
         .ok_or_else(|| bad(C, "NULL next timeline start position"))?;
     let start = start_text.parse().map_err(|_| {
         bad(
             C,
-            format!("could not parse next timeline's start position \"{start_text}\""),
+            format!(
+                "could not parse next timeline's start position \"{}\"",
+                Escaped(&start_text)
+            ),
         )
     })?;
     Ok(NextTimeline { tli, start })

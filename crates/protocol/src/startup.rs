@@ -75,12 +75,21 @@ enum AuthState {
     Authenticated,
 }
 
+/// Most `ParameterStatus` messages accepted during startup. PostgreSQL sends about 15.
+pub const MAX_PARAMETERS: usize = 1000;
+
+/// Most bytes of `ParameterStatus` names and values accepted during startup.
+pub const MAX_PARAMETER_BYTES: usize = 1 << 20;
+
 /// The startup and authentication state machine.
 pub struct Startup {
     params: StartupParams,
     password: Option<String>,
     state: AuthState,
     server: ServerParams,
+    /// `ParameterStatus` messages and their bytes so far, against the limits.
+    parameters: usize,
+    parameter_bytes: usize,
 }
 
 impl Startup {
@@ -91,6 +100,8 @@ impl Startup {
             password,
             state: AuthState::Init,
             server: ServerParams::default(),
+            parameters: 0,
+            parameter_bytes: 0,
         }
     }
 
@@ -184,6 +195,22 @@ impl Startup {
                 )));
             }
             M::ParameterStatus { name, value } => {
+                self.parameters += 1;
+                self.parameter_bytes = self
+                    .parameter_bytes
+                    .saturating_add(name.len() + value.len());
+                if self.parameters > MAX_PARAMETERS {
+                    return Err(ProtocolError::TooMuch {
+                        what: "ParameterStatus messages during startup",
+                        limit: format!("{MAX_PARAMETERS} messages"),
+                    });
+                }
+                if self.parameter_bytes > MAX_PARAMETER_BYTES {
+                    return Err(ProtocolError::TooMuch {
+                        what: "bytes of ParameterStatus messages during startup",
+                        limit: format!("{} MiB", MAX_PARAMETER_BYTES >> 20),
+                    });
+                }
                 self.server.params.insert(name, value);
             }
             M::BackendKeyData | M::NoticeResponse(_) | M::NegotiateProtocolVersion => {}

@@ -9,16 +9,19 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tracing::{debug, warn};
-use walsink_protocol::ProtocolError;
+use tracing::{debug, info, warn};
 use walsink_protocol::conninfo::{ConnConfig, Host, SslMode, Target, TargetSessionAttrs};
 use walsink_protocol::copy::{encode_query, encode_terminate};
 use walsink_protocol::frame::{self, BackendMessage};
+use walsink_protocol::notice::{NoticeLimiter, NoticeVerdict};
 use walsink_protocol::query::{QueryCollector, ResultSet, parse_show};
 use walsink_protocol::startup::{ServerParams, Startup, StartupOutcome, StartupParams};
+use walsink_protocol::{ProtocolError, ServerError};
 
 use crate::error::{AuthStage, ConnectFailure, Context, ReceiverError, TargetFailure};
 
@@ -38,6 +41,11 @@ const READ_BUFFER: usize = 1024 * 1024;
 /// 128 KiB, about 8 of them.
 const SPARE_BUFFERS: usize = 12;
 
+/// The deadline over connecting, authenticating and the commands before streaming when
+/// `connect_timeout` is not set. libpq waits for ever; a daemon must not hang on a
+/// server that stopped answering.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Length of a backend frame header: type byte and 4-byte length.
 const FRAME_HEADER: usize = 5;
 
@@ -49,8 +57,22 @@ fn head_frame_len(buf: &[u8]) -> Option<usize> {
 }
 
 /// An authenticated replication connection.
+///
+/// While it is in command mode (from connecting until the server enters copy mode, and
+/// again from the end of a copy until the next) every read and write is bounded by one
+/// deadline: `connect_timeout` (default [`DEFAULT_CONNECT_TIMEOUT`]) from the start of
+/// the attempt, or from the end of the copy. The streaming driver says when copy mode
+/// begins and ends ([`Connection::end_command_phase`],
+/// [`Connection::begin_command_phase`]); in copy mode the session's receive timeout
+/// applies instead.
 pub struct Connection {
     stream: Box<dyn AsyncStream>,
+    /// When the current command phase must be over; `None` in copy mode.
+    deadline: Option<Instant>,
+    /// The length of a command phase.
+    phase: Duration,
+    /// Notices logged per second.
+    notices: NoticeLimiter,
     rbuf: BytesMut,
     /// Earlier read buffers, empty, whose frames may still be in the writer's queue:
     /// each is reused once they are all gone.
@@ -102,20 +124,16 @@ pub async fn connect(
                     lookup.password
                 }
             };
+            let phase = command_phase(cfg);
+            let deadline = Instant::now() + phase;
             let attempt = async {
-                let mut conn = connect_one(cfg, target, pw).await?;
+                let mut conn = connect_one(cfg, target, pw, deadline).await?;
                 let why = disqualification(&mut conn, wanted).await?;
                 Ok::<_, ReceiverError>((conn, why))
             };
-            let result = match cfg.connect_timeout {
-                Some(t) => match tokio::time::timeout(t, attempt).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ReceiverError::transient(format!(
-                        "timeout expired after {}s",
-                        t.as_secs()
-                    ))),
-                },
-                None => attempt.await,
+            let result = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(timeout_expired(phase)),
             };
             match result {
                 Ok((c, None)) => return Ok(c),
@@ -146,6 +164,19 @@ pub async fn connect(
         targets: failures,
         hint,
     })))
+}
+
+/// How long connecting, authenticating and the commands before streaming may take.
+fn command_phase(cfg: &ConnConfig) -> Duration {
+    cfg.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
+fn timeout_expired(phase: Duration) -> ReceiverError {
+    ReceiverError::transient(format!(
+        "timeout expired: connecting, authenticating and the commands before streaming took longer than {} s; the server stopped answering (connect_timeout in the connection string or PGCONNECT_TIMEOUT sets this limit, {} s when unset)",
+        phase.as_secs(),
+        DEFAULT_CONNECT_TIMEOUT.as_secs()
+    ))
 }
 
 /// What one pass over the targets accepts.
@@ -289,10 +320,14 @@ async fn connect_one(
     cfg: &ConnConfig,
     target: &Target,
     password: Option<String>,
+    deadline: Instant,
 ) -> Result<Connection, ReceiverError> {
     let stream = open_socket(cfg, target).await?;
     let mut conn = Connection {
         stream,
+        deadline: Some(deadline),
+        phase: command_phase(cfg),
+        notices: NoticeLimiter::default(),
         rbuf: BytesMut::with_capacity(READ_CHUNK),
         spare: VecDeque::new(),
         wbuf: BytesMut::with_capacity(4096),
@@ -337,8 +372,17 @@ async fn connect_one(
 }
 
 impl Connection {
-    /// Writes out everything buffered for sending.
+    /// Writes out everything buffered for sending; in command mode, by the deadline.
     pub async fn flush(&mut self) -> Result<(), ReceiverError> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.flush_now())
+                .await
+                .unwrap_or_else(|_| Err(timeout_expired(self.phase))),
+            None => self.flush_now().await,
+        }
+    }
+
+    async fn flush_now(&mut self) -> Result<(), ReceiverError> {
         if !self.wbuf.is_empty() {
             self.stream
                 .write_all(&self.wbuf)
@@ -368,6 +412,20 @@ impl Connection {
         frame::decode(&mut self.rbuf).map_err(ReceiverError::from)
     }
 
+    /// The server entered copy mode: no deadline while streaming (the session's receive
+    /// timeout applies instead).
+    pub fn end_command_phase(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Back in command mode after a copy: the commands that follow (and the next
+    /// `START_REPLICATION` until the server enters copy mode) must be done within
+    /// `connect_timeout` from now. No effect while a command phase is running.
+    pub fn begin_command_phase(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.phase);
+        }
+    }
     /// Reads more bytes from the socket into the read buffer. Cancellation-safe: a
     /// read that is cancelled consumed nothing.
     ///
@@ -376,7 +434,18 @@ impl Connection {
     /// left behind: the frames handed out still share the buffer, and a `reserve`
     /// then has to copy whatever is left into a new allocation (it was up to a whole
     /// 128 KiB message per read, about a fifth of all received bytes).
+    ///
+    /// In command mode the read is bounded by the command phase's deadline.
     pub async fn fill(&mut self) -> Result<(), ReceiverError> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.fill_now())
+                .await
+                .unwrap_or_else(|_| Err(timeout_expired(self.phase))),
+            None => self.fill_now().await,
+        }
+    }
+
+    async fn fill_now(&mut self) -> Result<(), ReceiverError> {
         let want = match head_frame_len(&self.rbuf) {
             // The rest of the frame and the next frame's header, if they have come.
             Some(total) if total > self.rbuf.len() => {
@@ -428,13 +497,40 @@ impl Connection {
         }
     }
 
-    /// Reads the next whole message.
+    /// Reads the next whole message; in command mode, by the deadline. Notices are
+    /// logged here (rate limited) and not returned.
     pub async fn read_message(&mut self) -> Result<BackendMessage, ReceiverError> {
+        loop {
+            let msg = self.next_message().await?;
+            if let BackendMessage::NoticeResponse(n) = &msg {
+                self.log_notice(n);
+                continue;
+            }
+            return Ok(msg);
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<BackendMessage, ReceiverError> {
         loop {
             if let Some(m) = self.try_decode()? {
                 return Ok(m);
             }
             self.fill().await?;
+        }
+    }
+
+    /// Logs a server notice, at most [`walsink_protocol::notice::NOTICES_PER_SECOND`] a
+    /// second; the rest are counted and the count is logged with the next one let
+    /// through. The text is escaped (see [`walsink_protocol::Escaped`]).
+    pub fn log_notice(&mut self, notice: &ServerError) {
+        if let NoticeVerdict::Log { suppressed } = self.notices.admit(std::time::Instant::now()) {
+            if suppressed > 0 {
+                warn!(
+                    "{suppressed} more server notices were not logged (at most {} a second are)",
+                    walsink_protocol::notice::NOTICES_PER_SECOND
+                );
+            }
+            info!("server notice: {notice}");
         }
     }
 

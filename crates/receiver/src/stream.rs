@@ -115,6 +115,8 @@ pub async fn stream(
         slot: opts.slot.is_some(),
     };
     let result = driver.run(&mut session, cancel).await;
+    // Whatever follows (the next timeline's commands, draining) is a command phase again.
+    driver.conn.begin_command_phase();
     if let Some(SessionError::Server {
         phase: Phase::StartReplication,
         ..
@@ -334,7 +336,10 @@ impl Driver<'_> {
                         return Ok(None);
                     }
                 },
-                Event::Started => self.streaming.set(true),
+                Event::Started => {
+                    self.streaming.set(true);
+                    self.conn.end_command_phase();
+                }
                 Event::FlushRequested => self.writer.request_flush(),
                 Event::CloseWriter => {
                     // Our CopyDone (answering the server's) goes out before the wait.
@@ -346,7 +351,7 @@ impl Driver<'_> {
                         .map_err(|e| ReceiverError::from(ArcArchiveError(e)))?;
                     session.handle_writer_closed(std::time::Instant::now(), durable);
                 }
-                Event::Notice(n) => info!("server notice: {n}"),
+                Event::Notice(n) => self.conn.log_notice(&n),
                 Event::EndOfTimeline { next, received } => {
                     if !self.streaming.get() {
                         info!(

@@ -150,6 +150,54 @@ pub struct FakeSession {
     pub histories: HashMap<u32, Vec<u8>>,
     /// The script played after `START_REPLICATION`.
     pub script: Vec<Step>,
+    /// How the fake authenticates the client.
+    pub auth: FakeAuth,
+    /// What follows AuthenticationOk.
+    pub after_auth: AfterAuth,
+    /// Replies that replace the normal answer to a command, by the command's first word (upper case).
+    pub replies: HashMap<String, Reply>,
+}
+
+/// How the fake authenticates the client.
+#[derive(Clone, Debug, Default)]
+pub enum FakeAuth {
+    /// AuthenticationOk at once.
+    #[default]
+    Trust,
+    /// AuthenticationCleartextPassword; any password is accepted (and recorded).
+    Cleartext,
+    /// AuthenticationMD5Password; any answer is accepted (and recorded).
+    Md5,
+    /// AuthenticationSASL offering these mechanisms; any answer ends the connection with an error.
+    Sasl(Vec<String>),
+}
+
+/// What the fake does after AuthenticationOk.
+#[derive(Clone, Debug, Default)]
+pub enum AfterAuth {
+    /// ParameterStatus, BackendKeyData, ReadyForQuery, then commands.
+    #[default]
+    Normal,
+    /// Nothing at all: the connection stays open and silent until the client closes it.
+    Silent,
+    /// These bytes (whole frames), again and again until the client closes the connection.
+    Flood(Vec<u8>),
+}
+
+/// A replacement answer to a command.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// These bytes, then ReadyForQuery.
+    Raw(Vec<u8>),
+    /// `head`, then `repeat` again and again until the client closes the connection.
+    Endless {
+        /// Sent once first.
+        head: Vec<u8>,
+        /// Sent for ever after.
+        repeat: Vec<u8>,
+    },
+    /// No answer at all: the connection stays open and silent.
+    Silent,
 }
 
 impl FakeSession {
@@ -169,7 +217,28 @@ impl FakeSession {
             },
             histories: HashMap::new(),
             script: Vec::new(),
+            auth: FakeAuth::Trust,
+            after_auth: AfterAuth::Normal,
+            replies: HashMap::new(),
         }
+    }
+
+    /// Sets how the client is authenticated.
+    pub fn auth(mut self, auth: FakeAuth) -> FakeSession {
+        self.auth = auth;
+        self
+    }
+
+    /// Sets what follows AuthenticationOk.
+    pub fn after_auth(mut self, after: AfterAuth) -> FakeSession {
+        self.after_auth = after;
+        self
+    }
+
+    /// Replaces the answer to the commands starting with `command` (upper case).
+    pub fn reply(mut self, command: &str, reply: Reply) -> FakeSession {
+        self.replies.insert(command.to_owned(), reply);
+        self
     }
 
     /// Appends a step to the script.
@@ -228,6 +297,8 @@ struct Record {
     /// (connection, step index, when the step had been played).
     steps: Vec<(usize, usize, Instant)>,
     problems: Vec<String>,
+    /// PasswordMessage / SASL response bodies: (connection, bytes).
+    passwords: Vec<(usize, Vec<u8>)>,
 }
 
 struct Shared {
@@ -328,6 +399,11 @@ impl FakeServer {
             .map(|&(_, _, at)| at)
     }
 
+    /// Every PasswordMessage (or SASL response) body received: (connection, bytes).
+    pub fn passwords(&self) -> Vec<(usize, Vec<u8>)> {
+        self.shared.record.lock().unwrap().passwords.clone()
+    }
+
     /// What the fake did not expect from the client, or could not do (a wait that timed out).
     pub fn problems(&self) -> Vec<String> {
         self.shared.record.lock().unwrap().problems.clone()
@@ -405,7 +481,8 @@ pub fn keepalive_payload(wal_end: u64, reply_requested: bool) -> Vec<u8> {
     p
 }
 
-fn cstr(v: &mut Vec<u8>, s: &str) {
+/// Appends `s` and a NUL.
+pub fn cstr(v: &mut Vec<u8>, s: &str) {
     v.extend_from_slice(s.as_bytes());
     v.push(0);
 }
@@ -414,17 +491,27 @@ fn ready_for_query() -> Vec<u8> {
     frame(b'Z', b"I")
 }
 
-fn command_complete(tag: &str) -> Vec<u8> {
+/// CommandComplete with `tag`.
+pub fn command_complete(tag: &str) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, tag);
     frame(b'C', &b)
 }
 
 fn error_response(code: &str, message: &str) -> Vec<u8> {
+    server_message(b'E', "ERROR", code, message)
+}
+
+/// A NoticeResponse (`N`) with severity NOTICE, this SQLSTATE and message.
+pub fn notice_response(code: &str, message: &str) -> Vec<u8> {
+    server_message(b'N', "NOTICE", code, message)
+}
+
+fn server_message(tag: u8, severity: &str, code: &str, message: &str) -> Vec<u8> {
     let mut b = Vec::new();
     for (field, value) in [
-        (b'S', "ERROR"),
-        (b'V', "ERROR"),
+        (b'S', severity),
+        (b'V', severity),
         (b'C', code),
         (b'M', message),
     ] {
@@ -432,23 +519,25 @@ fn error_response(code: &str, message: &str) -> Vec<u8> {
         cstr(&mut b, value);
     }
     b.push(0);
-    frame(b'E', &b)
+    frame(tag, &b)
 }
 
-fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+/// ParameterStatus `name` = `value`.
+pub fn parameter_status(name: &str, value: &str) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, name);
     cstr(&mut b, value);
     frame(b'S', &b)
 }
 
-/// Type OIDs for RowDescription.
-const TEXT_OID: u32 = 25;
-const INT8_OID: u32 = 20;
+/// Type OID of `text`, for RowDescription.
+pub const TEXT_OID: u32 = 25;
+/// Type OID of `int8`, for RowDescription.
+pub const INT8_OID: u32 = 20;
 
 /// RowDescription, one DataRow (text format, `None` = NULL), CommandComplete `tag`: a replication
 /// command's result set, without the ReadyForQuery.
-fn result_set(cols: &[(&str, u32)], row: &[Option<&[u8]>], tag: &str) -> Vec<u8> {
+pub fn result_set(cols: &[(&str, u32)], row: &[Option<&[u8]>], tag: &str) -> Vec<u8> {
     let mut desc = Vec::new();
     desc.extend_from_slice(&(cols.len() as u16).to_be_bytes());
     for (name, oid) in cols {
@@ -487,6 +576,8 @@ enum FromClient {
     /// The StartupMessage's parameters.
     Startup(Vec<(String, String)>),
     Query(String),
+    /// PasswordMessage, SASLInitialResponse or SASLResponse (`p`); recorded by the reader.
+    Password,
     /// CopyData other than a status update (status updates are recorded by the reader).
     CopyData(Vec<u8>),
     CopyDone,
@@ -583,6 +674,10 @@ fn read_client(mut s: TcpStream, conn: usize, tx: Sender<FromClient>, shared: Ar
                 shared.record.lock().unwrap().statuses.push(status);
                 continue;
             }
+            b'p' => {
+                shared.record.lock().unwrap().passwords.push((conn, body));
+                FromClient::Password
+            }
             b'd' => FromClient::CopyData(body),
             b'c' => FromClient::CopyDone,
             b'X' => FromClient::Terminate,
@@ -676,7 +771,52 @@ impl Conn {
                 }
             }
         }
+        let challenge = match &self.session.auth {
+            FakeAuth::Trust => None,
+            FakeAuth::Cleartext => Some(frame(b'R', &3u32.to_be_bytes())),
+            FakeAuth::Md5 => {
+                let mut b = 5u32.to_be_bytes().to_vec();
+                b.extend_from_slice(b"salt");
+                Some(frame(b'R', &b))
+            }
+            FakeAuth::Sasl(mechs) => {
+                let mut b = 10u32.to_be_bytes().to_vec();
+                for m in mechs {
+                    cstr(&mut b, m);
+                }
+                b.push(0);
+                Some(frame(b'R', &b))
+            }
+        };
+        if let Some(challenge) = challenge {
+            if !self.send(&challenge) {
+                return;
+            }
+            match self.recv(CLIENT_WAIT) {
+                FromClient::Password if !matches!(self.session.auth, FakeAuth::Sasl(_)) => {}
+                FromClient::Password => {
+                    let _ = self.send(&error_response("28P01", "SASL is not implemented here"));
+                    return;
+                }
+                _ => return,
+            }
+        }
         let mut hello = frame(b'R', &0u32.to_be_bytes());
+        match self.session.after_auth.clone() {
+            AfterAuth::Normal => {}
+            AfterAuth::Silent => {
+                if self.send(&hello) {
+                    self.wait_for_close();
+                }
+                return;
+            }
+            AfterAuth::Flood(bytes) => {
+                if self.send(&hello) {
+                    self.flood(&bytes);
+                }
+                return;
+            }
+        }
         hello.extend(parameter_status(
             "server_version",
             &self.session.server_version,
@@ -722,14 +862,61 @@ impl Conn {
         }
     }
 
+    /// Sends `bytes` again and again until the client is gone.
+    fn flood(&mut self, bytes: &[u8]) {
+        // Whole frames in batches of about 64 KiB.
+        let mut batch = Vec::new();
+        while batch.len() < 64 << 10 {
+            batch.extend_from_slice(bytes);
+        }
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) || !self.send(&batch) {
+                return;
+            }
+        }
+    }
+
+    /// Waits, sending nothing, until the client closes the connection.
+    fn wait_for_close(&mut self) {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(FromClient::Terminate | FromClient::Closed)
+                | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shared.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// The reply to a command, or `None` for START_REPLICATION (copy mode follows).
     fn command(&mut self, q: &str) -> Option<Vec<u8>> {
-        let s = &self.session;
         let words: Vec<&str> = q.split_whitespace().collect();
         let first = words
             .first()
             .map(|w| w.to_ascii_uppercase())
             .unwrap_or_default();
+        match self.session.replies.get(&first).cloned() {
+            None => {}
+            Some(Reply::Raw(mut bytes)) => {
+                bytes.extend(ready_for_query());
+                return Some(bytes);
+            }
+            Some(Reply::Endless { head, repeat }) => {
+                if self.send(&head) {
+                    self.flood(&repeat);
+                }
+                return Some(Vec::new());
+            }
+            Some(Reply::Silent) => {
+                self.wait_for_close();
+                return Some(Vec::new());
+            }
+        }
+        let s = &self.session;
         let mut out = match first.as_str() {
             "IDENTIFY_SYSTEM" => result_set(
                 &[
