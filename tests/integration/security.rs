@@ -17,10 +17,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::fake::{
-    AfterAuth, FakeServer, FakeSession, FakeSlot, Reply, TEXT_OID, frame, notice_response,
-    parameter_status, result_set,
+    AfterAuth, FakeAuth, FakeServer, FakeSession, FakeSlot, Reply, TEXT_OID, frame,
+    notice_response, parameter_status, result_set,
 };
-use crate::harness::{Walsink, temp_base};
+use crate::harness::{HostAuth, PgCluster, Walsink, temp_base};
 
 /// The fake cluster's system identifier.
 const SYSID: u64 = 7_300_000_000_000_000_009;
@@ -317,4 +317,236 @@ fn silent_server_after_auth_or_command_times_out() {
             r.elapsed
         );
     }
+}
+
+// ---- security options: the fake server ---------------------------------------------------------------
+
+/// `walsink receive -n -w -D dir -E 0/1 -d "<conninfo>"`: connects, authenticates, identifies the system
+/// and exits 0 before streaming (the end position is already behind).
+fn connect_only(conninfo: &str, dir: &Path) -> Command {
+    let mut cmd = Walsink::cmd(["receive", "-n", "-w", "-E", "0/1", "-d", conninfo, "-D"]);
+    cmd.arg(dir);
+    cmd
+}
+
+/// A server (or a man in the middle) that asks for a cleartext or md5 password, or lets the client in
+/// without any authentication, is refused when `require_auth` does not allow that, before anything is
+/// sent: exit 10, in libpq's words. The same server with the method allowed gets the password, so the
+/// refusal is not an accident of the fake.
+#[test]
+fn require_auth_refuses_password_requests_without_sending_the_password() {
+    for (auth, refused, reason, allowed) in [
+        (
+            FakeAuth::Cleartext,
+            "scram-sha-256",
+            "server requested a cleartext password",
+            "password",
+        ),
+        (
+            FakeAuth::Md5,
+            "!md5",
+            "server requested a hashed password",
+            "md5,scram-sha-256",
+        ),
+        (
+            FakeAuth::Trust,
+            "md5",
+            "server did not complete authentication",
+            "md5,none",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeServer::start(vec![session().auth(auth.clone())]);
+        let mut cmd = connect_only(
+            &format!("{} require_auth={refused}", fake.conninfo()),
+            dir.path(),
+        );
+        cmd.env("PGPASSWORD", "s3cret");
+        let r = run_measured(cmd, TIMEOUT);
+        r.expect(
+            &format!("{auth:?} with require_auth={refused}"),
+            10,
+            &[&format!(
+                "authentication method requirement require_auth=\"{refused}\" failed: {reason}; nothing was sent to the server"
+            )],
+        );
+        assert_eq!(fake.passwords(), vec![], "{auth:?}: a password was sent");
+        assert!(fake.queries().is_empty(), "{:?}", fake.queries());
+
+        // The same with the method allowed, from PGREQUIREAUTH.
+        let mut cmd = connect_only(&fake.conninfo(), dir.path());
+        cmd.env("PGPASSWORD", "s3cret")
+            .env("PGREQUIREAUTH", allowed);
+        let r = run_measured(cmd, TIMEOUT);
+        r.expect(
+            &format!("{auth:?} with require_auth={allowed}"),
+            0,
+            &["reached before streaming started"],
+        );
+        let sent = fake.passwords().len();
+        assert_eq!(
+            sent,
+            usize::from(!matches!(auth, FakeAuth::Trust)),
+            "{auth:?}"
+        );
+    }
+}
+
+/// `channel_binding=require` and `gssencmode=require` (also from PGCHANNELBINDING and PGGSSENCMODE) ask
+/// for what walsink cannot do without TLS and GSSAPI: exit 2 before any connection, naming the option
+/// and the fix.
+#[test]
+fn channel_binding_and_gssencmode_require_are_refused_before_connecting() {
+    let fake = FakeServer::start(vec![session().auth(FakeAuth::Sasl(vec![
+        "SCRAM-SHA-256-PLUS".into(),
+        "SCRAM-SHA-256".into(),
+    ]))]);
+    for (extra, var, needle) in [
+        (
+            "channel_binding=require",
+            None,
+            "channel_binding=require requires SCRAM-SHA-256-PLUS authentication over TLS, which this version of walsink does not support yet; use channel_binding=prefer or channel_binding=disable",
+        ),
+        (
+            "",
+            Some(("PGCHANNELBINDING", "require")),
+            "channel_binding=require requires SCRAM-SHA-256-PLUS",
+        ),
+        (
+            "gssencmode=require",
+            None,
+            "gssencmode=require requires GSSAPI encryption, which walsink does not support; use gssencmode=disable or gssencmode=prefer",
+        ),
+        (
+            "",
+            Some(("PGGSSENCMODE", "require")),
+            "gssencmode=require requires GSSAPI encryption",
+        ),
+        (
+            "require_auth=md5,!password",
+            None,
+            "negative require_auth method \"!password\" cannot be mixed with non-negative methods",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = connect_only(&format!("{} {extra}", fake.conninfo()), dir.path());
+        cmd.env("PGPASSWORD", "s3cret");
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
+        let r = run_measured(cmd, TIMEOUT);
+        r.expect(&format!("{extra} {var:?}"), 2, &[needle]);
+        assert!(
+            fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "nothing may be written"
+        );
+    }
+    assert_eq!(fake.connections(), 0, "walsink connected anyway");
+    assert!(fake.passwords().is_empty());
+}
+
+// ---- security options: real PostgreSQL ---------------------------------------------------------------
+
+/// `require_auth` against real `md5`, `scram-sha-256` and `trust` (the Unix socket) pg_hba.conf lines:
+/// the allowed method connects, any other is refused with exit 10 before the password is sent.
+#[test]
+fn require_auth_against_real_hba_methods() {
+    for auth in [
+        HostAuth::Md5("md5 pw".to_owned()),
+        HostAuth::ScramSha256("scram pw".to_owned()),
+    ] {
+        let pg = PgCluster::builder().host_auth(auth.clone()).start();
+        let method = auth.method();
+        let dir = tempfile::tempdir().unwrap();
+        let attempt = |conninfo: String| {
+            let mut cmd = connect_only(&conninfo, dir.path());
+            cmd.env("PGPASSWORD", auth.password().unwrap());
+            run_measured(cmd, TIMEOUT)
+        };
+        attempt(format!("{} require_auth={method}", pg.conninfo())).expect(
+            &format!("{method} allowed"),
+            0,
+            &["reached before streaming started"],
+        );
+        attempt(format!("{} require_auth=!password", pg.conninfo())).expect(
+            &format!("{method} with !password"),
+            0,
+            &["reached before streaming started"],
+        );
+        let (other, reason) = if method == "md5" {
+            ("scram-sha-256", "server requested a hashed password")
+        } else {
+            ("md5,password", "server requested SASL authentication")
+        };
+        attempt(format!("{} require_auth={other}", pg.conninfo())).expect(
+            &format!("{method} against require_auth={other}"),
+            10,
+            &[&format!(
+                "authentication method requirement require_auth=\"{other}\" failed: {reason}"
+            )],
+        );
+        // The socket is trust: no authentication at all.
+        attempt(format!("{} require_auth={method}", pg.socket_conninfo())).expect(
+            &format!("trust against require_auth={method}"),
+            10,
+            &["server did not complete authentication"],
+        );
+        attempt(format!("{} require_auth=none", pg.socket_conninfo())).expect(
+            "trust with require_auth=none",
+            0,
+            &["reached before streaming started"],
+        );
+        assert!(
+            !pg.log_text().contains("password authentication failed"),
+            "a refused attempt reached the server's password check"
+        );
+    }
+}
+
+/// The user the server process runs as: `walsink_pg` when the tests run as root, else ourselves.
+fn server_os_user() -> String {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        crate::harness::pg::SERVER_USER.to_owned()
+    } else {
+        std::env::var("USER").expect("USER names the user running the tests")
+    }
+}
+
+/// `requirepeer` on the real Unix socket: the server's OS user passes, any other user is refused (exit
+/// 10) before anything is sent; over TCP the option does not apply, as in libpq.
+#[test]
+fn requirepeer_checks_the_socket_owner() {
+    let pg = PgCluster::start_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_os_user();
+    let run = |conninfo: String| run_measured(connect_only(&conninfo, dir.path()), TIMEOUT);
+    run(format!("{} requirepeer={server}", pg.socket_conninfo())).expect(
+        "requirepeer = the server's user",
+        0,
+        &["reached before streaming started"],
+    );
+    let mut cmd = connect_only(&pg.socket_conninfo(), dir.path());
+    cmd.env("PGREQUIREPEER", "nobody");
+    run_measured(cmd, TIMEOUT).expect(
+        "requirepeer=nobody from PGREQUIREPEER",
+        10,
+        &[&format!(
+            "requirepeer specifies \"nobody\", but actual peer user name is \"{server}\""
+        )],
+    );
+    if server != "root" {
+        run(format!("{} requirepeer=root", pg.socket_conninfo())).expect(
+            "requirepeer=root",
+            10,
+            &[&format!(
+                "requirepeer specifies \"root\", but actual peer user name is \"{server}\""
+            )],
+        );
+    }
+    run(format!("{} requirepeer=nobody", pg.conninfo())).expect(
+        "requirepeer over TCP",
+        0,
+        &["reached before streaming started"],
+    );
 }

@@ -287,8 +287,8 @@ impl ReceiveArgs {
         }
         let conn = ConnConfig::resolve(&opts, env, "walsink")
             .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
-        if let Some(msg) = walsink_receiver::conn::unsupported_tls(&conn) {
-            return Err(UsageError(msg));
+        if let Some(e) = conn.unsupported() {
+            return Err(UsageError(e.to_string()));
         }
         let config = ReceiveConfig {
             conn,

@@ -10,7 +10,6 @@ use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
-use walsink_protocol::conninfo::Env;
 use walsink_receiver::{ErrorKind, ReceiverError};
 
 use crate::cli::{Action, Cli, Command};
@@ -68,7 +67,7 @@ fn main() -> ExitCode {
     let Command::Receive(args) = cli.command;
     let no_password = args.no_password;
     let prompt_first = args.password;
-    let env = Env::from_process();
+    let env = walsink_receiver::process_env();
     let (mut config, action, verbose) = match args.into_config(&env) {
         Ok(v) => v,
         Err(e) => {

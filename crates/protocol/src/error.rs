@@ -100,6 +100,19 @@ pub enum ProtocolError {
         "the server requested password authentication, but no password was supplied; set PGPASSWORD, add the password to ~/.pgpass, or use -W to be prompted"
     )]
     PasswordRequired,
+    /// The server asked for an authentication method (or let the client in without
+    /// one) that `require_auth` or `channel_binding` does not allow. Nothing was sent.
+    #[error(
+        "authentication method requirement {option}=\"{requirement}\" failed: {reason}; nothing was sent to the server. If this server is the right one, allow its method in {option} (pg_hba.conf names it)"
+    )]
+    AuthNotAllowed {
+        /// `require_auth` or `channel_binding`.
+        option: &'static str,
+        /// The option's value.
+        requirement: String,
+        /// What the server did, in libpq's words.
+        reason: &'static str,
+    },
     /// The server asked for an authentication method walsink does not implement.
     #[error(
         "the server requested an unsupported authentication method ({0}); use trust, password, md5 or scram-sha-256 for replication connections in pg_hba.conf"

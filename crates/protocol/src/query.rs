@@ -522,6 +522,99 @@ mod tests {
         }
     }
 
+    fn feed(c: &mut QueryCollector, msgs: Vec<BackendMessage>) -> Result<(), ProtocolError> {
+        for m in msgs {
+            assert!(c.handle(m)?.is_none());
+        }
+        Ok(())
+    }
+
+    fn row(vals: &[&[u8]]) -> BackendMessage {
+        BackendMessage::DataRow(
+            vals.iter()
+                .map(|v| Some(Bytes::copy_from_slice(v)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn collector_checks_row_width() {
+        let desc = || BackendMessage::RowDescription(vec!["filename".into(), "content".into()]);
+        let mut c = QueryCollector::default();
+        let e = feed(&mut c, vec![desc(), row(&[b"00000002.history"])]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed 'D' message from server: a row of 1 values where the row description declared 2 columns"
+        );
+        let mut c = QueryCollector::default();
+        assert!(feed(&mut c, vec![desc(), row(&[b"a", b"b", b"c"])]).is_err());
+        let mut c = QueryCollector::default();
+        let e = feed(&mut c, vec![row(&[b"a"])]).unwrap_err();
+        assert!(e.to_string().contains("before any row description"), "{e}");
+        // A well-formed result still parses, and the collector starts over after it.
+        let mut c = QueryCollector::default();
+        for _ in 0..2 {
+            feed(&mut c, vec![desc(), row(&[b"00000002.history", b"x"])]).unwrap();
+            let rs = c
+                .handle(BackendMessage::ReadyForQuery(b'I'))
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(rs.rows.len(), 1);
+        }
+    }
+
+    #[test]
+    fn history_parser_never_indexes_past_a_short_row() {
+        // Built by hand (not through the collector): a result whose row is short.
+        let rs = ResultSet {
+            columns: vec!["filename".into(), "content".into()],
+            rows: vec![vec![Some(Bytes::from_static(b"00000002.history"))]],
+            tag: None,
+        };
+        let e = parse_timeline_history(&rs, TimelineId::new(2).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("does not have the 2 values"), "{e}");
+        for parse in [
+            |rs: &ResultSet| parse_identify_system(rs).map(|_| ()),
+            |rs: &ResultSet| parse_read_replication_slot(rs).map(|_| ()),
+            |rs: &ResultSet| parse_next_timeline(rs).map(|_| ()),
+            |rs: &ResultSet| parse_show(rs).map(|_| ()),
+            |rs: &ResultSet| parse_wal_segment_size(rs).map(|_| ()),
+        ] {
+            for rows in [vec![], vec![vec![]], vec![vec![None]]] {
+                let rs = ResultSet {
+                    columns: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+                    rows,
+                    tag: None,
+                };
+                assert!(parse(&rs).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn collector_caps_rows_and_bytes() {
+        let desc = || BackendMessage::RowDescription(vec!["v".into()]);
+        let mut c = QueryCollector::default();
+        feed(&mut c, vec![desc()]).unwrap();
+        for _ in 0..MAX_ROWS {
+            feed(&mut c, vec![row(&[b"1"])]).unwrap();
+        }
+        let e = feed(&mut c, vec![row(&[b"1"])]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the server sent rows in a command's result over walsink's limit of 1000 rows; the connection is not to a PostgreSQL server or it is broken"
+        );
+        let big = vec![b'x'; 1 << 20];
+        let mut c = QueryCollector::default();
+        feed(&mut c, vec![desc()]).unwrap();
+        for _ in 0..3 {
+            feed(&mut c, vec![row(&[&big])]).unwrap();
+        }
+        let e = feed(&mut c, vec![row(&[&big])]).unwrap_err();
+        assert!(matches!(e, ProtocolError::TooMuch { .. }), "{e}");
+    }
+
     #[test]
     fn collector_reports_server_error_after_ready() {
         let mut c = QueryCollector::default();

@@ -10,11 +10,56 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use postgres_protocol::message::frontend;
 
+use crate::conninfo::{AuthMethod, ChannelBinding, RequireAuth};
 use crate::error::ProtocolError;
 use crate::frame::BackendMessage;
+
+/// Which authentication requests the client answers: `require_auth` and
+/// `channel_binding`, checked on every request before anything is sent, as libpq's
+/// `check_expected_areq` does. The default answers every method walsink implements.
+#[derive(Clone, Debug)]
+pub struct AuthPolicy {
+    /// `require_auth`; `None`: no requirement.
+    pub require_auth: Option<RequireAuth>,
+    /// `channel_binding`. walsink has no TLS, so `require` refuses every request
+    /// (connection options refuse it before connecting).
+    pub channel_binding: ChannelBinding,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            require_auth: None,
+            channel_binding: ChannelBinding::Prefer,
+        }
+    }
+}
+
+/// A request of the server's, as `require_auth` and messages name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    /// AuthenticationOk.
+    Ok,
+    Method(AuthMethod),
+    Other,
+}
+
+impl Request {
+    fn description(self) -> &'static str {
+        match self {
+            Request::Ok => "server did not complete authentication",
+            Request::Method(AuthMethod::Password) => "server requested a cleartext password",
+            Request::Method(AuthMethod::Md5) => "server requested a hashed password",
+            Request::Method(AuthMethod::Gss) => "server requested GSSAPI authentication",
+            Request::Method(AuthMethod::Sspi) => "server requested SSPI authentication",
+            Request::Method(AuthMethod::ScramSha256) => "server requested SASL authentication",
+            Request::Other => "server requested an unknown authentication type",
+        }
+    }
+}
 
 /// What the client identifies as at startup.
 #[derive(Clone, Debug)]
@@ -90,6 +135,10 @@ pub struct Startup {
     /// `ParameterStatus` messages and their bytes so far, against the limits.
     parameters: usize,
     parameter_bytes: usize,
+    policy: AuthPolicy,
+    /// Whether the client completed an authentication exchange: sent a password, or
+    /// verified the server's SCRAM signature.
+    finished_auth: bool,
 }
 
 impl Startup {
@@ -102,7 +151,55 @@ impl Startup {
             server: ServerParams::default(),
             parameters: 0,
             parameter_bytes: 0,
+            policy: AuthPolicy::default(),
+            finished_auth: false,
         }
+    }
+
+    /// Sets which authentication requests are answered (default: all walsink
+    /// implements).
+    pub fn with_policy(mut self, policy: AuthPolicy) -> Startup {
+        self.policy = policy;
+        self
+    }
+
+    /// Refuses `request` if the policy does not allow it (libpq's
+    /// `check_expected_areq`); called before anything is sent in reply.
+    fn check(&self, request: Request) -> Result<(), ProtocolError> {
+        if let Some(req) = &self.policy.require_auth {
+            let allowed = match request {
+                Request::Ok => req.allows_none() || self.finished_auth,
+                Request::Method(m) => req.allows(m),
+                Request::Other => false,
+            };
+            if !allowed {
+                return Err(ProtocolError::AuthNotAllowed {
+                    option: "require_auth",
+                    requirement: req.as_str().to_owned(),
+                    reason: request.description(),
+                });
+            }
+        }
+        if self.policy.channel_binding == ChannelBinding::Require {
+            let reason = match request {
+                // No SASL mechanism with channel binding is possible without TLS.
+                Request::Method(AuthMethod::ScramSha256) => {
+                    "channel binding is required, but the server did not offer an authentication method that supports channel binding"
+                }
+                Request::Ok => {
+                    "channel binding required, but server authenticated client without channel binding"
+                }
+                _ => {
+                    "channel binding required but not supported by server's authentication request"
+                }
+            };
+            return Err(ProtocolError::AuthNotAllowed {
+                option: "channel_binding",
+                requirement: "require".to_owned(),
+                reason,
+            });
+        }
+        Ok(())
     }
 
     /// Appends the StartupMessage (protocol 3.0, `replication=true`) to `out`.
@@ -134,12 +231,19 @@ impl Startup {
         use BackendMessage as M;
         match msg {
             M::ErrorResponse(e) => return Err(ProtocolError::Server(e)),
-            M::AuthenticationOk => self.state = AuthState::Authenticated,
+            M::AuthenticationOk => {
+                self.check(Request::Ok)?;
+                self.state = AuthState::Authenticated;
+            }
             M::AuthenticationCleartextPassword => {
+                self.check(Request::Method(AuthMethod::Password))?;
                 let pw = self.password()?;
                 frontend::password_message(pw.as_bytes(), out).map_err(io_err)?;
+                self.finished_auth = true;
             }
             M::AuthenticationMd5Password(salt) => {
+                self.check(Request::Method(AuthMethod::Md5))?;
+                self.finished_auth = true;
                 let hash = md5_hash(
                     self.params.user.as_bytes(),
                     self.password()?.as_bytes(),
@@ -148,18 +252,22 @@ impl Startup {
                 frontend::password_message(hash.as_bytes(), out).map_err(io_err)?;
             }
             M::AuthenticationSasl(mechs) => {
+                self.check(Request::Method(AuthMethod::ScramSha256))?;
                 if !mechs.iter().any(|m| m == sasl::SCRAM_SHA_256) {
                     return Err(ProtocolError::UnsupportedAuth(format!(
                         "SASL mechanisms {mechs:?}"
                     )));
                 }
-                let scram =
-                    ScramSha256::new(self.password()?.as_bytes(), ChannelBinding::unsupported());
+                let scram = ScramSha256::new(
+                    self.password()?.as_bytes(),
+                    sasl::ChannelBinding::unsupported(),
+                );
                 frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), out)
                     .map_err(io_err)?;
                 self.state = AuthState::Scram(Box::new(scram));
             }
             M::AuthenticationSaslContinue(data) => {
+                self.check(Request::Method(AuthMethod::ScramSha256))?;
                 let AuthState::Scram(scram) = &mut self.state else {
                     return Err(ProtocolError::Unexpected {
                         tag: 'R',
@@ -172,6 +280,7 @@ impl Startup {
                 frontend::sasl_response(scram.message(), out).map_err(io_err)?;
             }
             M::AuthenticationSaslFinal(data) => {
+                self.check(Request::Method(AuthMethod::ScramSha256))?;
                 let AuthState::Scram(scram) = &mut self.state else {
                     return Err(ProtocolError::Unexpected {
                         tag: 'R',
@@ -181,8 +290,14 @@ impl Startup {
                 scram
                     .finish(&data)
                     .map_err(|e| ProtocolError::Scram(e.to_string()))?;
+                self.finished_auth = true;
             }
             M::AuthenticationOther(code) => {
+                self.check(match code {
+                    7 | 8 => Request::Method(AuthMethod::Gss),
+                    9 => Request::Method(AuthMethod::Sspi),
+                    _ => Request::Other,
+                })?;
                 let name = match code {
                     2 => "Kerberos V5",
                     6 => "SCM credentials",
@@ -329,6 +444,156 @@ mod tests {
         assert!(
             s.handle(BackendMessage::ReadyForQuery(b'I'), &mut BytesMut::new())
                 .is_err()
+        );
+    }
+
+    fn with_policy(require_auth: Option<&str>, password: Option<&str>) -> Startup {
+        Startup::new(params(), password.map(str::to_owned)).with_policy(AuthPolicy {
+            require_auth: require_auth.map(|r| r.parse().unwrap()),
+            channel_binding: ChannelBinding::Prefer,
+        })
+    }
+
+    fn refusal(e: ProtocolError) -> String {
+        assert!(matches!(e, ProtocolError::AuthNotAllowed { .. }), "{e:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn require_auth_refuses_before_sending_anything() {
+        let md5 = || BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]);
+        let clear = || BackendMessage::AuthenticationCleartextPassword;
+        for (req, msg, reason) in [
+            (
+                "scram-sha-256",
+                clear(),
+                "server requested a cleartext password",
+            ),
+            ("scram-sha-256", md5(), "server requested a hashed password"),
+            ("!md5", md5(), "server requested a hashed password"),
+            (
+                "!password",
+                clear(),
+                "server requested a cleartext password",
+            ),
+            (
+                "md5",
+                BackendMessage::AuthenticationSasl(vec!["SCRAM-SHA-256".into()]),
+                "server requested SASL authentication",
+            ),
+            (
+                "md5",
+                BackendMessage::AuthenticationOther(7),
+                "server requested GSSAPI authentication",
+            ),
+            (
+                "md5",
+                BackendMessage::AuthenticationOk,
+                "server did not complete authentication",
+            ),
+            (
+                "!none",
+                BackendMessage::AuthenticationOk,
+                "server did not complete authentication",
+            ),
+        ] {
+            // With a password at hand, and without one (then it must not ask for one).
+            for pw in [Some("secret"), None] {
+                let mut s = with_policy(Some(req), pw);
+                let mut out = BytesMut::new();
+                let e = refusal(s.handle(msg.clone(), &mut out).unwrap_err());
+                assert_eq!(
+                    e,
+                    format!(
+                        "authentication method requirement require_auth=\"{req}\" failed: {reason}; nothing was sent to the server. If this server is the right one, allow its method in require_auth (pg_hba.conf names it)"
+                    )
+                );
+                assert!(out.is_empty(), "{req}: sent {out:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn require_auth_allows_what_it_lists() {
+        let mut out = BytesMut::new();
+        // Allowed methods are answered, and the exchange then counts as completed.
+        let mut s = with_policy(Some("password"), Some("secret"));
+        s.handle(BackendMessage::AuthenticationCleartextPassword, &mut out)
+            .unwrap();
+        assert_eq!(&out[5..out.len() - 1], b"secret");
+        s.handle(BackendMessage::AuthenticationOk, &mut out)
+            .unwrap();
+        let mut s = with_policy(Some("!password,!gss"), Some("secret"));
+        s.handle(
+            BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]),
+            &mut out,
+        )
+        .unwrap();
+        s.handle(BackendMessage::AuthenticationOk, &mut out)
+            .unwrap();
+        // No authentication at all: only with none allowed, or no requirement.
+        for req in [Some("none"), Some("md5,none"), Some("!md5"), None] {
+            let mut s = with_policy(req, None);
+            s.handle(BackendMessage::AuthenticationOk, &mut out)
+                .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+        }
+        // A SCRAM exchange the server cut short before proving itself is not completed.
+        let mut s = with_policy(Some("scram-sha-256"), Some("secret"));
+        let mut out = BytesMut::new();
+        s.handle(
+            BackendMessage::AuthenticationSasl(vec!["SCRAM-SHA-256".into()]),
+            &mut out,
+        )
+        .unwrap();
+        assert!(!out.is_empty());
+        let e = refusal(
+            s.handle(BackendMessage::AuthenticationOk, &mut out)
+                .unwrap_err(),
+        );
+        assert!(e.contains("server did not complete authentication"), "{e}");
+    }
+
+    #[test]
+    fn channel_binding_require_answers_nothing() {
+        for msg in [
+            BackendMessage::AuthenticationCleartextPassword,
+            BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]),
+            BackendMessage::AuthenticationSasl(vec!["SCRAM-SHA-256".into()]),
+            BackendMessage::AuthenticationOk,
+        ] {
+            let mut s = Startup::new(params(), Some("secret".into())).with_policy(AuthPolicy {
+                require_auth: None,
+                channel_binding: ChannelBinding::Require,
+            });
+            let mut out = BytesMut::new();
+            let e = refusal(s.handle(msg.clone(), &mut out).unwrap_err());
+            assert!(
+                e.starts_with("authentication method requirement channel_binding=\"require\" failed: channel binding"),
+                "{e}"
+            );
+            assert!(out.is_empty(), "{msg:?}: sent {out:?}");
+        }
+    }
+
+    #[test]
+    fn parameter_status_is_bounded() {
+        let mut s = Startup::new(params(), None);
+        let mut out = BytesMut::new();
+        let p = |v: usize| BackendMessage::ParameterStatus {
+            name: "p".into(),
+            value: "v".repeat(v),
+        };
+        for _ in 0..MAX_PARAMETERS {
+            s.handle(p(1), &mut out).unwrap();
+        }
+        let e = s.handle(p(1), &mut out).unwrap_err();
+        assert!(matches!(e, ProtocolError::TooMuch { .. }), "{e}");
+        let mut s = Startup::new(params(), None);
+        s.handle(p(MAX_PARAMETER_BYTES - 1), &mut out).unwrap();
+        let e = s.handle(p(1), &mut out).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the server sent bytes of ParameterStatus messages during startup over walsink's limit of 1 MiB; the connection is not to a PostgreSQL server or it is broken"
         );
     }
 

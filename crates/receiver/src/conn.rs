@@ -15,15 +15,15 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tracing::{debug, info, warn};
-use walsink_protocol::conninfo::{ConnConfig, Host, SslMode, Target, TargetSessionAttrs};
+use walsink_protocol::conninfo::{ConnConfig, Host, Target, TargetSessionAttrs};
 use walsink_protocol::copy::{encode_query, encode_terminate};
 use walsink_protocol::frame::{self, BackendMessage};
 use walsink_protocol::notice::{NoticeLimiter, NoticeVerdict};
 use walsink_protocol::query::{QueryCollector, ResultSet, parse_show};
-use walsink_protocol::startup::{ServerParams, Startup, StartupOutcome, StartupParams};
+use walsink_protocol::startup::{AuthPolicy, ServerParams, Startup, StartupOutcome, StartupParams};
 use walsink_protocol::{ProtocolError, ServerError};
 
-use crate::error::{AuthStage, ConnectFailure, Context, ReceiverError, TargetFailure};
+use crate::error::{AuthStage, ConnectFailure, Context, ErrorKind, ReceiverError, TargetFailure};
 
 /// A byte stream a connection can run over: TCP, a Unix socket, or (later) TLS.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -96,8 +96,8 @@ pub async fn connect(
     cfg: &ConnConfig,
     password: Option<&str>,
 ) -> Result<Connection, ReceiverError> {
-    if let Some(msg) = unsupported_tls(cfg) {
-        return Err(ReceiverError::fatal(msg));
+    if let Some(e) = cfg.unsupported() {
+        return Err(ReceiverError::fatal(e.to_string()));
     }
     let passes: &[Wanted] = match cfg.target_session_attrs {
         TargetSessionAttrs::Any => &[Wanted::Any],
@@ -117,7 +117,7 @@ pub async fn connect(
             let pw = match password {
                 Some(p) => Some(p.to_owned()),
                 None => {
-                    let lookup = cfg.password_for(target);
+                    let lookup = crate::env::password_for(cfg, target);
                     if let Some(w) = lookup.warning {
                         warn!("{w}");
                     }
@@ -239,23 +239,6 @@ async fn show_on(conn: &mut Connection, name: &str) -> Result<bool, ReceiverErro
     Ok(parse_show(&rs)? == "on")
 }
 
-/// TLS is not implemented yet: a connection that requires it must fail, never fall back
-/// to plaintext silently. `prefer` and `allow` connect without TLS, which libpq also does
-/// when the server does not offer it.
-pub fn unsupported_tls(cfg: &ConnConfig) -> Option<String> {
-    matches!(
-        cfg.sslmode,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-    )
-    .then(|| {
-        format!(
-            "sslmode={} requires TLS, which this version of walsink does not support yet; \
-             use sslmode=disable or sslmode=prefer (unencrypted), or tunnel the connection",
-            cfg.sslmode.as_str()
-        )
-    })
-}
-
 /// How a target is named in messages, like libpq does.
 pub fn describe(t: &Target) -> String {
     match &t.host {
@@ -279,6 +262,9 @@ async fn open_socket(
         Host::Unix(dir) => {
             let path = dir.join(format!(".s.PGSQL.{}", target.port));
             let s = UnixStream::connect(&path).await.map_err(io)?;
+            if let Some(user) = &cfg.requirepeer {
+                check_peer(&s, user)?;
+            }
             Ok(Box::new(s))
         }
         Host::Tcp(name) => {
@@ -292,6 +278,28 @@ async fn open_socket(
             configure_keepalive(&s, cfg);
             Ok(Box::new(s))
         }
+    }
+}
+
+/// `requirepeer`: the server at the other end of a Unix socket must run as `required`
+/// (libpq's check, with its wording). Anything else is refused before a byte is sent.
+fn check_peer(s: &UnixStream, required: &str) -> Result<(), ReceiverError> {
+    let refuse = |m: String| ReceiverError::new(ErrorKind::AuthFailed, m);
+    let cred = s
+        .peer_cred()
+        .map_err(|e| refuse(format!("could not get peer credentials: {e}")))?;
+    let uid = cred.uid();
+    match crate::env::user_name(uid) {
+        Ok(Some(name)) if name == required => Ok(()),
+        Ok(Some(name)) => Err(refuse(format!(
+            "requirepeer specifies \"{}\", but actual peer user name is \"{}\"; the socket belongs to another server than the one required (fix requirepeer if that server is the right one)",
+            walsink_protocol::Escaped(required),
+            name
+        ))),
+        Ok(None) => Err(refuse(format!("local user with ID {uid} does not exist"))),
+        Err(e) => Err(refuse(format!(
+            "could not look up local user ID {uid}: {e}"
+        ))),
     }
 }
 
@@ -342,7 +350,11 @@ async fn connect_one(
             options: cfg.options.clone(),
         },
         password,
-    );
+    )
+    .with_policy(AuthPolicy {
+        require_auth: cfg.require_auth.clone(),
+        channel_binding: cfg.channel_binding,
+    });
     startup.startup_packet(&mut conn.wbuf);
     conn.flush().await?;
     // How far authentication got decides what a refusal means (see AuthStage).

@@ -526,10 +526,12 @@ impl From<ProtocolError> for ReceiverError {
         match e {
             ProtocolError::Server(se) => ReceiverError::from_server(&se, Context::Command),
             ProtocolError::PasswordRequired => ReceiverError::PasswordRequired,
-            ProtocolError::Scram(_) => ReceiverError::Authentication {
-                kind: ErrorKind::AuthFailed,
-                source: e,
-            },
+            ProtocolError::Scram(_) | ProtocolError::AuthNotAllowed { .. } => {
+                ReceiverError::Authentication {
+                    kind: ErrorKind::AuthFailed,
+                    source: e,
+                }
+            }
             ProtocolError::UnsupportedAuth(_) => ReceiverError::Authentication {
                 kind: ErrorKind::NotPermitted,
                 source: e,

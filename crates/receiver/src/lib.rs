@@ -4,6 +4,8 @@
 //! on a dedicated writer thread:
 //!
 //! * [`conn`]: a replication connection (TCP or Unix socket), startup and queries;
+//! * [`env`]: the process facts the connection options take (environment, password
+//!   database, the password file);
 //! * [`writer`]: the writer thread, which owns the segment files and runs fdatasync by
 //!   policy, publishing the durable position;
 //! * [`stream`]: the tokio driver of one `START_REPLICATION` session, whose rules live in
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod conn;
+pub mod env;
 mod error;
 mod failover;
 mod gap;
@@ -26,5 +29,6 @@ pub mod run;
 pub mod stream;
 pub mod writer;
 
+pub use env::process_env;
 pub use error::{ErrorKind, ReceiverError};
 pub use run::{ReceiveConfig, create_slot, drop_slot, receive};

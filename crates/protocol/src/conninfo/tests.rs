@@ -1,5 +1,9 @@
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use proptest::prelude::*;
+
+use super::*;
 
 fn env(vars: &[(&str, &str)]) -> Env {
     Env {
@@ -274,11 +278,6 @@ fn debug_redacts_secrets() {
     let c = resolve("password=hunter2 host=h");
     let s = format!("{c:?}");
     assert!(!s.contains("hunter2") && s.contains("<redacted>"), "{s}");
-    let p = PasswordLookup {
-        password: Some("hunter2".into()),
-        warning: None,
-    };
-    assert!(!format!("{p:?}").contains("hunter2"));
 }
 
 #[test]
@@ -952,6 +951,197 @@ fn resolve_sslmode_and_target_session_attrs() {
 }
 
 #[test]
+fn security_options_and_their_env_vars() {
+    let c = resolve("");
+    assert_eq!(c.channel_binding, ChannelBinding::Prefer);
+    assert_eq!(c.gssencmode, GssEncMode::Prefer);
+    assert_eq!(c.require_auth, None);
+    assert_eq!(c.requirepeer, None);
+    assert_eq!(c.unsupported(), None);
+    for (s, m) in [
+        ("disable", ChannelBinding::Disable),
+        ("prefer", ChannelBinding::Prefer),
+        ("require", ChannelBinding::Require),
+    ] {
+        assert_eq!(resolve(&format!("channel_binding={s}")).channel_binding, m);
+        assert_eq!(m.as_str(), s);
+    }
+    for (s, m) in [
+        ("disable", GssEncMode::Disable),
+        ("prefer", GssEncMode::Prefer),
+        ("require", GssEncMode::Require),
+    ] {
+        assert_eq!(resolve(&format!("gssencmode={s}")).gssencmode, m);
+        assert_eq!(m.as_str(), s);
+    }
+    let from_env = resolve_with(
+        "",
+        &[
+            ("PGCHANNELBINDING", "disable"),
+            ("PGGSSENCMODE", "disable"),
+            ("PGREQUIREAUTH", "scram-sha-256"),
+            ("PGREQUIREPEER", "postgres"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(from_env.channel_binding, ChannelBinding::Disable);
+    assert_eq!(from_env.gssencmode, GssEncMode::Disable);
+    assert_eq!(
+        from_env.require_auth.as_ref().map(RequireAuth::as_str),
+        Some("scram-sha-256")
+    );
+    assert_eq!(from_env.requirepeer.as_deref(), Some("postgres"));
+    // The connection string beats the environment.
+    let c = resolve_with(
+        "channel_binding=prefer require_auth=md5 requirepeer=pg",
+        &[
+            ("PGCHANNELBINDING", "require"),
+            ("PGREQUIREAUTH", "password"),
+            ("PGREQUIREPEER", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.channel_binding, ChannelBinding::Prefer);
+    assert_eq!(c.require_auth.unwrap().as_str(), "md5");
+    assert_eq!(c.requirepeer.as_deref(), Some("pg"));
+    assert_eq!(
+        resolve_with("channel_binding=Require", &[]).unwrap_err(),
+        ConnInfoError::InvalidChannelBinding {
+            value: "Require".into()
+        }
+    );
+    assert_eq!(
+        resolve_with("", &[("PGGSSENCMODE", "allow")]).unwrap_err(),
+        ConnInfoError::InvalidGssEncMode {
+            value: "allow".into()
+        }
+    );
+}
+
+#[test]
+fn unsupported_protections_are_refused_naming_option_and_fix() {
+    let msg = |s: &str, vars: &[(&str, &str)]| {
+        resolve_with(s, vars)
+            .unwrap()
+            .unsupported()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        msg("channel_binding=require", &[]).as_deref(),
+        Some(
+            "channel_binding=require requires SCRAM-SHA-256-PLUS authentication over TLS, which this version of walsink does not support yet; use channel_binding=prefer or channel_binding=disable (SCRAM without channel binding), or tunnel the connection"
+        )
+    );
+    assert!(
+        msg("", &[("PGCHANNELBINDING", "require")])
+            .unwrap()
+            .starts_with("channel_binding=require requires")
+    );
+    assert_eq!(
+        msg("gssencmode=require", &[]).as_deref(),
+        Some(
+            "gssencmode=require requires GSSAPI encryption, which walsink does not support; use gssencmode=disable or gssencmode=prefer (walsink then connects without GSSAPI encryption)"
+        )
+    );
+    assert!(
+        msg("", &[("PGGSSENCMODE", "require")])
+            .unwrap()
+            .starts_with("gssencmode=require")
+    );
+    for mode in ["require", "verify-ca", "verify-full"] {
+        assert!(
+            msg(&format!("sslmode={mode}"), &[])
+                .unwrap()
+                .starts_with(&format!(
+                    "sslmode={mode} requires TLS, which this version of walsink does not support yet"
+                ))
+        );
+    }
+    for ok in [
+        "channel_binding=prefer gssencmode=prefer sslmode=prefer",
+        "channel_binding=disable gssencmode=disable sslmode=disable",
+        "sslmode=allow",
+    ] {
+        assert_eq!(msg(ok, &[]), None, "{ok}");
+    }
+}
+
+#[test]
+fn require_auth_lists_as_libpq_16() {
+    use AuthMethod::*;
+    let all = [Password, Md5, Gss, Sspi, ScramSha256];
+    let parse_ra = |s: &str| s.parse::<RequireAuth>();
+    let allowed = |r: &RequireAuth| all.into_iter().filter(|m| r.allows(*m)).collect::<Vec<_>>();
+    let r = parse_ra("scram-sha-256").unwrap();
+    assert_eq!(allowed(&r), vec![ScramSha256]);
+    assert!(!r.allows_none());
+    let r = parse_ra("password,md5").unwrap();
+    assert_eq!(allowed(&r), vec![Password, Md5]);
+    assert!(!r.allows_none());
+    let r = parse_ra("none").unwrap();
+    assert_eq!(allowed(&r), vec![]);
+    assert!(r.allows_none());
+    let r = parse_ra("md5,none").unwrap();
+    assert_eq!(allowed(&r), vec![Md5]);
+    assert!(r.allows_none());
+    // Negated: everything but the listed, and none allowed unless !none.
+    let r = parse_ra("!password").unwrap();
+    assert_eq!(allowed(&r), vec![Md5, Gss, Sspi, ScramSha256]);
+    assert!(r.allows_none());
+    let r = parse_ra("!password,!md5,!none").unwrap();
+    assert_eq!(allowed(&r), vec![Gss, Sspi, ScramSha256]);
+    assert!(!r.allows_none());
+    let r = parse_ra("!none").unwrap();
+    assert_eq!(allowed(&r), all.to_vec());
+    assert!(!r.allows_none());
+    assert_eq!(r.as_str(), "!none");
+    // Errors, in libpq's words.
+    let err = |s: &str| parse_ra(s).unwrap_err().to_string();
+    assert!(
+        err("md5,!password").starts_with(
+            "negative require_auth method \"!password\" cannot be mixed with non-negative methods"
+        ),
+        "{}",
+        err("md5,!password")
+    );
+    assert!(
+        err("!md5,password")
+            .starts_with("require_auth method \"password\" cannot be mixed with negative methods"),
+        "{}",
+        err("!md5,password")
+    );
+    for dup in [
+        "md5,md5",
+        "!md5,!md5",
+        "none,none",
+        "!none,!none",
+        "md5,none,none",
+    ] {
+        assert!(
+            err(dup).contains("is specified more than once"),
+            "{dup}: {}",
+            err(dup)
+        );
+    }
+    for bad in ["", "md5,", "MD5", "scram", " md5", "trust", "md5 ,password"] {
+        assert!(
+            err(bad).starts_with("invalid require_auth value: "),
+            "{bad:?}: {}",
+            err(bad)
+        );
+    }
+    // Through resolve, from the option or PGREQUIREAUTH.
+    assert!(matches!(
+        resolve_with("require_auth=bogus", &[]),
+        Err(ConnInfoError::InvalidRequireAuth { .. })
+    ));
+    assert!(matches!(
+        resolve_with("", &[("PGREQUIREAUTH", "md5,!gss")]),
+        Err(ConnInfoError::RequireAuthMixed { .. })
+    ));
+}
+
+#[test]
 fn resolve_misc() {
     assert_eq!(
         resolve_with("service=mydb", &[]).unwrap_err(),
@@ -1110,43 +1300,28 @@ fn pgpass_line_handling() {
     assert_eq!(pgpass_match("h:01:d:u:p", "h", 1, "d", "u"), None);
 }
 
-fn write_passfile(dir: &tempfile::TempDir, content: &str, mode: u32) -> PathBuf {
-    let path = dir.path().join("pgpass");
-    std::fs::write(&path, content).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    path
-}
-
-fn config_with_passfile(conninfo: &str, passfile: Option<PathBuf>) -> ConnConfig {
-    let mut c = resolve(conninfo);
-    c.passfile = passfile;
-    c
+fn config_with_passfile(conninfo: &str) -> ConnConfig {
+    resolve(conninfo)
 }
 
 #[test]
 fn password_for_prefers_explicit_password() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_passfile(&dir, "*:*:*:*:fromfile\n", 0o600);
-    let c = config_with_passfile("host=h password=explicit", Some(path.clone()));
-    let l = c.password_for(&c.targets[0]);
-    assert_eq!(l.password.as_deref(), Some("explicit"));
-    assert_eq!(l.warning, None);
-    let c = config_with_passfile("host=h", Some(path));
+    let file = Some("*:*:*:*:fromfile\n");
+    let c = config_with_passfile("host=h password=explicit");
     assert_eq!(
-        c.password_for(&c.targets[0]).password.as_deref(),
+        c.password_for(&c.targets[0], file).as_deref(),
+        Some("explicit")
+    );
+    let c = config_with_passfile("host=h");
+    assert_eq!(
+        c.password_for(&c.targets[0], file).as_deref(),
         Some("fromfile")
     );
+    assert_eq!(c.password_for(&c.targets[0], None), None);
 }
 
 #[test]
 fn password_for_matches_per_target() {
-    let dir = tempfile::tempdir().unwrap();
     let content = "\
 db1:5432:replication:alice:pw1
 db2:6000:*:alice:pw2
@@ -1154,16 +1329,11 @@ localhost:5432:replication:alice:sock
 /tmp:5433:replication:alice:tmpsock
 10.0.0.9:5432:*:*:byaddr
 ";
-    let path = write_passfile(&dir, content, 0o600);
+    let file = Some(content);
     let c = config_with_passfile(
         "host=db1,db2,/var/run/postgresql,/tmp,db3 port=5432,6000,5432,5433,5432",
-        Some(path.clone()),
     );
-    let got: Vec<_> = c
-        .targets
-        .iter()
-        .map(|t| c.password_for(t).password)
-        .collect();
+    let got: Vec<_> = c.targets.iter().map(|t| c.password_for(t, file)).collect();
     assert_eq!(
         got,
         vec![
@@ -1175,79 +1345,25 @@ localhost:5432:replication:alice:sock
         ]
     );
     // dbname takes part in matching.
-    let c = config_with_passfile("host=db1 dbname=other", Some(path.clone()));
-    assert_eq!(c.password_for(&c.targets[0]).password, None);
+    let c = config_with_passfile("host=db1 dbname=other");
+    assert_eq!(c.password_for(&c.targets[0], file), None);
     // hostaddr-only targets match on the address.
-    let c = config_with_passfile("hostaddr=10.0.0.9", Some(path.clone()));
+    let c = config_with_passfile("hostaddr=10.0.0.9");
     assert_eq!(
-        c.password_for(&c.targets[0]).password.as_deref(),
+        c.password_for(&c.targets[0], file).as_deref(),
         Some("byaddr")
     );
     // A "localhost" line matches any socket directory at its port...
-    let c = config_with_passfile("host=/somewhere/else", Some(path.clone()));
-    assert_eq!(
-        c.password_for(&c.targets[0]).password.as_deref(),
-        Some("sock")
-    );
+    let c = config_with_passfile("host=/somewhere/else");
+    assert_eq!(c.password_for(&c.targets[0], file).as_deref(), Some("sock"));
     // ...but not a TCP connection to another host.
-    let c = config_with_passfile("host=db9", Some(path));
-    assert_eq!(c.password_for(&c.targets[0]), PasswordLookup::default());
+    let c = config_with_passfile("host=db9");
+    assert_eq!(c.password_for(&c.targets[0], file), None);
     // An empty password field is no password.
-    let path = write_passfile(&dir, "db1:5432:*:*:\n*:*:*:*:later\n", 0o600);
-    let c = config_with_passfile("host=db1", Some(path));
-    assert_eq!(c.password_for(&c.targets[0]), PasswordLookup::default());
-}
-
-#[cfg(unix)]
-#[test]
-fn password_for_refuses_insecure_file() {
-    let dir = tempfile::tempdir().unwrap();
-    for mode in [0o644, 0o640, 0o604, 0o660, 0o607] {
-        let path = write_passfile(&dir, "*:*:*:*:secret\n", mode);
-        let c = config_with_passfile("host=h", Some(path.clone()));
-        let l = c.password_for(&c.targets[0]);
-        assert_eq!(l.password, None, "{mode:o}");
-        assert_eq!(
-            l.warning,
-            Some(format!(
-                "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less",
-                path.display()
-            ))
-        );
-    }
-    for mode in [0o600, 0o400] {
-        let path = write_passfile(&dir, "*:*:*:*:secret\n", mode);
-        let c = config_with_passfile("host=h", Some(path));
-        let l = c.password_for(&c.targets[0]);
-        assert_eq!(l.password.as_deref(), Some("secret"), "{mode:o}");
-        assert_eq!(l.warning, None);
-    }
-}
-
-#[test]
-fn password_for_missing_or_odd_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = config_with_passfile("host=h", Some(dir.path().join("nope")));
-    assert_eq!(c.password_for(&c.targets[0]), PasswordLookup::default());
-    let c = config_with_passfile("host=h", None);
-    assert_eq!(c.password_for(&c.targets[0]), PasswordLookup::default());
-    // A directory is not a password file.
-    let c = config_with_passfile("host=h", Some(dir.path().to_path_buf()));
-    let l = c.password_for(&c.targets[0]);
-    assert_eq!(l.password, None);
-    assert!(l.warning.unwrap().contains("is not a plain file"));
-}
-
-#[test]
-fn env_from_process_is_sane() {
-    let e = Env::from_process();
-    assert!(e.default_socket_dir.is_absolute());
+    let c = config_with_passfile("host=db1");
     assert_eq!(
-        e.home,
-        std::env::var("HOME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .map(PathBuf::from)
+        c.password_for(&c.targets[0], Some("db1:5432:*:*:\n*:*:*:*:later\n")),
+        None
     );
 }
 
