@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::fake::{
-    AfterAuth, FakeAuth, FakeServer, FakeSession, FakeSlot, Reply, TEXT_OID, frame,
+    AfterAuth, FakeAuth, FakeServer, FakeSession, FakeSlot, Reply, Step, TEXT_OID, frame,
     notice_response, parameter_status, result_set,
 };
 use crate::harness::{HostAuth, PgCluster, Walsink, temp_base};
@@ -317,6 +317,32 @@ fn silent_server_after_auth_or_command_times_out() {
             r.elapsed
         );
     }
+}
+
+/// The deadline covers the command phase only: streaming (with status updates sent every second) goes
+/// on past `connect_timeout`, and the next timeline's commands get a deadline of their own.
+#[test]
+fn streaming_outlives_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = 8192;
+    let fake = FakeServer::start(vec![session().steps([
+        Step::wal(START, page),
+        Step::Sleep(Duration::from_secs(3)),
+        Step::wal(START + page as u64, page),
+        Step::wait_flush(START + 2 * page as u64),
+        Step::Close,
+    ])]);
+    let mut cmd = receive(&fake, dir.path(), "connect_timeout=2");
+    cmd.args(["-s", "1"]);
+    let r = run_measured(cmd, TIMEOUT);
+    r.expect("streaming for 3 s with connect_timeout=2", 3, &[]);
+    assert!(!r.stderr.contains("timeout expired"), "{}", r.stderr);
+    assert!(r.elapsed >= Duration::from_secs(3), "{:?}", r.elapsed);
+    assert_eq!(
+        fake.assert_reports_within(START + 2 * page as u64),
+        START + 2 * page as u64
+    );
+    assert!(fake.problems().is_empty(), "{:?}", fake.problems());
 }
 
 // ---- security options: the fake server ---------------------------------------------------------------
