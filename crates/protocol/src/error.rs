@@ -69,7 +69,8 @@ pub enum ProtocolError {
     Server(ServerError),
     /// A message header announced a length over [`crate::frame::MAX_MESSAGE_LEN`] or under 4.
     #[error(
-        "server sent a message of type '{tag}' with invalid length {len} (limit {limit} bytes); the connection is not to a PostgreSQL server or is corrupted"
+        "server sent a message of type '{}' with invalid length {len} (limit {limit} bytes); the connection is not to a PostgreSQL server or is corrupted",
+        tag.escape_default()
     )]
     BadLength {
         /// Message type byte, as a char.
@@ -80,7 +81,7 @@ pub enum ProtocolError {
         limit: usize,
     },
     /// A message was shorter than its fields or otherwise malformed.
-    #[error("malformed '{tag}' message from server: {reason}")]
+    #[error("malformed '{}' message from server: {reason}", tag.escape_default())]
     Malformed {
         /// Message type byte, as a char.
         tag: char,
@@ -88,7 +89,7 @@ pub enum ProtocolError {
         reason: String,
     },
     /// A message arrived that is not allowed in the current state.
-    #[error("unexpected message '{tag}' from server while {state}")]
+    #[error("unexpected message '{}' from server while {state}", tag.escape_default())]
     Unexpected {
         /// Message type byte, as a char.
         tag: char,
@@ -141,4 +142,30 @@ pub enum ProtocolError {
         /// What was wrong.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_text_cannot_start_a_log_line() {
+        let e = ServerError {
+            severity: "NOTICE".into(),
+            code: "01000".into(),
+            message: "a\nFORGED\r\u{1b}[31m\u{85}\u{2028}x\ty\\n".into(),
+            detail: Some("d\ne".into()),
+            hint: Some("h\n".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "NOTICE:  a\\nFORGED\\r\\u{1b}[31m\\u{85}\\u{2028}x\ty\\n\nDETAIL:  d\\ne\nHINT:  h\\n"
+        );
+        assert_eq!(Escaped("plain ünïcode").to_string(), "plain ünïcode");
+        let m = ProtocolError::Malformed {
+            tag: '\n',
+            reason: "x".into(),
+        };
+        assert_eq!(m.to_string(), "malformed '\\n' message from server: x");
+    }
 }

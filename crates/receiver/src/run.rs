@@ -185,14 +185,16 @@ pub(crate) async fn open(
             .cloned()
             .unwrap_or_default();
         return Err(ReceiverError::fatal(format!(
-            "server {} runs PostgreSQL {v}; walsink supports PostgreSQL 10 and later",
-            describe(&conn.target)
+            "server {} runs PostgreSQL {}; walsink supports PostgreSQL 10 and later",
+            describe(&conn.target),
+            walsink_protocol::Escaped(&v)
         )));
     }
     let id = parse_identify_system(&conn.query("IDENTIFY_SYSTEM").await?)?;
     if let Some(db) = &id.dbname {
         return Err(ReceiverError::fatal(format!(
-            "replication connection is unexpectedly database specific (database \"{db}\"); remove \"replication=database\" from the connection string"
+            "replication connection is unexpectedly database specific (database \"{}\"); remove \"replication=database\" from the connection string",
+            walsink_protocol::Escaped(db)
         )));
     }
     Ok((conn, id))
