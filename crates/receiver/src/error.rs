@@ -378,6 +378,19 @@ impl ReceiverError {
         }
     }
 
+    /// Keeps `cause` as the source of an error whose message was built from it (a
+    /// [`ReceiverError::Other`] without a cause yet); any other error is returned as is.
+    pub fn because(self, cause: ReceiverError) -> ReceiverError {
+        match self {
+            ReceiverError::Other {
+                kind,
+                message,
+                cause: None,
+            } => ReceiverError::with_cause(kind, message, cause),
+            other => other,
+        }
+    }
+
     /// A retryable error.
     pub fn transient(message: impl Into<String>) -> ReceiverError {
         ReceiverError::new(ErrorKind::Transient, message)
@@ -744,6 +757,22 @@ mod tests {
                 .contains("replication slot (-S)")
         );
         assert_eq!(hint_of("XX000", START_NO_SLOT), None);
+    }
+
+    #[test]
+    fn an_error_built_from_another_keeps_it_as_its_source() {
+        let cause =
+            ReceiverError::from_server(&server("58P01", "x"), Context::Streaming { slot: false });
+        let e = ReceiverError::new(ErrorKind::WalRemoved, "the server no longer has WAL")
+            .because(cause);
+        assert_eq!(e.to_string(), "the server no longer has WAL");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(
+            source.to_string().starts_with("unexpected termination"),
+            "{source}"
+        );
+        // And down to the server's error.
+        assert!(source.source().is_some());
     }
 
     #[test]

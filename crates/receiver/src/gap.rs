@@ -244,11 +244,12 @@ pub(crate) async fn missing_wal(
         Err(e) => {
             debug!("could not ask the server which WAL it still has: {e}");
             let err = missing_error(&cause, from, tli, seg, None, None, Some(&e), cfg.allow_gap);
-            return Err(if cause.is_slot_invalidated() {
+            let err = if cause.is_slot_invalidated() {
                 invalidated_slot_error(&err, cfg.slot.as_deref().unwrap_or(""), cfg.allow_gap)
             } else {
                 err
-            });
+            };
+            return Err(err.because(cause));
         }
     };
     let slot_note = match (&cfg.slot, wal.slot_restart) {
@@ -271,7 +272,8 @@ pub(crate) async fn missing_wal(
                 cause.summary(),
                 slot_note.map(|n| format!("; {n}")).unwrap_or_default(),
             ),
-        ));
+        )
+        .because(cause));
     }
     // PostgreSQL 18 refuses an invalidated slot for good, from any position: neither a
     // new directory nor --allow-gap streams again until the slot is re-created, so no
@@ -288,11 +290,12 @@ pub(crate) async fn missing_wal(
             wal.oldest.as_ref().err(),
             false,
         );
-        return Err(if invalidated {
+        let err = if invalidated {
             invalidated_slot_error(&err, cfg.slot.as_deref().unwrap_or(""), cfg.allow_gap)
         } else {
             err
-        });
+        };
+        return Err(err.because(cause));
     }
 
     // --allow-gap: continue from the oldest WAL the server still has, best known first.
@@ -334,7 +337,8 @@ pub(crate) async fn missing_wal(
             slot_note.as_deref(),
             wal.oldest.as_ref().err(),
             true,
-        ));
+        )
+        .because(cause));
     }
     let mut reason = cause
         .server_message()
