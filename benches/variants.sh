@@ -5,7 +5,7 @@
 #
 # usage: VARIANTS="label:binary[:ENV=V,ENV=V] ..." MODE=default|synchronous GIB=0.5 REPS=3 benches/variants.sh
 #   e.g. VARIANTS="buffered:target/release/walsink direct:target/release/walsink:WALSINK_BENCH_DIRECT=1"
-# The WALSINK_BENCH_* variables are described at walsink_receiver::writer::writer_options.
+# The WALSINK_BENCH_* variables are read by the binary only (bin/walsink/src/cli.rs, bench_write_options).
 # Prints a Markdown table: medians [min-max], and ratios to pg_receivewal.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

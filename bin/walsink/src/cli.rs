@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use walsink_archive::{Prefill, WriterOptions};
 use walsink_protocol::conninfo::{ConnConfig, ConnOptions, Env};
 use walsink_protocol::query::valid_slot_name;
 use walsink_receiver::ReceiveConfig;
@@ -309,7 +310,67 @@ impl ReceiveArgs {
             slot_in_use_grace: self
                 .slot_in_use_grace
                 .unwrap_or(walsink_receiver::run::SLOT_IN_USE_GRACE),
+            write_options: bench_write_options(self.synchronous, |k| std::env::var(k).ok()),
         };
         Ok((config, action, self.verbose))
+    }
+}
+
+/// For benchmark comparisons only (benches/*.sh, BENCHMARKS.md): the `WALSINK_BENCH_*`
+/// environment variables override how segment files are prepared and written, starting
+/// from the library's choice for the mode. `None` when none is set.
+///
+/// `WALSINK_BENCH_PREFILL` (`zeros`|`fallocate`), `WALSINK_BENCH_DIRECT` (`0`|`1`),
+/// `WALSINK_BENCH_WRITE_BEHIND` (bytes), `WALSINK_BENCH_IO_THREADS` (threads) and
+/// `WALSINK_BENCH_BACKGROUND_SYNC` (`0`|`1`). Values that do not parse are ignored.
+pub fn bench_write_options(
+    synchronous: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<WriterOptions> {
+    let mut o = walsink_receiver::writer::default_options(synchronous);
+    let mut set = false;
+    match env("WALSINK_BENCH_PREFILL").as_deref() {
+        Some("zeros") => (o.prefill, set) = (Prefill::Zeros, true),
+        Some("fallocate") => (o.prefill, set) = (Prefill::Fallocate, true),
+        _ => {}
+    }
+    if let Some(v) = env("WALSINK_BENCH_DIRECT") {
+        (o.direct_io, set) = (v != "0", true);
+    }
+    if let Some(v) = env("WALSINK_BENCH_WRITE_BEHIND").and_then(|v| v.parse().ok()) {
+        (o.write_behind, set) = (v, true);
+    }
+    if let Some(v) = env("WALSINK_BENCH_IO_THREADS").and_then(|v| v.parse().ok()) {
+        (o.io_threads, set) = (v, true);
+    }
+    if let Some(v) = env("WALSINK_BENCH_BACKGROUND_SYNC") {
+        (o.background_sync, set) = (v != "0", true);
+    }
+    set.then_some(o)
+}
+
+#[cfg(test)]
+mod bench_env_tests {
+    use super::*;
+
+    #[test]
+    fn bench_switches_override_the_mode_default_and_nothing_else() {
+        let none = |_: &str| None;
+        assert_eq!(bench_write_options(false, none), None);
+        let env = |k: &str| match k {
+            "WALSINK_BENCH_PREFILL" => Some("zeros".to_string()),
+            "WALSINK_BENCH_BACKGROUND_SYNC" => Some("0".to_string()),
+            _ => None,
+        };
+        let o = bench_write_options(false, env).expect("overridden");
+        let base = walsink_receiver::writer::default_options(false);
+        assert_eq!(o.prefill, Prefill::Zeros);
+        assert!(!o.background_sync);
+        assert_eq!(o.write_behind, base.write_behind);
+        assert_eq!(o.direct_io, base.direct_io);
+        let o = bench_write_options(true, |k| (k == "WALSINK_BENCH_DIRECT").then(|| "1".into()))
+            .expect("overridden");
+        assert!(o.direct_io);
+        assert_eq!(o.write_behind, 0, "the --synchronous default stays");
     }
 }

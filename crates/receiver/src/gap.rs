@@ -31,9 +31,10 @@ use walsink_protocol::query::{
 };
 use walsink_wal::{Lsn, SegNo, SegmentName, TimelineHistory, TimelineId, WalSegSize};
 
+use crate::config::ReceiveConfig;
 use crate::conn::Connection;
 use crate::error::{Context, ErrorKind, ReceiverError};
-use crate::run::{ReceiveConfig, open};
+use crate::server::open;
 
 /// How long one probe may wait for the server's first answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);

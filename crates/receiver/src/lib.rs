@@ -14,21 +14,27 @@
 //!   on a new server;
 //! * [`receive`]: the daemon loop: start position, timeline following, reconnects with
 //!   backoff, shutdown;
-//! * `gap`: WAL the server no longer has: the missing range, and `--allow-gap`.
+//! * `gap`: WAL the server no longer has: the missing range, and `--allow-gap`;
+//! * `server`: connecting and identifying the server (shared by the daemon loop and
+//!   `gap`'s probes; modules depend on it, never on each other in a circle);
+//! * `config`: [`ReceiveConfig`], what the caller decides.
 //!
 //! It does no argument parsing and never exits the process; the binary maps
 //! [`ReceiverError::kind`] to exit codes.
 #![deny(missing_docs)]
 
+mod config;
 pub mod conn;
 pub mod env;
 mod error;
 mod failover;
 mod gap;
 pub mod run;
+mod server;
 pub mod stream;
 pub mod writer;
 
+pub use config::ReceiveConfig;
 pub use env::process_env;
 pub use error::{ErrorKind, ReceiverError};
-pub use run::{ReceiveConfig, create_slot, drop_slot, receive};
+pub use run::{create_slot, drop_slot, receive};

@@ -2,66 +2,28 @@
 //! reconnect with capped, jittered backoff.
 
 use std::cell::Cell;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use walsink_archive::{Archive, StartPoint, SyncMode};
-use walsink_protocol::conninfo::{ConnConfig, Target};
+use walsink_protocol::conninfo::Target;
 use walsink_protocol::query::{
     IdentifySystem, SlotInfo, create_physical_slot_command, drop_slot_command,
-    parse_identify_system, parse_read_replication_slot, parse_timeline_history,
-    parse_wal_segment_size, read_replication_slot_command, timeline_history_command,
+    parse_read_replication_slot, parse_timeline_history, parse_wal_segment_size,
+    read_replication_slot_command, timeline_history_command,
 };
 use walsink_wal::{Lsn, TimelineId, WalSegSize};
 
-use crate::conn::{Connection, connect, describe};
+pub use crate::config::ReceiveConfig;
+use crate::conn::{Connection, describe};
 use crate::error::{ErrorKind, ReceiverError};
 use crate::failover;
 use crate::gap;
+use crate::server::open;
 use crate::stream::{ArcArchiveError, StreamEnd, StreamOptions, stream};
-use crate::writer::{Writer, WriterConfig, writer_options};
-
-/// Everything `walsink receive` needs.
-#[derive(Clone, Debug)]
-pub struct ReceiveConfig {
-    /// Where and how to connect.
-    pub conn: ConnConfig,
-    /// A password obtained by prompting, overriding the configured ones.
-    pub password: Option<String>,
-    /// The archive directory.
-    pub dir: PathBuf,
-    /// Physical replication slot.
-    pub slot: Option<String>,
-    /// `--create-slot-if-missing`: create `slot` (reserving WAL) on a server that does
-    /// not have it, e.g. a promoted standby, instead of stopping.
-    pub create_slot_if_missing: bool,
-    /// Stop at this position.
-    pub endpos: Option<Lsn>,
-    /// Periodic status update interval; `None` disables them.
-    pub status_interval: Option<Duration>,
-    /// Reconnect when the server has sent nothing for this long; `None` disables it.
-    pub receive_timeout: Option<Duration>,
-    /// `--synchronous`: flush when the queue drains and report at once.
-    pub synchronous: bool,
-    /// `--no-sync`: no fsync at all.
-    pub no_sync: bool,
-    /// `--no-loop`: exit on the first lost connection.
-    pub no_loop: bool,
-    /// Flush once this many bytes are unsynced.
-    pub flush_bytes: u64,
-    /// Flush once the oldest unsynced byte is this old.
-    pub flush_interval: Duration,
-    /// `--allow-gap`: when the server no longer has the WAL the archive needs, record
-    /// the gap in `walsink.meta` and continue from the oldest WAL it still has.
-    pub allow_gap: bool,
-    /// How long "slot in use" is retried before it counts as needing a human (after a
-    /// crash of a previous walsink, its walsender may hold the slot for a moment longer).
-    /// [`SLOT_IN_USE_GRACE`] unless a test shortens it.
-    pub slot_in_use_grace: Duration,
-}
+use crate::writer::{self, Writer, WriterConfig};
 
 /// How a run that did not fail ended.
 enum RunEnd {
@@ -80,8 +42,6 @@ const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 /// longer; by default "slot in use" is retried this long before it counts as needing a
 /// human ([`ReceiveConfig::slot_in_use_grace`]).
 pub const SLOT_IN_USE_GRACE: Duration = Duration::from_secs(10);
-/// Oldest server version walsink speaks to (SHOW in replication mode needs 10).
-const MIN_SERVER_VERSION: u32 = 100000;
 
 /// Runs the receiver until `--endpos`, cancellation, or an error that needs a human
 /// (or any error with `--no-loop`).
@@ -169,35 +129,6 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
             }
         }
     }
-}
-
-/// Connects, checks the server and identifies the system.
-pub(crate) async fn open(
-    cfg: &ReceiveConfig,
-) -> Result<(Connection, IdentifySystem), ReceiverError> {
-    let mut conn = connect(&cfg.conn, cfg.password.as_deref()).await?;
-    let version = conn.server.server_version_num().unwrap_or(0);
-    if version < MIN_SERVER_VERSION {
-        let v = conn
-            .server
-            .params
-            .get("server_version")
-            .cloned()
-            .unwrap_or_default();
-        return Err(ReceiverError::fatal(format!(
-            "server {} runs PostgreSQL {}; walsink supports PostgreSQL 10 and later",
-            describe(&conn.target),
-            walsink_protocol::Escaped(&v)
-        )));
-    }
-    let id = parse_identify_system(&conn.query("IDENTIFY_SYSTEM").await?)?;
-    if let Some(db) = &id.dbname {
-        return Err(ReceiverError::fatal(format!(
-            "replication connection is unexpectedly database specific (database \"{}\"); remove \"replication=database\" from the connection string",
-            walsink_protocol::Escaped(db)
-        )));
-    }
-    Ok((conn, id))
 }
 
 async fn run_once(
@@ -288,7 +219,11 @@ async fn run_once(
         flush_interval: cfg.flush_interval,
     };
     let writer = Writer::start(
-        archive.segment_writer_with(seg, writer_options(&writer_cfg))?,
+        archive.segment_writer_with(
+            seg,
+            cfg.write_options
+                .unwrap_or_else(|| writer::default_options(cfg.synchronous)),
+        )?,
         writer_cfg,
         tokio::runtime::Handle::current(),
         cancel.clone(),

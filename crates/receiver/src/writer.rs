@@ -70,41 +70,21 @@ pub struct WriterConfig {
 /// by about a quarter in the default mode but, as each write then waits for the disk,
 /// also cut throughput by a third on the reference machine.
 ///
-/// For benchmark comparisons only, `WALSINK_BENCH_PREFILL` (`zeros`|`fallocate`),
-/// `WALSINK_BENCH_DIRECT` (`0`|`1`), `WALSINK_BENCH_WRITE_BEHIND` (bytes),
-/// `WALSINK_BENCH_IO_THREADS` and `WALSINK_BENCH_BACKGROUND_SYNC` (`0`|`1`) override
-/// the choices.
-pub fn writer_options(cfg: &WriterConfig) -> WriterOptions {
-    let mut o = WriterOptions {
+/// The library never reads the environment: a caller that wants other options (the
+/// binary's benchmark-only `WALSINK_BENCH_*` switches) passes them in
+/// [`ReceiveConfig::write_options`](crate::ReceiveConfig::write_options).
+pub fn default_options(synchronous: bool) -> WriterOptions {
+    WriterOptions {
         prefill: Prefill::Fallocate,
         prepare_ahead: true,
         direct_io: false,
-        write_behind: if cfg.synchronous { 0 } else { 1 << 20 },
+        write_behind: if synchronous { 0 } else { 1 << 20 },
         // The thread of the default mode goes on writing while the size-triggered
         // fdatasync and segment completions run; `--synchronous` flushes inline at
         // its group-commit point and reports at once.
-        background_sync: !cfg.synchronous,
+        background_sync: !synchronous,
         ..WriterOptions::default()
-    };
-    let env = |k: &str| std::env::var(k).ok();
-    match env("WALSINK_BENCH_PREFILL").as_deref() {
-        Some("zeros") => o.prefill = Prefill::Zeros,
-        Some("fallocate") => o.prefill = Prefill::Fallocate,
-        _ => {}
     }
-    if let Some(v) = env("WALSINK_BENCH_DIRECT") {
-        o.direct_io = v != "0";
-    }
-    if let Some(v) = env("WALSINK_BENCH_WRITE_BEHIND").and_then(|v| v.parse().ok()) {
-        o.write_behind = v;
-    }
-    if let Some(v) = env("WALSINK_BENCH_IO_THREADS").and_then(|v| v.parse().ok()) {
-        o.io_threads = v;
-    }
-    if let Some(v) = env("WALSINK_BENCH_BACKGROUND_SYNC") {
-        o.background_sync = v != "0";
-    }
-    o
 }
 
 /// What the writer has made durable, published after every flush.
