@@ -287,6 +287,13 @@ pub enum ReceiverError {
         #[from]
         source: ArchiveError,
     },
+    /// The writer could not write `walsink.meta` or a history file (the writer writes
+    /// every file in the archive directory, and shares its errors).
+    #[error("{source}")]
+    ArchiveWrite {
+        /// The archive's error, shared with the writer.
+        source: Arc<ArchiveError>,
+    },
     /// The writer thread failed (a write, fsync or segment completion).
     #[error("could not write WAL: {source}")]
     WriteFailed {
@@ -457,6 +464,7 @@ impl ReceiverError {
             ReceiverError::Network { .. } | ReceiverError::Connect(_) => ErrorKind::Transient,
             ReceiverError::Archive { source } => archive_kind(source),
             ReceiverError::WriteFailed { source } => archive_kind(source),
+            ReceiverError::ArchiveWrite { source } => archive_kind(source),
             ReceiverError::Context { source, .. } => source.kind(),
         }
     }
@@ -531,6 +539,13 @@ fn archive_kind(e: &ArchiveError) -> ErrorKind {
             ErrorKind::SystemIdMismatch
         }
         _ => ErrorKind::Archive,
+    }
+}
+
+/// A failed archive request to the writer (pin, history file, gap record).
+impl From<Arc<ArchiveError>> for ReceiverError {
+    fn from(source: Arc<ArchiveError>) -> Self {
+        ReceiverError::ArchiveWrite { source }
     }
 }
 

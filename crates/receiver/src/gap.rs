@@ -10,8 +10,8 @@
 //! * without `--allow-gap` it stops with [`ErrorKind::WalRemoved`] (exit 14) and a
 //!   message naming the missing range;
 //! * with `--allow-gap` it records the gap in `walsink.meta`
-//!   ([`Archive::record_gap`]) and the caller restarts: the start position then skips to
-//!   the gap's end ([`Archive::gap_containing`]). The record is written before any WAL
+//!   (by the writer, [`Writer::record_gap`]) and the caller restarts: the start position
+//!   then skips to the gap's end ([`walsink_archive::Archive::gap_containing`]). The record is written before any WAL
 //!   past the gap, so a crash in between cannot leave an unrecorded gap.
 //!
 //! An invalidated slot on PostgreSQL 18 is refused from every position, so there
@@ -22,7 +22,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
-use walsink_archive::{Archive, Gap};
+use walsink_archive::Gap;
 use walsink_protocol::copy::{ReplicationMessage, encode_query, parse_replication_message};
 use walsink_protocol::frame::BackendMessage;
 use walsink_protocol::query::{
@@ -35,6 +35,7 @@ use crate::config::ReceiveConfig;
 use crate::conn::Connection;
 use crate::error::{Context, ErrorKind, ReceiverError};
 use crate::server::open;
+use crate::writer::Writer;
 
 /// How long one probe may wait for the server's first answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -230,7 +231,7 @@ async fn probe(cfg: &ReceiveConfig, tli: TimelineId, lsn: Lsn) -> Result<bool, R
 /// naming the missing range.
 pub(crate) async fn missing_wal(
     cfg: &ReceiveConfig,
-    archive: &mut Archive,
+    writer: &Writer,
     seg: WalSegSize,
     tli: TimelineId,
     from: Lsn,
@@ -358,10 +359,10 @@ pub(crate) async fn missing_wal(
         SegmentName::containing(wal.timeline_of(to), to, seg).file_name(seg),
         wal.timeline_of(to),
     );
-    archive.record_gap(gap.clone())?;
+    writer.record_gap(gap.clone()).await?;
     warn!(
         "recorded gap {gap} in {}",
-        archive.path().join(walsink_archive::META_FILE).display()
+        cfg.dir.join(walsink_archive::META_FILE).display()
     );
     info!("restarting at the end of the gap");
     Ok(())

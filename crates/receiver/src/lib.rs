@@ -6,8 +6,11 @@
 //! * [`conn`]: a replication connection (TCP or Unix socket), startup and queries;
 //! * [`env`]: the process facts the connection options take (environment, password
 //!   database, the password file);
-//! * [`writer`]: the writer thread, which owns the segment files and runs fdatasync by
-//!   policy, publishing the durable position;
+//! * [`writer`]: the writer thread, which owns every file in the archive directory
+//!   (segments, `walsink.meta`, history files), runs fdatasync by policy and is the one
+//!   publisher of the durable position; it meets the network side through one queue in
+//!   and one `watch` channel out (see its docs for why these two, and the
+//!   `--synchronous` exception);
 //! * [`stream`]: the tokio driver of one `START_REPLICATION` session, whose rules live in
 //!   the sans-IO `walsink_protocol::session::ReplicationSession`;
 //! * `failover`: continuing on the server's timeline after a promotion, and the slot

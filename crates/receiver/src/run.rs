@@ -51,7 +51,8 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
     } else {
         SyncMode::Sync
     };
-    let mut archive = Archive::open(&cfg.dir, sync)?;
+    // Lent to the writer while it runs (it writes every file in the directory).
+    let mut archive = Some(Archive::open(&cfg.dir, sync)?);
     let mut backoff = BACKOFF_MIN;
     let mut failures: u32 = 0;
     let mut last_error: Option<String> = None;
@@ -67,6 +68,7 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
         let result = run_once(
             &cfg,
             &mut archive,
+            sync,
             &cancel,
             announce,
             &streamed,
@@ -133,7 +135,8 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
 
 async fn run_once(
     cfg: &ReceiveConfig,
-    archive: &mut Archive,
+    archive: &mut Option<Archive>,
+    sync: SyncMode,
     cancel: &CancellationToken,
     announce_reconnect: bool,
     streamed: &Cell<bool>,
@@ -164,22 +167,29 @@ async fn run_once(
         _ => debug!("connected to server {}", describe(&conn.target)),
     }
     let seg = parse_wal_segment_size(&conn.query("SHOW wal_segment_size").await?)?;
+    if archive.is_none() {
+        // The previous writer did not give it back (its thread panicked).
+        *archive = Some(Archive::open(&cfg.dir, sync)?);
+    }
+    let Some(arch) = archive.as_mut() else {
+        unreachable!("opened above")
+    };
     // Read-only: nothing in the archive changes until the server, the timeline and the
-    // slot have all been checked (the pin below).
-    archive.verify_identity(id.system_id, seg)?;
+    // slot have all been checked (the writer's pin below).
+    arch.verify_identity(id.system_id, seg)?;
 
     if cfg.create_slot_if_missing
         && let Some(slot) = &cfg.slot
     {
         failover::ensure_slot(&mut conn, slot).await?;
     }
-    let (tli, start, from_archive) = start_position(cfg, archive, &mut conn, &id, seg).await?;
+    let (tli, start, from_archive) = start_position(cfg, arch, &mut conn, &id, seg).await?;
     // After a failover: the archive's timeline may have ended (or run past the fork
     // point) in the server's history.
     let archived_history = if tli == TimelineId::ONE {
         None
     } else {
-        archive.read_history(tli)?
+        arch.read_history(tli)?
     };
     let (mut tli, mut start) = failover::follow_history(
         &mut conn,
@@ -201,10 +211,6 @@ async fn run_once(
         conn.close().await;
         return Ok(RunEnd::Finished);
     }
-    // Every check a command before START_REPLICATION can make has passed: the first
-    // write to the archive. (What only START_REPLICATION tells, a slot in use or WAL
-    // already removed, comes later; by then the pin records a verified identity.)
-    archive.pin_identity()?;
     let opts = StreamOptions {
         slot: cfg.slot.clone(),
         endpos: cfg.endpos,
@@ -218,19 +224,26 @@ async fn run_once(
         flush_bytes: cfg.flush_bytes,
         flush_interval: cfg.flush_interval,
     };
+    let segments = arch.segment_writer_with(
+        seg,
+        cfg.write_options
+            .unwrap_or_else(|| writer::default_options(cfg.synchronous)),
+    )?;
     let writer = Writer::start(
-        archive.segment_writer_with(
-            seg,
-            cfg.write_options
-                .unwrap_or_else(|| writer::default_options(cfg.synchronous)),
-        )?,
+        archive.take().expect("opened above"),
+        segments,
         writer_cfg,
         tokio::runtime::Handle::current(),
         cancel.clone(),
     );
     let result: Result<(), ReceiverError> = async {
+        // Every check a command before START_REPLICATION can make has passed: the
+        // first write to the archive, by the writer. (What only START_REPLICATION
+        // tells, a slot in use or WAL already removed, comes later; by then the pin
+        // records a verified identity.)
+        writer.pin().await?;
         loop {
-            if tli != TimelineId::ONE && !archive.has_history(tli) {
+            if tli != TimelineId::ONE && !writer.has_history(tli) {
                 let rs = conn.query(&timeline_history_command(tli)).await?;
                 let h = parse_timeline_history(&rs, tli)?;
                 walsink_wal::TimelineHistory::parse(tli, &h.content).map_err(|e| {
@@ -239,8 +252,7 @@ async fn run_once(
                         h.filename
                     ))
                 })?;
-                archive.write_history(tli, &h.content)?;
-                info!("wrote timeline history file {}", h.filename);
+                writer.write_history(tli, h.content.to_vec()).await?;
             }
             writer
                 .reset(tli, start)
@@ -269,10 +281,9 @@ async fn run_once(
     .await;
     // Whatever happened, make what was received durable and keep the .partial.
     let closed = writer.close().await;
-    writer.shutdown();
     conn.close().await;
     let flushed = closed.map_err(|e| ReceiverError::from(ArcArchiveError(e)));
-    match (result, flushed) {
+    let end = match (result, flushed) {
         (Err(e), flushed) if e.kind() == ErrorKind::WalRemoved && !cancel.is_cancelled() => {
             // What the archive has now ends where this session's WAL ended (all of it
             // written by the close), or at the session's start.
@@ -281,14 +292,16 @@ async fn run_once(
                 _ => start,
             };
             tokio::select! {
-                r = gap::missing_wal(cfg, archive, seg, tli, from, e) => r.map(|()| RunEnd::AfterGap),
+                r = gap::missing_wal(cfg, &writer, seg, tli, from, e) => r.map(|()| RunEnd::AfterGap),
                 _ = cancel.cancelled() => Ok(RunEnd::Finished),
             }
         }
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) => Err(e),
         (Ok(()), Ok(_)) => Ok(RunEnd::Finished),
-    }
+    };
+    *archive = writer.shutdown();
+    end
 }
 
 /// pg_receivewal's start-position rule: the archive's newest segment, else the slot's
