@@ -9,10 +9,11 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
+use walsink_protocol::conninfo::{AuthMethod, ChannelBinding, RequireAuth};
 use walsink_protocol::frame::{self, BackendMessage};
 use walsink_protocol::query::{self, QueryCollector, ResultSet};
 use walsink_protocol::session::{Event, ReplicationSession, SessionConfig, Transmit};
-use walsink_protocol::startup::{Startup, StartupOutcome, StartupParams};
+use walsink_protocol::startup::{AuthPolicy, Startup, StartupOutcome, StartupParams};
 use walsink_wal::{Lsn, TimelineHistory, TimelineId};
 
 /// A target's body: called with one input, returns normally.
@@ -81,7 +82,32 @@ pub fn startup(data: &[u8]) {
         application_name: "walsink".to_owned(),
         options: None,
     };
-    let mut client = Startup::new(params, Some("secret".to_owned()));
+    // The authentication policy varies with the input's length, so the corpora keep
+    // their meaning: no requirement, or one of these `require_auth` lists, or
+    // `channel_binding=require` (which refuses every request without TLS).
+    const REQUIRE_AUTH: [Option<&str>; 5] = [
+        None,
+        Some("scram-sha-256"),
+        Some("md5,password"),
+        Some("!md5,!none"),
+        Some("none"),
+    ];
+    let choice = data.len() % (REQUIRE_AUTH.len() + 1);
+    let require_auth: Option<RequireAuth> = REQUIRE_AUTH
+        .get(choice)
+        .copied()
+        .flatten()
+        .map(|r| r.parse().expect("a valid require_auth list"));
+    let channel_binding = if choice == REQUIRE_AUTH.len() {
+        ChannelBinding::Require
+    } else {
+        ChannelBinding::Prefer
+    };
+    let policy = AuthPolicy {
+        require_auth: require_auth.clone(),
+        channel_binding,
+    };
+    let mut client = Startup::new(params, Some("secret".to_owned())).with_policy(policy);
     let mut out = BytesMut::new();
     client.startup_packet(&mut out);
     let mut client_nonce: Option<Vec<u8>> = None;
@@ -105,7 +131,23 @@ pub fn startup(data: &[u8]) {
             other => other,
         };
         out.clear();
-        match client.handle(msg, &mut out) {
+        // What a password request may be answered with, by the policy.
+        let asked = match &msg {
+            BackendMessage::AuthenticationCleartextPassword => Some(AuthMethod::Password),
+            BackendMessage::AuthenticationMd5Password(_) => Some(AuthMethod::Md5),
+            _ => None,
+        };
+        let result = client.handle(msg, &mut out);
+        if let Some(method) = asked
+            && !out.is_empty()
+        {
+            assert!(
+                channel_binding != ChannelBinding::Require
+                    && require_auth.as_ref().is_none_or(|r| r.allows(method)),
+                "a {method:?} password was sent against require_auth={require_auth:?}, channel_binding={channel_binding:?}"
+            );
+        }
+        match result {
             Ok(StartupOutcome::Continue) => {}
             Ok(StartupOutcome::Ready(params)) => {
                 let _ = (params.server_version_num(), params.major());
