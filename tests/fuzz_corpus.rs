@@ -42,21 +42,6 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Regression inputs (`fuzz/regressions/<target>/<file>`) whose fix has not landed yet:
-/// skipped by the per-target replays and replayed by the ignored test `open_regressions`.
-/// Remove an entry when its fix lands.
-const OPEN: &[&str] = &[
-    // A TIMELINE_HISTORY row with fewer values than its RowDescription: `rs.rows[0][1]`
-    // panics in crates/protocol/src/query.rs (issue 9; the fix is in the protocol
-    // hardening branch, not on main yet).
-    "query_collector/timeline-history-row-shorter-than-description",
-];
-
-fn is_open(target: &str, path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    OPEN.contains(&format!("{target}/{name}").as_str())
-}
-
 /// Runs `inputs` through `target`'s body; returns those that panic.
 fn panicking(target: &str, inputs: &[PathBuf]) -> Vec<String> {
     let f = body(target);
@@ -70,8 +55,8 @@ fn panicking(target: &str, inputs: &[PathBuf]) -> Vec<String> {
     failed
 }
 
-/// Runs every corpus and regression input of `target` (except the open ones); fails
-/// naming each input that panics. The seed corpus must not be empty.
+/// Runs every corpus and regression input of `target`; fails naming each input that
+/// panics. The seed corpus must not be empty.
 fn replay(target: &str) {
     let corpus = files_in(&fuzz_dir().join("corpus").join(target));
     assert!(
@@ -79,11 +64,7 @@ fn replay(target: &str) {
         "fuzz/corpus/{target}/ has no inputs: run the seed generator (see the top of this file)"
     );
     let mut inputs = corpus;
-    inputs.extend(
-        files_in(&fuzz_dir().join("regressions").join(target))
-            .into_iter()
-            .filter(|p| !is_open(target, p)),
-    );
+    inputs.extend(files_in(&fuzz_dir().join("regressions").join(target)));
     let failed = panicking(target, &inputs);
     assert!(
         failed.is_empty(),
@@ -92,20 +73,6 @@ fn replay(target: &str) {
         inputs.len(),
         failed.join("\n")
     );
-}
-
-/// The regression inputs whose fix has not landed (`OPEN`) no longer panic.
-#[test]
-#[ignore = "inputs in OPEN still panic until their fixes land (see OPEN)"]
-fn open_regressions() {
-    let mut failed = Vec::new();
-    for entry in OPEN {
-        let (target, name) = entry.split_once('/').expect("target/file");
-        let path = fuzz_dir().join("regressions").join(target).join(name);
-        assert!(path.is_file(), "{} is missing", path.display());
-        failed.extend(panicking(target, &[path]));
-    }
-    assert!(failed.is_empty(), "still panic:\n{}", failed.join("\n"));
 }
 
 macro_rules! replay_tests {
