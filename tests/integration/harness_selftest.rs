@@ -3,11 +3,48 @@
 
 use std::time::Duration;
 
-use crate::harness::pg::pg_receivewal;
+use crate::harness::pg::{pg_receivewal, tool_major};
 use crate::harness::{
     HostAuth, PgCluster, StopMode, Walsink, WalsinkProcess, archive, clean_command, parse_lsn,
     wait_for,
 };
+
+/// Proves every tool the scenarios use resolves for the server under test (from `WALSINK_PG_BINDIR`, or
+/// `WALSINK_PG_CLIENT_BINDIR` for what that lacks), and that the tools that read the server's files
+/// (pg_waldump, pg_controldata) are of the server's major: one of another major refuses its WAL.
+#[test]
+fn every_tool_resolves_and_file_readers_match_the_server_major() {
+    let pg = PgCluster::start_default();
+    let major = pg.major_version();
+    for name in [
+        "initdb",
+        "pg_ctl",
+        "postgres",
+        "psql",
+        "pg_receivewal",
+        "pg_basebackup",
+        "pg_waldump",
+        "pg_controldata",
+    ] {
+        let path = pg.bin(name);
+        let version = tool_major(&path);
+        assert!(version.is_some(), "{} --version failed", path.display());
+        if ["postgres", "pg_waldump", "pg_controldata"].contains(&name) {
+            assert_eq!(
+                version,
+                Some(major),
+                "{} is not of major {major}",
+                path.display()
+            );
+        } else {
+            assert!(
+                version >= Some(major),
+                "{} is older than the server ({major})",
+                path.display()
+            );
+        }
+    }
+}
 
 #[test]
 fn cluster_starts_answers_sql_and_switches_wal() {

@@ -13,8 +13,12 @@
 //!
 //! Binaries come from `WALSINK_PG_BINDIR`, else `pg_config --bindir`, else the highest
 //! `/usr/lib/postgresql/*/bin` ([`default_bindir`]); [`PgClusterBuilder::bindir`] overrides this per cluster
-//! and [`bindir_for_major`] finds a given major (`WALSINK_PG<major>_BINDIR`). A bindir given this way must be
-//! readable and traversable by [`SERVER_USER`] when running as root.
+//! and [`bindir_for_major`] finds a given major (`WALSINK_PG<major>_BINDIR`). A tool that bindir lacks (some
+//! builds of old majors ship only initdb, pg_ctl and postgres) comes from `WALSINK_PG_CLIENT_BINDIR`, a newer
+//! major's bindir: psql, pg_basebackup and pg_receivewal talk to older servers. pg_waldump and
+//! pg_controldata read the server's files, whose format changes with the major, so they are taken from
+//! there only when that directory is of the same major ([`tool`]). Every bindir must be readable and
+//! traversable by [`SERVER_USER`] when running as root (pg_basebackup runs as that user).
 
 use std::ffi::CString;
 use std::fs;
@@ -252,9 +256,10 @@ impl PgCluster {
         &self.bindir
     }
 
-    /// A binary from this cluster's bindir, e.g. `cluster.bin("pg_waldump")`.
+    /// A binary for this cluster's major, e.g. `cluster.bin("pg_waldump")`: from its bindir, else from
+    /// `WALSINK_PG_CLIENT_BINDIR` (see [`tool`]).
     pub fn bin(&self, name: &str) -> PathBuf {
-        self.bindir.join(name)
+        tool(&self.bindir, name)
     }
 
     /// The server log file (stdout and stderr of the postmaster).
@@ -1029,9 +1034,60 @@ pub fn bindir_for_major(major: u32) -> Option<PathBuf> {
     dir.join("initdb").is_file().then_some(dir)
 }
 
-/// A binary from the default bindir, e.g. `pg_bin("pg_waldump")`.
+/// A binary for the default bindir's major, e.g. `pg_bin("pg_waldump")` (see [`tool`]).
 pub fn pg_bin(name: &str) -> PathBuf {
-    default_bindir().join(name)
+    tool(&default_bindir(), name)
+}
+
+/// Tools that read a server's files (WAL pages, `pg_control`), whose format changes with the major: one of
+/// another major refuses them ("invalid magic number", "could not find a valid record").
+const SAME_MAJOR_TOOLS: &[&str] = &["pg_waldump", "pg_controldata"];
+
+/// The program `name` for servers from `bindir`: `bindir/name` if it exists, else from
+/// `WALSINK_PG_CLIENT_BINDIR`; for [`SAME_MAJOR_TOOLS`] only if that directory's `postgres` or the tool
+/// itself is of the same major as `bindir`'s `postgres`. Panics naming both directories otherwise.
+pub fn tool(bindir: &Path, name: &str) -> PathBuf {
+    let own = bindir.join(name);
+    if own.is_file() {
+        return own;
+    }
+    let Some(client_dir) = std::env::var_os("WALSINK_PG_CLIENT_BINDIR").map(PathBuf::from) else {
+        panic!(
+            "{} has no {name}; set WALSINK_PG_CLIENT_BINDIR to a bindir that has it (a newer major's: \
+             scripts/install-pg-majors.sh installs them)",
+            bindir.display()
+        );
+    };
+    let other = client_dir.join(name);
+    if !other.is_file() {
+        panic!(
+            "neither {} nor WALSINK_PG_CLIENT_BINDIR={} has {name}",
+            bindir.display(),
+            client_dir.display()
+        );
+    }
+    if SAME_MAJOR_TOOLS.contains(&name) {
+        let server = tool_major(&bindir.join("postgres"));
+        let theirs = tool_major(&other);
+        if server != theirs {
+            panic!(
+                "{} has no {name}, and the one in WALSINK_PG_CLIENT_BINDIR={} is of major {theirs:?}, not \
+                 {server:?}: {name} only reads files of its own major (scripts/install-pg-majors.sh puts a \
+                 matching one next to the server)",
+                bindir.display(),
+                client_dir.display()
+            );
+        }
+    }
+    other
+}
+
+/// The major version a PostgreSQL program reports with `--version` ("pg_waldump (PostgreSQL) 13.16" -> 13).
+pub fn tool_major(program: &Path) -> Option<u32> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split(')').nth(1)?.split_whitespace().next()?;
+    version.split('.').next()?.parse().ok()
 }
 
 /// pg_receivewal from the default bindir, for interchange tests (it runs fine as root).
