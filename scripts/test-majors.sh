@@ -15,7 +15,8 @@ while [ $# -gt 0 ] && [ "$1" != -- ]; do majors+=("$1"); shift; done
 
 root=${WALSINK_PG_ROOT:-/opt/walsink-pg}
 scripts/install-deps.sh >/dev/null
-scripts/install-pg-majors.sh "${majors[@]}" 18
+# 18's client tools serve the majors whose builds lack them.
+scripts/install-pg-majors.sh $(printf '%s\n' "${majors[@]}" 18 | sort -un)
 logs=target/test-majors
 mkdir -p "$logs"
 rows=()

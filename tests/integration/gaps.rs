@@ -171,12 +171,16 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
     } else {
         format!("requested WAL segment {needed} has already been removed")
     };
-    for needle in [
-        range.as_str(),
-        &server_cause,
-        &format!("replication slot \"{SLOT}\" has no restart_lsn"),
-        "--allow-gap",
-    ] {
+    let mut needles = vec![
+        range.clone(),
+        server_cause.clone(),
+        "--allow-gap".to_owned(),
+    ];
+    // Only PostgreSQL 15 and later answer READ_REPLICATION_SLOT, which tells walsink why.
+    if pg.major_version() >= 15 {
+        needles.push(format!("replication slot \"{SLOT}\" has no restart_lsn"));
+    }
+    for needle in &needles {
         assert!(
             stderr.contains(needle),
             "stderr lacks {needle:?}:\n{stderr}"

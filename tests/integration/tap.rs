@@ -452,14 +452,24 @@ fn missing_slot_fails_and_existing_slot_sets_the_start() {
         &["--slot", "archive_slot", "--no-sync"],
     );
     let completed = archive::completed_segments(dir.path());
-    assert_eq!(
-        completed.first(),
-        Some(&walfile),
-        "the stream did not start at the slot's restart_lsn {restart_lsn}: {:?}",
-        archive::list(dir.path())
-    );
-    archive::assert_completed_identical(dir.path(), &pg.pg_wal_dir());
     let last = pg.walfile_name(&nextlsn);
+    if pg.major_version() >= 15 {
+        assert_eq!(
+            completed.first(),
+            Some(&walfile),
+            "the stream did not start at the slot's restart_lsn {restart_lsn}: {:?}",
+            archive::list(dir.path())
+        );
+    } else {
+        // Before 15 there is no READ_REPLICATION_SLOT: like pg_receivewal, the stream starts at the server's
+        // current position (020_pg_receivewal.pl runs this case on 15 and later only).
+        assert!(
+            completed.is_empty(),
+            "the stream should start in {last}, the server's current segment: {:?}",
+            archive::list(dir.path())
+        );
+    }
+    archive::assert_completed_identical(dir.path(), &pg.pg_wal_dir());
     assert_eq!(
         archive::partial_segments(dir.path()),
         vec![format!("{last}.partial")]

@@ -503,6 +503,7 @@ impl PgCluster {
                 self.log_tail(30)
             );
         }
+        standby.write_primary_conninfo(self);
         standby.first_start();
         let streaming = wait_for(
             || {
@@ -525,6 +526,31 @@ impl PgCluster {
             );
         }
         standby
+    }
+
+    /// Replaces the `primary_conninfo` that `pg_basebackup -R` wrote into `postgresql.auto.conf` with a
+    /// plain one (socket, port, user). A newer pg_basebackup than the server (for majors whose builds lack
+    /// it) writes options the server's libpq does not know (18 writes `sslnegotiation`), and the standby
+    /// would never connect.
+    fn write_primary_conninfo(&self, primary: &PgCluster) {
+        let path = self.data_dir.join("postgresql.auto.conf");
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let mut conf: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("primary_conninfo"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let conninfo = format!(
+            "host={} port={} user=postgres",
+            primary.socket_dir.display(),
+            primary.port
+        );
+        conf.push_str(&format!(
+            "primary_conninfo = {}\n",
+            quote_literal(&conninfo)
+        ));
+        self.write_owned(&path, &conf);
     }
 
     /// Forces a switch to a new WAL segment and returns `pg_switch_wal()`'s LSN (end of the switch record).
