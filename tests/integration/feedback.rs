@@ -347,12 +347,14 @@ fn with_slot_flush_and_restart_lsn_advance_and_never_go_back() {
     assert!(
         back.is_empty(),
         "after the restart the server was told (and the slot moved to) positions below the restart_lsn {} \
-         confirmed before the kill ({} of {} samples): first {:?}, last {:?}",
+         confirmed before the kill ({} of {} samples): first {:?}, last {:?}; restart_lsn samples {:?}\n{}",
         format_lsn(before),
         back.len(),
         restarts.len() + flushes.len(),
         back.first(),
-        back.last()
+        back.last(),
+        restarts.iter().map(|&l| format_lsn(l)).collect::<Vec<_>>(),
+        ws.stderr_text()
     );
     let flush = sender(&pg, "walsink").and_then(|s| s.flush).unwrap();
     assert_archived_through(&pg, dir.path(), flush);

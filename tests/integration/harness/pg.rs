@@ -639,6 +639,13 @@ impl PgCluster {
         num / 10000
     }
 
+    /// Whether the server answers READ_REPLICATION_SLOT (PostgreSQL 15 and later). Without it walsink
+    /// cannot see a slot's restart_lsn: an empty archive starts at the server's current position, and the
+    /// messages that name the slot's position are left out.
+    pub fn has_read_replication_slot(&self) -> bool {
+        self.major_version() >= 15
+    }
+
     /// The last `n` lines of the server log.
     pub fn log_tail(&self, n: usize) -> String {
         tail(&self.log_text(), n)
