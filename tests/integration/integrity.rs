@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::harness::pg::pg_receivewal;
 use crate::harness::{
-    PgCluster, StopMode, Walsink, WalsinkProcess, archive, archive_dir, clean_command, format_lsn,
-    generate_past, parse_lsn, restart_lsn, tail, wait_for,
+    PgCluster, StopMode, WAIT, Walsink, WalsinkProcess, archive, archive_dir, clean_command,
+    format_lsn, generate_past, parse_lsn, restart_lsn, tail, wait_for,
 };
 
 /// How long a walsink (or pg_receivewal) may take to reach an end position or exit after a signal before the
@@ -390,8 +390,19 @@ fn pg_receivewal_and_walsink_continue_each_others_partial_segments() {
     let dir = archive_dir();
     let first = create_slot(&pg);
 
-    // pg_receivewal streams, and is interrupted mid-segment.
+    // pg_receivewal streams, and is interrupted mid-segment. Before PostgreSQL 15 it starts at the server's
+    // current position, not at the slot's: no WAL is written until it streams.
     let mut theirs = spawn_pg_receivewal(&pg, dir.path(), &[]);
+    assert!(
+        wait_for(
+            || pg
+                .sql_one("SELECT count(*)::text FROM pg_stat_replication WHERE state = 'streaming'")
+                .as_deref()
+                == Some("1"),
+            WAIT
+        ),
+        "pg_receivewal did not start streaming"
+    );
     pg.generate_wal(2 * seg.bytes());
     let target = mid_segment(&pg);
     wait_received(&pg, &mut theirs, target);
