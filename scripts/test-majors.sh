@@ -31,7 +31,7 @@ for major in "${majors[@]}"; do
     secs=$(($(date +%s) - start))
     # nextest's summary: "Summary [ 91.2s] 75 tests run: 74 passed (1 slow), 1 failed, 0 skipped"
     summary=$(grep -E '^ *Summary \[' "$logs/$major.log" | tail -n 1 || true)
-    count() { grep -oE "[0-9]+ $1" <<<"$summary" | head -n 1 | cut -d' ' -f1 || true; }
+    count() { grep -oE "[0-9]+ $1" <<<"$summary" | head -n 1 | cut -d" " -f1 | grep . || echo 0; }
     rows+=("| $major | $version | $(count passed) | $(count failed) | $(count skipped) | ${secs} s |")
     if [ "$rc" -ne 0 ]; then
         status=1
