@@ -765,8 +765,12 @@ impl PgCluster {
         } else {
             conf.push_str("wal_level = minimal\nmax_wal_senders = 0\n");
         }
-        if let HostAuth::Md5(_) = self.config.host_auth {
-            conf.push_str("password_encryption = 'md5'\n");
+        match self.config.host_auth {
+            HostAuth::Md5(_) => conf.push_str("password_encryption = 'md5'\n"),
+            // 13's default is md5, and an md5-stored password cannot answer SCRAM: roles a test creates
+            // with a password must get SCRAM verifiers on every major.
+            HostAuth::ScramSha256(_) => conf.push_str("password_encryption = 'scram-sha-256'\n"),
+            _ => {}
         }
         for (key, value) in &self.config.settings {
             conf.push_str(&format!("{key} = {}\n", quote_literal(value)));
