@@ -13,7 +13,10 @@ use std::process::Command;
 
 use crate::errors::{receive, run};
 use crate::harness::pg::free_port;
-use crate::harness::{HostAuth, PgCluster, archive, archive_dir, format_lsn, parse_lsn};
+use crate::harness::{
+    HostAuth, PgCluster, WAIT, WalsinkProcess, archive, archive_dir, format_lsn, parse_lsn,
+    wait_for,
+};
 
 const PASSWORD: &str = "pw";
 const LOCK_FILE: &str = "walsink.lock";
@@ -174,6 +177,92 @@ fn a_failed_start_leaves_the_archive_directory_as_it_was() {
         }
     }
     // The fresh directory stays empty but for the lock file.
+    let left: Vec<_> = archive::list(fresh.path());
+    assert!(
+        left.iter().all(|n| n == LOCK_FILE),
+        "a failed start wrote into a fresh directory: {left:?}"
+    );
+}
+
+/// Proves that the failures only START_REPLICATION itself reveals change nothing either: a slot another
+/// receiver streams from (exit 13), and WAL the server has already removed (exit 14), for a fresh directory
+/// and for one another tool wrote (no `walsink.meta`). Before, walsink pinned `walsink.meta` (and wrote the
+/// timeline's history file) just before START_REPLICATION; now both wait until the server has accepted it.
+#[test]
+fn a_start_refused_by_start_replication_leaves_the_archive_directory_as_it_was() {
+    let pg = PgCluster::start_default();
+    let cmd = |dir: &Path, args: &[&str]| {
+        let mut cmd = receive(["-w", "--no-sync", "-d", &pg.conninfo()]);
+        cmd.args(args).arg("-D").arg(dir);
+        cmd
+    };
+
+    // A directory as pg_receivewal leaves it: segments and a .partial, no walsink.meta.
+    let seeded = archive_dir();
+    let end = parse_lsn(&pg.generate_wal(3 << 20));
+    run(cmd(seeded.path(), &["-n", "-E", &format_lsn(end)])).expect("seeding", 0, &[]);
+    let foreign = archive_dir();
+    for name in archive::list(seeded.path()) {
+        if name != "walsink.meta" && name != LOCK_FILE {
+            fs::copy(seeded.path().join(&name), foreign.path().join(&name)).unwrap();
+        }
+    }
+    let fresh = archive_dir();
+
+    // Exit 13: the slot is in use by another walsink.
+    let slot = "busy_slot";
+    run(cmd(fresh.path(), &["-S", slot, "--create-slot"])).expect("--create-slot", 0, &[]);
+    let holder_dir = archive_dir();
+    let mut holder = WalsinkProcess::spawn_command(cmd(holder_dir.path(), &["-S", slot]));
+    assert!(
+        wait_for(
+            || pg
+                .sql_one(&format!(
+                    "SELECT active::text FROM pg_replication_slots WHERE slot_name = '{slot}'"
+                ))
+                .as_deref()
+                == Some("true"),
+            WAIT
+        ),
+        "the first walsink did not take the slot:\n{}",
+        holder.stderr_text()
+    );
+    for (kind, dir) in [("fresh", &fresh), ("foreign", &foreign)] {
+        assert_untouched(
+            &format!("{kind}: slot in use"),
+            dir.path(),
+            cmd(dir.path(), &["-n", "--slot-in-use-grace", "1s", "-S", slot]),
+            13,
+        );
+    }
+    assert_eq!(holder.interrupt_and_wait(WAIT).code(), Some(0));
+    pg.execute(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+
+    // Exit 14: the segment the foreign directory needs next is gone from the server.
+    let partial = archive::partial_segments(foreign.path());
+    assert_eq!(partial.len(), 1, "{:?}", archive::list(foreign.path()));
+    let needed = partial[0].trim_end_matches(".partial").to_owned();
+    let on_server = || {
+        pg.sql_one(&format!(
+            "SELECT count(*)::text FROM pg_ls_waldir() WHERE name = '{needed}'"
+        ))
+        .as_deref()
+            == Some("1")
+    };
+    for _ in 0..20 {
+        if !on_server() {
+            break;
+        }
+        pg.switch_wal();
+        pg.execute("CHECKPOINT");
+    }
+    assert!(!on_server(), "the server kept {needed}");
+    assert_untouched(
+        "foreign: WAL removed",
+        foreign.path(),
+        cmd(foreign.path(), &["-n"]),
+        14,
+    );
     let left: Vec<_> = archive::list(fresh.path());
     assert!(
         left.iter().all(|n| n == LOCK_FILE),

@@ -22,7 +22,7 @@ use crate::error::{ErrorKind, ReceiverError};
 use crate::failover;
 use crate::gap;
 use crate::server::open;
-use crate::stream::{ArcArchiveError, StreamEnd, StreamOptions, stream};
+use crate::stream::{ArcArchiveError, FirstWrites, StreamEnd, StreamOptions, stream};
 use crate::writer::{self, Writer, WriterConfig};
 
 /// How a run that did not fail ended.
@@ -237,12 +237,16 @@ async fn run_once(
         cancel.clone(),
     );
     let result: Result<(), ReceiverError> = async {
-        // Every check a command before START_REPLICATION can make has passed: the
-        // first write to the archive, by the writer. (What only START_REPLICATION
-        // tells, a slot in use or WAL already removed, comes later; by then the pin
-        // records a verified identity.)
-        writer.pin().await?;
+        // Nothing is written to the archive before the server has accepted
+        // START_REPLICATION: the pin and the timeline's history file wait in
+        // `FirstWrites` until it has (a slot in use, WAL already removed or a missing
+        // slot only show there).
+        let mut pin = true;
         loop {
+            let mut first = FirstWrites {
+                pin: std::mem::take(&mut pin),
+                history: None,
+            };
             if tli != TimelineId::ONE && !writer.has_history(tli) {
                 let rs = conn.query(&timeline_history_command(tli)).await?;
                 let h = parse_timeline_history(&rs, tli)?;
@@ -252,14 +256,18 @@ async fn run_once(
                         h.filename
                     ))
                 })?;
-                writer.write_history(tli, h.content.to_vec()).await?;
+                first.history = Some((tli, h.content.to_vec()));
             }
             writer
                 .reset(tli, start)
                 .await
                 .map_err(|_| ReceiverError::from(ArcArchiveError(writer.failure())))?;
             info!("starting log streaming at {start} (timeline {tli})");
-            match stream(&mut conn, &writer, tli, start, &opts, cancel, streamed).await? {
+            match stream(
+                &mut conn, &writer, tli, start, &opts, cancel, streamed, first,
+            )
+            .await?
+            {
                 // The session checked the next timeline: after this one, and beginning
                 // within what was received.
                 StreamEnd::EndOfTimeline { next, .. } => {

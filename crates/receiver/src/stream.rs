@@ -83,10 +83,28 @@ pub enum StreamEnd {
     Cancelled,
 }
 
+/// What the archive must get before this session's first WAL: written only once the server
+/// has sent WAL (or answered `START_REPLICATION` with the next timeline), so a start the
+/// server refuses (slot in use, a missing slot on a server without READ_REPLICATION_SLOT,
+/// or WAL already removed, which a walsender reports after entering copy mode) leaves the
+/// archive directory as it was.
+#[derive(Debug, Default)]
+pub struct FirstWrites {
+    /// Pin the directory to the server's system (`walsink.meta`), if not pinned yet.
+    pub pin: bool,
+    /// The history file of the session's timeline, fetched before the session.
+    pub history: Option<(TimelineId, Vec<u8>)>,
+}
+
 /// Streams `tli` from `start` until the timeline ends, `--endpos`, cancellation or an
-/// error. The writer must already be positioned at `start`.
+/// error. The writer must already be positioned at `start`. `first` is written through
+/// the writer before the session's first WAL.
 /// `streaming` is set once the server has entered copy mode, so the caller can tell a
 /// connection that streamed (and then broke) from one that never got that far.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the session's inputs, each from a different owner in run.rs"
+)]
 pub async fn stream(
     conn: &mut Connection,
     writer: &Writer,
@@ -95,6 +113,7 @@ pub async fn stream(
     opts: &StreamOptions,
     cancel: &CancellationToken,
     streaming: &Cell<bool>,
+    first: FirstWrites,
 ) -> Result<StreamEnd, ReceiverError> {
     let confirmed = slot_confirmed_flush(conn, opts).await?;
     let mut session = ReplicationSession::new(SessionConfig {
@@ -113,6 +132,7 @@ pub async fn stream(
         held: None,
         streaming,
         slot: opts.slot.is_some(),
+        first: Some(first),
     };
     let result = driver.run(&mut session, cancel).await;
     // Whatever follows (the next timeline's commands, draining) is a command phase again.
@@ -200,9 +220,25 @@ struct Driver<'a> {
     streaming: &'a Cell<bool>,
     /// Whether the session streams through a replication slot (classifies server errors).
     slot: bool,
+    /// Archive writes waiting for the server to accept the start ([`FirstWrites`]).
+    first: Option<FirstWrites>,
 }
 
 impl Driver<'_> {
+    /// Writes what waited for the server to accept the start ([`FirstWrites`]), once.
+    async fn first_writes(&mut self) -> Result<(), ReceiverError> {
+        let Some(first) = self.first.take() else {
+            return Ok(());
+        };
+        if first.pin {
+            self.writer.pin().await?;
+        }
+        if let Some((tli, content)) = first.history {
+            self.writer.write_history(tli, content).await?;
+        }
+        Ok(())
+    }
+
     fn writer_error(&self) -> ReceiverError {
         ReceiverError::from(ArcArchiveError(self.writer.failure()))
     }
@@ -327,15 +363,21 @@ impl Driver<'_> {
         }
         while let Some(event) = session.poll_event() {
             match event {
-                Event::Wal { start, data } => match self.writer.reserve_now() {
-                    Some(permit) => permit.send(session.timeline(), start, data),
-                    None => {
-                        // The writer's queue is full: stop reading until it has room.
-                        self.held = Some((start, data));
-                        session.pause_reading(std::time::Instant::now());
-                        return Ok(None);
+                Event::Wal { start, data } => {
+                    if self.first.is_some() {
+                        // The session's first WAL: what waited for it goes first.
+                        self.first_writes().await?;
                     }
-                },
+                    match self.writer.reserve_now() {
+                        Some(permit) => permit.send(session.timeline(), start, data),
+                        None => {
+                            // The writer's queue is full: stop reading until it has room.
+                            self.held = Some((start, data));
+                            session.pause_reading(std::time::Instant::now());
+                            return Ok(None);
+                        }
+                    }
+                }
                 Event::Started => {
                     self.streaming.set(true);
                     self.conn.end_command_phase();
@@ -353,6 +395,7 @@ impl Driver<'_> {
                 }
                 Event::Notice(n) => self.conn.log_notice(&n),
                 Event::EndOfTimeline { next, received } => {
+                    self.first_writes().await?;
                     if !self.streaming.get() {
                         info!(
                             "timeline {} ends exactly at {received}: the server answered with the next timeline {} at once",
