@@ -872,6 +872,28 @@ mod tests {
     }
 
     #[test]
+    fn the_last_segment_of_the_lsn_space_has_no_start_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = Archive::open(d.path(), SyncMode::NoSync).unwrap();
+        a.check_identity(111, seg1m()).unwrap();
+        // 1 MiB segments: the last segment number is 2^44 - 1.
+        let last = "00000001FFFFFFFF00000FFF";
+        put(d.path(), &format!("{last}.partial"), SEG as usize);
+        assert_eq!(
+            a.find_start(seg1m()).unwrap().unwrap().lsn,
+            Lsn(u64::MAX - (SEG - 1))
+        );
+        // Completed, it would put the start at 2^64, which wrapped to 0/0.
+        put(d.path(), last, SEG as usize);
+        let e = a.find_start(seg1m()).unwrap_err();
+        assert!(
+            matches!(&e, ArchiveError::EndOfWalSpace { name } if name == last),
+            "{e}"
+        );
+        assert!(a.find_starts(seg1m()).is_err());
+    }
+
+    #[test]
     fn disk_full_is_recognised() {
         let full = ArchiveError::io(
             "x",

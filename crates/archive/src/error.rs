@@ -197,6 +197,17 @@ pub enum ArchiveError {
         len: usize,
     },
 
+    /// The archive's newest completed segment is the last one of the LSN space: no WAL
+    /// can follow it.
+    #[error(
+        "the archive's newest segment {name} is the last one of the WAL address space: nothing can follow it; \
+         archive this server into a new directory"
+    )]
+    EndOfWalSpace {
+        /// The segment's file name.
+        name: String,
+    },
+
     /// A segment writer for this archive already exists.
     #[error("a segment writer for archive directory \"{}\" already exists", .path.display())]
     WriterBusy {

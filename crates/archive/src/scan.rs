@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tracing::{debug, warn};
 use walsink_wal::page::{LONG_HEADER_LEN, LongHeader, PageHeader};
-use walsink_wal::{SegNo, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
+use walsink_wal::{Lsn, SegNo, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
 
 use crate::dir::{Dir, kind_of};
 use crate::{ArchiveError, StartPoint, fsops};
@@ -20,7 +20,7 @@ use crate::{ArchiveError, StartPoint, fsops};
 /// partial).
 pub(crate) fn find_start(dir: &Dir, seg: WalSegSize) -> Result<Option<StartPoint>, ArchiveError> {
     let best = usable_files(dir, seg)?.into_iter().max();
-    Ok(best.map(|key| start_point(key, seg)))
+    best.map(|key| start_point(key, seg)).transpose()
 }
 
 /// [`find_start`] per timeline: for each timeline that has a usable WAL file, the
@@ -33,15 +33,32 @@ pub(crate) fn find_starts(dir: &Dir, seg: WalSegSize) -> Result<Vec<StartPoint>,
             *e = key;
         }
     }
-    Ok(newest.into_values().map(|k| start_point(k, seg)).collect())
+    newest.into_values().map(|k| start_point(k, seg)).collect()
 }
 
-fn start_point((segno, tli, complete): (SegNo, TimelineId, bool), seg: WalSegSize) -> StartPoint {
-    StartPoint {
+/// Where streaming continues after the newest file: after a completed segment, at the
+/// start of a `.partial`. A completed last segment of the LSN space has nothing after it
+/// ([`ArchiveError::EndOfWalSpace`]; the position would wrap to 0/0).
+fn start_point(
+    (segno, tli, complete): (SegNo, TimelineId, bool),
+    seg: WalSegSize,
+) -> Result<StartPoint, ArchiveError> {
+    let lsn = if complete {
+        seg.start_of(segno)
+            .0
+            .checked_add(seg.bytes())
+            .map(Lsn)
+            .ok_or_else(|| ArchiveError::EndOfWalSpace {
+                name: SegmentName::new(tli, segno).file_name(seg),
+            })?
+    } else {
+        seg.start_of(segno)
+    };
+    Ok(StartPoint {
         tli,
-        lsn: seg.start_of(if complete { segno.next() } else { segno }),
+        lsn,
         from_partial: !complete,
-    }
+    })
 }
 
 /// The usable WAL files of `dir` as (segment number, timeline, completed): uncompressed
