@@ -133,6 +133,32 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
     }
 }
 
+/// Runs `f` on the archive on a blocking thread (it reads files: `walsink.meta`, history
+/// files), so the runtime thread keeps handling signals and timers whatever the file
+/// system does. `None` when cancelled first (the archive is then not given back, and is
+/// opened again if needed).
+async fn off_runtime<T: Send + 'static>(
+    archive: &mut Option<Archive>,
+    cancel: &CancellationToken,
+    f: impl FnOnce(&mut Archive) -> T + Send + 'static,
+) -> Option<T> {
+    let mut a = archive.take().expect("the archive is open between runs");
+    let task = tokio::task::spawn_blocking(move || {
+        let r = f(&mut a);
+        (a, r)
+    });
+    tokio::select! {
+        joined = task => match joined {
+            Ok((a, r)) => {
+                *archive = Some(a);
+                Some(r)
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+        _ = cancel.cancelled() => None,
+    }
+}
+
 async fn run_once(
     cfg: &ReceiveConfig,
     archive: &mut Option<Archive>,
@@ -171,25 +197,35 @@ async fn run_once(
         // The previous writer did not give it back (its thread panicked).
         *archive = Some(Archive::open(&cfg.dir, sync)?);
     }
-    let Some(arch) = archive.as_mut() else {
-        unreachable!("opened above")
-    };
     // Read-only: nothing in the archive changes until the server, the timeline and the
-    // slot have all been checked (the writer's pin below).
-    arch.verify_identity(id.system_id, seg)?;
+    // slot have all been checked (the writer's pin below). Reading `walsink.meta` runs
+    // on a blocking thread, so signals are handled even if the file system hangs.
+    let system_id = id.system_id;
+    let Some(verified) = off_runtime(archive, cancel, move |a| a.verify_identity(system_id, seg))
+        .await
+    else {
+        return Ok(RunEnd::Finished);
+    };
+    verified?;
 
     if cfg.create_slot_if_missing
         && let Some(slot) = &cfg.slot
     {
         failover::ensure_slot(&mut conn, slot).await?;
     }
-    let (tli, start, from_archive) = start_position(cfg, arch, &mut conn, &id, seg).await?;
+    let (tli, start, from_archive) = {
+        let arch = archive.as_mut().expect("given back above");
+        start_position(cfg, arch, &mut conn, &id, seg).await?
+    };
     // After a failover: the archive's timeline may have ended (or run past the fork
     // point) in the server's history.
     let archived_history = if tli == TimelineId::ONE {
         None
     } else {
-        arch.read_history(tli)?
+        match off_runtime(archive, cancel, move |a| a.read_history(tli)).await {
+            Some(h) => h?,
+            None => return Ok(RunEnd::Finished),
+        }
     };
     let (mut tli, mut start) = failover::follow_history(
         &mut conn,
@@ -224,6 +260,7 @@ async fn run_once(
         flush_bytes: cfg.flush_bytes,
         flush_interval: cfg.flush_interval,
     };
+    let arch = archive.as_mut().expect("given back above");
     let segments = arch.segment_writer_with(
         seg,
         cfg.write_options
