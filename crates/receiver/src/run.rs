@@ -201,8 +201,8 @@ async fn run_once(
     // slot have all been checked (the writer's pin below). Reading `walsink.meta` runs
     // on a blocking thread, so signals are handled even if the file system hangs.
     let system_id = id.system_id;
-    let Some(verified) = off_runtime(archive, cancel, move |a| a.verify_identity(system_id, seg))
-        .await
+    let Some(verified) =
+        off_runtime(archive, cancel, move |a| a.verify_identity(system_id, seg)).await
     else {
         return Ok(RunEnd::Finished);
     };
