@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::harness::pg::free_port;
 use crate::harness::{
     HostAuth, PgCluster, StopMode, Walsink, WalsinkProcess, archive, archive_dir, clean_command,
-    format_lsn, parse_lsn, wait_for,
+    format_lsn, parse_lsn, remove_needed_segment, wait_for,
 };
 
 use crate::harness::WAIT as TIMEOUT;
@@ -565,25 +565,7 @@ fn removed_wal_exits_14_with_a_hint() {
     ]);
     cmd.arg(dir.path());
     run(cmd).expect("seeding the archive", 0, &[]);
-    let partial = archive::partial_segments(dir.path());
-    assert_eq!(partial.len(), 1, "{:?}", archive::list(dir.path()));
-    let needed = partial[0].trim_end_matches(".partial").to_owned();
-
-    let on_server = || {
-        pg.sql_one(&format!(
-            "SELECT count(*)::text FROM pg_ls_waldir() WHERE name = '{needed}'"
-        ))
-        .as_deref()
-            == Some("1")
-    };
-    for _ in 0..20 {
-        if !on_server() {
-            break;
-        }
-        pg.switch_wal();
-        pg.execute("CHECKPOINT");
-    }
-    assert!(!on_server(), "the server kept {needed}");
+    let needed = remove_needed_segment(&pg, dir.path());
 
     let mut cmd = receive(["-w", "-d", &pg.conninfo(), "-D"]);
     cmd.arg(dir.path());

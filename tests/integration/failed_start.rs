@@ -15,7 +15,7 @@ use crate::errors::{receive, run};
 use crate::harness::pg::free_port;
 use crate::harness::{
     HostAuth, PgCluster, WAIT, WalsinkProcess, archive, archive_dir, format_lsn, parse_lsn,
-    wait_for,
+    remove_needed_segment, wait_for,
 };
 
 const PASSWORD: &str = "pw";
@@ -239,24 +239,7 @@ fn a_start_refused_by_start_replication_leaves_the_archive_directory_as_it_was()
     pg.execute(&format!("SELECT pg_drop_replication_slot('{slot}')"));
 
     // Exit 14: the segment the foreign directory needs next is gone from the server.
-    let partial = archive::partial_segments(foreign.path());
-    assert_eq!(partial.len(), 1, "{:?}", archive::list(foreign.path()));
-    let needed = partial[0].trim_end_matches(".partial").to_owned();
-    let on_server = || {
-        pg.sql_one(&format!(
-            "SELECT count(*)::text FROM pg_ls_waldir() WHERE name = '{needed}'"
-        ))
-        .as_deref()
-            == Some("1")
-    };
-    for _ in 0..20 {
-        if !on_server() {
-            break;
-        }
-        pg.switch_wal();
-        pg.execute("CHECKPOINT");
-    }
-    assert!(!on_server(), "the server kept {needed}");
+    remove_needed_segment(&pg, foreign.path());
     assert_untouched(
         "foreign: WAL removed",
         foreign.path(),

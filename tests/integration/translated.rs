@@ -10,8 +10,8 @@ use std::process::Command;
 
 use crate::errors::{receive, replication_psql_works, rewrite_hba, run};
 use crate::harness::{
-    HostAuth, PgCluster, WAIT as TIMEOUT, WalsinkProcess, archive, archive_dir, format_lsn,
-    parse_lsn, wait_for,
+    HostAuth, PgCluster, WAIT as TIMEOUT, WalsinkProcess, archive_dir, format_lsn, parse_lsn,
+    remove_needed_segment, wait_for,
 };
 
 const PASSWORD: &str = "sekret pw";
@@ -191,24 +191,7 @@ fn scenarios(lc: &str, english: bool) -> Vec<(&'static str, Outcome)> {
     pg.execute(&format!("SELECT pg_drop_replication_slot('{slot}')"));
 
     // Exit 14: the segment the archive needs next is gone (58P01), with the missing range.
-    let partial = archive::partial_segments(dir.path());
-    assert_eq!(partial.len(), 1, "{:?}", archive::list(dir.path()));
-    let needed = partial[0].trim_end_matches(".partial").to_owned();
-    let on_server = || {
-        pg.sql_one(&format!(
-            "SELECT count(*)::text FROM pg_ls_waldir() WHERE name = '{needed}'"
-        ))
-        .as_deref()
-            == Some("1")
-    };
-    for _ in 0..20 {
-        if !on_server() {
-            break;
-        }
-        pg.switch_wal();
-        pg.execute("CHECKPOINT");
-    }
-    assert!(!on_server(), "the server kept {needed}");
+    let needed = remove_needed_segment(&pg, dir.path());
     record(
         "WAL removed",
         with_password(cmd_in(dir.path(), &[])),

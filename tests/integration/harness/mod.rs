@@ -32,7 +32,8 @@ use walsink_wal::Lsn;
 pub use pg::{HostAuth, PgCluster, PgClusterBuilder, StopMode};
 #[allow(unused_imports)]
 pub use scenario::{
-    WAIT, archive_dir, create_slot, generate_past, restart_lsn, switch_point, switch_points,
+    WAIT, archive_dir, create_slot, generate_past, remove_needed_segment, restart_lsn,
+    switch_point, switch_points,
 };
 pub use walsink::{Walsink, WalsinkProcess, clean_command};
 

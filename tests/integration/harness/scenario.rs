@@ -97,3 +97,27 @@ pub fn switch_point(pg: &PgCluster, tli: u32) -> u64 {
         .unwrap_or_else(|| panic!("{name} has no switch point of timeline {tli}:\n{text}"))
         .1
 }
+
+/// Makes the server remove the segment an archive of `dir` needs next (the one its only `.partial` holds):
+/// switches WAL and checkpoints until `pg_wal` no longer has it. Returns the segment's name.
+pub fn remove_needed_segment(pg: &PgCluster, dir: &std::path::Path) -> String {
+    let partial = super::archive::partial_segments(dir);
+    assert_eq!(partial.len(), 1, "{:?}", super::archive::list(dir));
+    let needed = partial[0].trim_end_matches(".partial").to_owned();
+    let on_server = || {
+        pg.sql_one(&format!(
+            "SELECT count(*)::text FROM pg_ls_waldir() WHERE name = '{needed}'"
+        ))
+        .as_deref()
+            == Some("1")
+    };
+    for _ in 0..20 {
+        if !on_server() {
+            break;
+        }
+        pg.switch_wal();
+        pg.execute("CHECKPOINT");
+    }
+    assert!(!on_server(), "the server kept {needed}");
+    needed
+}
