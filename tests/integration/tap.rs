@@ -9,6 +9,9 @@
 //!   where pg_receivewal writes the whole message that crosses it.
 //!
 //! Every run that streams also checks that each completed segment is byte-identical to the server's.
+//!
+//! The last test runs the scenarios' message checks with walsink called as `pg_receivewal` (a symbolic
+//! link), where its messages take pg_receivewal's form (`pg_receivewal: error: ...`).
 
 use std::fs;
 use std::path::Path;
@@ -16,7 +19,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::harness::{
-    PgCluster, WAIT, Walsink, archive, archive_dir, format_lsn, parse_lsn, switch_point, wait_for,
+    PgCluster, PgReceivewalLink, WAIT, Walsink, archive, archive_dir, format_lsn, parse_lsn,
+    switch_point, wait_for,
 };
 
 /// Upper bound for one walsink run that must end by itself (usage errors, slot commands, `--endpos`).
@@ -581,4 +585,222 @@ fn stream_from_a_promoted_standby_follows_the_new_timeline() {
     expected.sort();
     assert_eq!(archive::partial_segments(dir.path()), expected);
     assert_partial_stops_at(&standby, dir.path(), &last, parse_lsn(&nextlsn));
+}
+
+// ---- walsink called as pg_receivewal ---------------------------------------------------------------------
+
+/// The second word of a version line once parenthesised text is removed, as Barman reads pg_receivewal's
+/// `--version` (barman/command_wrappers.py, `get_version_info`), and its major.
+fn barman_client_major(line: &str) -> Option<u32> {
+    let mut text = String::new();
+    let mut depth = 0;
+    for c in line.trim().chars() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth == 0 => text.push(c),
+            _ => {}
+        }
+    }
+    let version = text.split_whitespace().nth(1)?;
+    let (major, minor) = version.split_once('.')?;
+    if minor.is_empty() || !minor.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    major.parse().ok()
+}
+
+/// Called as `pg_receivewal`, walsink is `walsink receive` with pg_receivewal's messages: the TAP scenarios'
+/// message checks (1-9, 18) pass through the link, the version line is one Barman accepts for every major
+/// walsink supports, `--verbose` logs information but no debug lines (those need `-v -v`), and a streaming
+/// run (scenario 13) archives the same as `walsink receive`.
+#[test]
+fn called_as_pg_receivewal_it_passes_the_tap_message_checks() {
+    let link = PgReceivewalLink::new();
+    let run = |args: &[&str]| link.run(args, RUN_TIMEOUT);
+    let what = |args: &[&str]| format!("pg_receivewal {}", args.join(" "));
+
+    // 1. --help.
+    let out = run(&["--help"]);
+    assert_exit(&out, 0, "pg_receivewal --help");
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Usage: pg_receivewal"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("--directory"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).lines().all(|l| l.chars().count() <= 95),
+        "help lines longer than 95 characters:\n{}",
+        stdout(&out)
+    );
+
+    // 2. --version (and -V): one line, pg_receivewal's shape, walsink's version in parentheses.
+    for flag in ["--version", "-V"] {
+        let out = run(&[flag]);
+        assert_exit(&out, 0, &what(&[flag]));
+        assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+        let line = stdout(&out);
+        assert_eq!(
+            line,
+            format!(
+                "pg_receivewal (PostgreSQL) 18.0 (walsink {})\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        // Barman accepts a client for servers with 9.2 < major <= the client's major: every major walsink
+        // supports (README: 13 to 18).
+        assert_eq!(barman_client_major(&line), Some(18), "{line:?}");
+    }
+    // walsink receive --version says the same; walsink --version keeps walsink's own.
+    let out = walsink(&["receive", "--version"]);
+    assert_exit(&out, 0, "walsink receive --version");
+    assert_eq!(barman_client_major(&stdout(&out)), Some(18));
+    let out = walsink(&["--version"]);
+    assert_eq!(
+        stdout(&out),
+        format!("walsink {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    // 3-9: usage errors, each a `pg_receivewal: error:` line and a hint, nothing written.
+    let dir = archive_dir();
+    let d = path_str(dir.path());
+    for (args, message) in [
+        (&["--not-a-valid-option"][..], "--not-a-valid-option"),
+        (&[][..], "no target directory specified"),
+        (
+            &["-D", d, "--endpos", "123456789/0"][..],
+            "could not parse end position",
+        ),
+        (
+            &["-D", d, "--endpos", "1/2/3"][..],
+            "could not parse end position",
+        ),
+        (
+            &["-D", d, "--create-slot", "--drop-slot"][..],
+            "cannot use --create-slot together with --drop-slot",
+        ),
+        (
+            &["-D", d, "--create-slot"][..],
+            "--create-slot needs a slot to be specified using --slot",
+        ),
+        (
+            &["-D", d, "--synchronous", "--no-sync"][..],
+            "cannot use --synchronous together with --no-sync",
+        ),
+    ] {
+        let out = run(args);
+        assert_exit(&out, 2, &what(args));
+        let err = stderr(&out);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("pg_receivewal: error: ") && first.contains(message),
+            "{}: expected \"pg_receivewal: error: ...{message}...\":\n{err}",
+            what(args)
+        );
+        assert_eq!(
+            err.lines().nth(1),
+            Some("pg_receivewal: hint: Try \"pg_receivewal --help\" for more information."),
+            "{err}"
+        );
+    }
+    assert!(archive::list(dir.path()).is_empty());
+
+    // 18: a missing slot, in pg_receivewal's words (020_pg_receivewal.pl's regular expression), exit 12.
+    let pg = PgCluster::builder()
+        .setting("wal_keep_size", "64MB")
+        .start();
+    let conninfo = pg.conninfo();
+    pg.execute("CREATE TABLE test_table (x integer PRIMARY KEY)");
+    pg.execute("SELECT pg_switch_wal()");
+    let nextlsn = insert_lsn(&pg);
+    pg.execute("INSERT INTO test_table VALUES (1)");
+    let args = [
+        "-D",
+        d,
+        "-d",
+        &conninfo,
+        "--slot",
+        "nonexistentslot",
+        "-n",
+        "--no-sync",
+        "--verbose",
+        "--endpos",
+        &nextlsn,
+    ];
+    let out = run(&args);
+    assert_exit(&out, 12, &what(&args));
+    let err = stderr(&out);
+    let wanted = "replication slot \"nonexistentslot\" does not exist";
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("pg_receivewal: error: ") && l.contains(wanted)),
+        "no \"pg_receivewal: error: ...{wanted}\" line:\n{err}"
+    );
+    if pg.has_read_replication_slot() {
+        assert!(
+            err.contains(&format!("pg_receivewal: error: {wanted}")),
+            "{err}"
+        );
+    }
+    assert!(
+        err.lines().all(|l| l.starts_with("pg_receivewal: ")),
+        "a line not in pg_receivewal's form:\n{err}"
+    );
+
+    // 13 through the link, --verbose: pg_receivewal's information lines, no debug lines.
+    let args = [
+        "-D",
+        d,
+        "-d",
+        &conninfo,
+        "--endpos",
+        &nextlsn,
+        "--synchronous",
+        "--no-loop",
+        "--verbose",
+    ];
+    let out = run(&args);
+    assert_exit(&out, 0, &what(&args));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pg_receivewal: starting log streaming at "),
+        "{err}"
+    );
+    assert!(
+        err.lines().all(|l| l.starts_with("pg_receivewal: ")),
+        "a line not in pg_receivewal's form:\n{err}"
+    );
+    // A debug line of the archive (walsink's "opened and locked archive directory") appears with -v -v only.
+    let debug_line = "opened and locked archive directory";
+    assert!(
+        !err.contains(debug_line),
+        "debug output with a single -v:\n{err}"
+    );
+    let first = pg.walfile_name(&nextlsn);
+    assert_eq!(
+        archive::partial_segments(dir.path()),
+        vec![format!("{first}.partial")]
+    );
+    assert_partial_stops_at(&pg, dir.path(), &first, parse_lsn(&nextlsn));
+    let args = [
+        "-D",
+        d,
+        "-d",
+        &conninfo,
+        "--endpos",
+        &nextlsn,
+        "--no-loop",
+        "-v",
+        "-v",
+    ];
+    let out = run(&args);
+    assert_exit(&out, 0, &what(&args));
+    assert!(stderr(&out).contains(debug_line), "{}", stderr(&out));
+    // Without --verbose a successful run prints nothing, as pg_receivewal.
+    let args = ["-D", d, "-d", &conninfo, "--endpos", &nextlsn, "--no-loop"];
+    let out = run(&args);
+    assert_exit(&out, 0, &what(&args));
+    assert_eq!(stderr(&out), "", "a quiet run printed something");
 }

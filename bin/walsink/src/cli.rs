@@ -13,13 +13,7 @@ use walsink_wal::Lsn;
 
 /// PostgreSQL WAL streaming receiver: a durable, pg_receivewal-compatible archive.
 #[derive(Parser, Debug)]
-#[command(
-    name = "walsink",
-    version,
-    about,
-    propagate_version = true,
-    term_width = 95
-)]
+#[command(name = "walsink", version, about, term_width = 95)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -31,9 +25,42 @@ pub enum Command {
     Receive(ReceiveArgs),
 }
 
+/// walsink called as `pg_receivewal` (a symbolic link, say): the flags of `walsink receive`, no
+/// subcommand.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pg_receivewal",
+    about = "walsink, called as pg_receivewal: stream WAL from a server into an archive directory.",
+    disable_help_flag = true,
+    disable_version_flag = true,
+    term_width = 95
+)]
+pub struct PgReceivewalCli {
+    /// The flags, exactly those of `walsink receive`.
+    #[command(flatten)]
+    pub args: ReceiveArgs,
+}
+
+/// The newest PostgreSQL release walsink claims to be compatible with in its pg_receivewal version
+/// line: the newest major walsink supports (README, "Every PostgreSQL major"). Programs that drive
+/// pg_receivewal take this as the client's version and refuse a server newer than it (Barman:
+/// `9.2 < server major <= client major`), so it must be the newest major walsink streams from. The
+/// minor is `.0`: walsink behaves the same with every minor, but Barman's parser needs one.
+pub const PG_COMPAT_VERSION: &str = "18.0";
+
+/// What `walsink receive --version` and `pg_receivewal --version` print:
+/// `pg_receivewal (PostgreSQL) 18.0 (walsink 0.1.0)`. Parsers of pg_receivewal's version line drop
+/// parenthesised text and take the second word, here [`PG_COMPAT_VERSION`].
+pub fn receive_version_line() -> String {
+    format!(
+        "pg_receivewal (PostgreSQL) {PG_COMPAT_VERSION} (walsink {})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 /// `walsink receive`. Flags and meanings follow pg_receivewal.
 #[derive(Args, Debug)]
-#[command(disable_help_flag = true)]
+#[command(disable_help_flag = true, disable_version_flag = true)]
 pub struct ReceiveArgs {
     /// Receive WAL files into this directory (must exist).
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
@@ -134,6 +161,10 @@ pub struct ReceiveArgs {
     #[arg(short = 'W', long = "password")]
     pub password: bool,
 
+    /// Show the version line pg_receivewal's users parse, then exit.
+    #[arg(short = 'V', long = "version")]
+    pub version: bool,
+
     /// Show this help, then exit.
     #[arg(short = '?', long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -219,8 +250,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl ReceiveArgs {
-    /// Validates the flags (in pg_receivewal's order) into a configuration.
-    pub fn into_config(self, env: &Env) -> Result<(ReceiveConfig, Action, u8), UsageError> {
+    /// Validates the flags (in pg_receivewal's order) into a configuration. `program` is the
+    /// `application_name` used when the connection string sets none (`walsink`, or
+    /// `pg_receivewal` when called so, as pg_receivewal's fallback).
+    pub fn into_config(
+        self,
+        env: &Env,
+        program: &str,
+    ) -> Result<(ReceiveConfig, Action, u8), UsageError> {
         let u = |m: &str| Err(UsageError(m.to_owned()));
         if self.create_slot && self.drop_slot {
             return u("cannot use --create-slot together with --drop-slot");
@@ -286,7 +323,7 @@ impl ReceiveArgs {
                     .map_err(|e| UsageError(format!("invalid {flag}: {e}")))?;
             }
         }
-        let conn = ConnConfig::resolve(&opts, env, "walsink")
+        let conn = ConnConfig::resolve(&opts, env, program)
             .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
         if let Some(e) = conn.unsupported() {
             return Err(UsageError(e.to_string()));

@@ -1,7 +1,11 @@
 //! `walsink`: the command line. Glue only: parse and validate flags, set up logging and
 //! signals, run the receiver, and map the outcome to an exit code.
+//!
+//! Called as `pg_receivewal` (the file name of argv[0], e.g. a symbolic link), walsink is
+//! `walsink receive` with pg_receivewal's message form: see [`Personality`].
 
 mod cli;
+mod log;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -9,10 +13,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
-use tracing_subscriber::EnvFilter;
 use walsink_receiver::{ErrorKind, ReceiverError};
 
-use crate::cli::{Action, Cli, Command};
+use crate::cli::{Action, Cli, Command, PgReceivewalCli, ReceiveArgs};
 
 /// Exit codes. Documented in the README; scripts and systemd units rely on them.
 mod exit {
@@ -47,51 +50,120 @@ fn exit_code(e: &ReceiverError) -> u8 {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "info,walsink=debug,walsink_receiver=debug,walsink_archive=debug",
-        _ => "debug,walsink=trace,walsink_receiver=trace,walsink_archive=trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// Who walsink is, by the name it was called by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Personality {
+    /// `walsink`, with subcommands and its own message form.
+    Walsink,
+    /// `pg_receivewal`: the flags of `walsink receive` without a subcommand, and
+    /// pg_receivewal's message form (`pg_receivewal: error: ...`), so that programs driving
+    /// pg_receivewal (Barman, scripts) work unchanged with `ln -s walsink pg_receivewal`.
+    PgReceivewal,
+}
+
+impl Personality {
+    /// From the file name of argv[0]: `pg_receivewal` is [`Personality::PgReceivewal`],
+    /// anything else [`Personality::Walsink`].
+    pub fn from_argv0(argv0: Option<&std::ffi::OsStr>) -> Personality {
+        let name = argv0.and_then(|a| std::path::Path::new(a).file_name());
+        if name.is_some_and(|n| n == "pg_receivewal") {
+            Personality::PgReceivewal
+        } else {
+            Personality::Walsink
+        }
+    }
+
+    /// The program name messages start with, and the fallback `application_name`.
+    pub fn program(self) -> &'static str {
+        match self {
+            Personality::Walsink => "walsink",
+            Personality::PgReceivewal => "pg_receivewal",
+        }
+    }
+
+    /// Prints a usage error in this personality's form and exits with status 2.
+    fn usage_error(self, message: &str) -> ! {
+        match self {
+            Personality::Walsink => {
+                // The same shape as clap's own usage errors.
+                let mut cmd = Cli::command();
+                cmd.build();
+                let receive = cmd
+                    .find_subcommand_mut("receive")
+                    .expect("receive subcommand");
+                receive
+                    .error(clap::error::ErrorKind::ArgumentConflict, message)
+                    .exit();
+            }
+            Personality::PgReceivewal => {
+                eprint!(
+                    "{}",
+                    log::pg_lines(
+                        "pg_receivewal",
+                        tracing::Level::ERROR,
+                        &format!(
+                            "{message}\nHINT:  Try \"pg_receivewal --help\" for more information."
+                        )
+                    )
+                );
+                std::process::exit(exit::USAGE.into());
+            }
+        }
+    }
+}
+
+/// The flags of `walsink receive` (or of pg_receivewal), parsed; help and usage errors exit here.
+fn parse_receive_args(personality: Personality) -> ReceiveArgs {
+    match personality {
+        Personality::Walsink => {
+            let Command::Receive(args) = Cli::parse().command;
+            args
+        }
+        Personality::PgReceivewal => match PgReceivewalCli::try_parse() {
+            Ok(cli) => cli.args,
+            Err(e) if !e.use_stderr() => e.exit(),
+            Err(e) => {
+                // A bad value names the flag and what is wrong (clap's text); the flag's own
+                // parser's message (e.g. "could not parse end position") comes first when
+                // there is one, as pg_receivewal words it.
+                let text = match std::error::Error::source(&e) {
+                    Some(source) => source.to_string(),
+                    None => clap_message(&e),
+                };
+                personality.usage_error(&text)
+            }
+        },
+    }
+}
+
+/// clap's error message without its `error: ` prefix, usage and tip lines.
+fn clap_message(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let Command::Receive(args) = cli.command;
+    let personality = Personality::from_argv0(std::env::args_os().next().as_deref());
+    let args = parse_receive_args(personality);
+    if args.version {
+        println!("{}", cli::receive_version_line());
+        return ExitCode::from(exit::OK);
+    }
     let no_password = args.no_password;
     let prompt_first = args.password;
     let env = walsink_receiver::process_env();
-    let (mut config, action, verbose) = match args.into_config(&env) {
+    let (mut config, action, verbose) = match args.into_config(&env, personality.program()) {
         Ok(v) => v,
-        Err(e) => {
-            // The same shape as clap's own usage errors; exits with status 2.
-            let mut cmd = Cli::command();
-            cmd.build();
-            let receive = cmd
-                .find_subcommand_mut("receive")
-                .expect("receive subcommand");
-            receive
-                .error(clap::error::ErrorKind::ArgumentConflict, e.0)
-                .exit();
-        }
+        Err(e) => personality.usage_error(&e.0),
     };
-    init_logging(verbose);
+    log::init(personality, verbose);
 
     if prompt_first {
         match prompt_password() {
             Some(p) => config.password = Some(p),
             None => {
-                eprintln!(
-                    "walsink: error: -W/--password needs a terminal to read the password from"
-                );
-                return ExitCode::from(exit::USAGE);
+                personality.usage_error("-W/--password needs a terminal to read the password from")
             }
         }
     }
@@ -175,4 +247,24 @@ async fn watch_signals(cancel: CancellationToken) {
         _ = term.recv() => {}
     }
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_name_called_by_decides_the_personality() {
+        let p = |a: &str| Personality::from_argv0(Some(OsStr::new(a)));
+        assert_eq!(p("pg_receivewal"), Personality::PgReceivewal);
+        assert_eq!(
+            p("/opt/barman-bin/pg_receivewal"),
+            Personality::PgReceivewal
+        );
+        assert_eq!(p("walsink"), Personality::Walsink);
+        assert_eq!(p("/usr/bin/walsink"), Personality::Walsink);
+        assert_eq!(p("pg_receivewal-old"), Personality::Walsink);
+        assert_eq!(Personality::from_argv0(None), Personality::Walsink);
+    }
 }

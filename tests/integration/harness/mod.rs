@@ -35,7 +35,7 @@ pub use scenario::{
     WAIT, archive_dir, create_slot, generate_past, remove_needed_segment, restart_lsn,
     switch_point, switch_points,
 };
-pub use walsink::{Walsink, WalsinkProcess, clean_command};
+pub use walsink::{PgReceivewalLink, Walsink, WalsinkProcess, clean_command};
 
 /// Polls `cond` every 50 ms until it returns true or `timeout` passes. Returns whether it became true;
 /// use it as `assert!(wait_for(|| ..., Duration::from_secs(30)), "what we waited for")`.

@@ -81,6 +81,60 @@ impl Walsink {
     }
 }
 
+/// A directory holding `pg_receivewal`, a symbolic link to the walsink binary: what an operator puts on
+/// Barman's `path_prefix` or on `PATH` to replace pg_receivewal. Removed when dropped.
+#[derive(Debug)]
+pub struct PgReceivewalLink {
+    dir: TempDir,
+}
+
+impl PgReceivewalLink {
+    /// Makes the directory (mode 0755, so that another user, e.g. Barman's, can run the link) and the link.
+    pub fn new() -> PgReceivewalLink {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("wsk-pgrw")
+            .tempdir_in(temp_base())
+            .expect("create temp dir for the pg_receivewal link");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod link dir");
+        std::os::unix::fs::symlink(Walsink::bin(), dir.path().join("pg_receivewal"))
+            .expect("symlink pg_receivewal -> walsink");
+        PgReceivewalLink { dir }
+    }
+
+    /// The directory holding the link.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The link, `DIR/pg_receivewal`.
+    pub fn bin(&self) -> PathBuf {
+        self.dir.path().join("pg_receivewal")
+    }
+
+    /// `pg_receivewal <args>` (walsink through the link) with a clean environment and no `RUST_LOG`, so the
+    /// default log levels apply.
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = clean_command(self.bin());
+        cmd.env_remove("RUST_LOG");
+        cmd.args(args);
+        cmd
+    }
+
+    /// Runs `pg_receivewal <args>` to completion (see [`Walsink::run`]).
+    pub fn run<I, S>(&self, args: I, timeout: Duration) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Walsink::run_command(self.cmd(args), timeout)
+    }
+}
+
 /// A running walsink (or any other command, e.g. pg_receivewal) with its output captured to files.
 #[derive(Debug)]
 pub struct WalsinkProcess {
