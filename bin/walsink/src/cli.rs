@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Stream WAL from a server into an archive directory (like pg_receivewal).
     Receive(ReceiveArgs),
+    /// Run many sources from a configuration file, as a service (SIGHUP reloads it).
+    Run(crate::run::RunArgs),
 }
 
 /// walsink called as `pg_receivewal` (a symbolic link, say): the flags of `walsink receive`, no
@@ -239,7 +241,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "min" => Duration::from_secs(n * 60),
         _ => {
             return Err(format!(
-                "invalid duration \"{s}\": unknown unit \"{unit}\" (use ms or s)"
+                "invalid duration \"{s}\": unknown unit \"{unit}\" (use ms, s or min)"
             ));
         }
     };

@@ -6,6 +6,7 @@
 
 mod cli;
 mod log;
+mod run;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ use walsink_receiver::{ErrorKind, ReceiverError};
 use crate::cli::{Action, Cli, Command, PgReceivewalCli, ReceiveArgs};
 
 /// Exit codes. Documented in the README; scripts and systemd units rely on them.
-mod exit {
+pub(crate) mod exit {
     pub const OK: u8 = 0;
     pub const ERROR: u8 = 1;
     pub const USAGE: u8 = 2;
@@ -115,10 +116,10 @@ impl Personality {
 /// The flags of `walsink receive` (or of pg_receivewal), parsed; help and usage errors exit here.
 fn parse_receive_args(personality: Personality) -> ReceiveArgs {
     match personality {
-        Personality::Walsink => {
-            let Command::Receive(args) = Cli::parse().command;
-            args
-        }
+        Personality::Walsink => match Cli::parse().command {
+            Command::Receive(args) => args,
+            Command::Run(args) => std::process::exit(run::main(args).into()),
+        },
         Personality::PgReceivewal => match PgReceivewalCli::try_parse() {
             Ok(cli) => cli.args,
             Err(e) if !e.use_stderr() => e.exit(),

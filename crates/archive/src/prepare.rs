@@ -103,9 +103,11 @@ impl Preparer {
         if ahead {
             let (req_tx, req_rx) = mpsc::channel::<()>();
             let (done_tx, done_rx) = mpsc::channel();
+            let span = tracing::Span::current();
             let spawned = std::thread::Builder::new()
                 .name("walsink-prepare".into())
                 .spawn(move || {
+                    let _in_span = span.enter();
                     let mut zeros = None;
                     while req_rx.recv().is_ok() {
                         let r = prepare(&job, &mut zeros);

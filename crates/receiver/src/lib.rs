@@ -20,7 +20,9 @@
 //! * `gap`: WAL the server no longer has: the missing range, and `--allow-gap`;
 //! * `server`: connecting and identifying the server (shared by the daemon loop and
 //!   `gap`'s probes; modules depend on it, never on each other in a circle);
-//! * `config`: [`ReceiveConfig`], what the caller decides.
+//! * `config`: [`ReceiveConfig`], what the caller decides;
+//! * [`daemon`]: many sources in one process (`walsink run`): one task per source,
+//!   applied by difference on reload.
 //!
 //! It does no argument parsing and never exits the process; the binary maps
 //! [`ReceiverError::kind`] to exit codes.
@@ -28,6 +30,7 @@
 
 mod config;
 pub mod conn;
+pub mod daemon;
 pub mod env;
 mod error;
 mod failover;

@@ -1,7 +1,7 @@
 //! The daemon loop: connect, decide where to start, stream, follow timelines, and
 //! reconnect with capped, jittered backoff.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -61,7 +61,7 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
     let mut last_target: Option<Target> = None;
     loop {
         let started = Instant::now();
-        let streamed = Cell::new(false);
+        let streamed = AtomicBool::new(false);
         // Announce each recovery; not while waiting for a busy slot, where every
         // attempt connects and then finds the slot still busy.
         let announce = failures > 0 && last_kind != Some(ErrorKind::SlotInUse);
@@ -90,7 +90,7 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
                 }
                 // A connection that streamed before it broke proves the server is
                 // reachable: start the backoff over.
-                if streamed.get() || started.elapsed() >= HEALTHY_STREAM {
+                if streamed.load(Ordering::Relaxed) || started.elapsed() >= HEALTHY_STREAM {
                     backoff = BACKOFF_MIN;
                     failures = 0;
                     first_failure_at = None;
@@ -143,8 +143,9 @@ async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce(&mut Archive) -> T + Send + 'static,
 ) -> Option<T> {
     let mut a = archive.take().expect("the archive is open between runs");
+    let span = tracing::Span::current();
     let task = tokio::task::spawn_blocking(move || {
-        let r = f(&mut a);
+        let r = span.in_scope(|| f(&mut a));
         (a, r)
     });
     tokio::select! {
@@ -165,7 +166,7 @@ async fn run_once(
     sync: SyncMode,
     cancel: &CancellationToken,
     announce_reconnect: bool,
-    streamed: &Cell<bool>,
+    streamed: &AtomicBool,
     last_target: &mut Option<Target>,
 ) -> Result<RunEnd, ReceiverError> {
     let (mut conn, id) = tokio::select! {

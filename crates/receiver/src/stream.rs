@@ -24,7 +24,7 @@
 //!
 //! Errors of the session become [`ReceiverError`]s in one place, `session_error`.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -112,7 +112,7 @@ pub async fn stream(
     start: Lsn,
     opts: &StreamOptions,
     cancel: &CancellationToken,
-    streaming: &Cell<bool>,
+    streaming: &AtomicBool,
     first: FirstWrites,
 ) -> Result<StreamEnd, ReceiverError> {
     let confirmed = slot_confirmed_flush(conn, opts).await?;
@@ -217,7 +217,7 @@ struct Driver<'a> {
     /// A WAL event the writer had no room for: while it is held, the socket is not read.
     held: Option<(Lsn, Bytes)>,
     /// Set once the server entered copy mode.
-    streaming: &'a Cell<bool>,
+    streaming: &'a AtomicBool,
     /// Whether the session streams through a replication slot (classifies server errors).
     slot: bool,
     /// Archive writes waiting for the server to accept the start ([`FirstWrites`]).
@@ -379,7 +379,7 @@ impl Driver<'_> {
                     }
                 }
                 Event::Started => {
-                    self.streaming.set(true);
+                    self.streaming.store(true, Ordering::Relaxed);
                     self.conn.end_command_phase();
                 }
                 Event::FlushRequested => self.writer.request_flush(),
@@ -396,7 +396,7 @@ impl Driver<'_> {
                 Event::Notice(n) => self.conn.log_notice(&n),
                 Event::EndOfTimeline { next, received } => {
                     self.first_writes().await?;
-                    if !self.streaming.get() {
+                    if !self.streaming.load(Ordering::Relaxed) {
                         info!(
                             "timeline {} ends exactly at {received}: the server answered with the next timeline {} at once",
                             session.timeline(),

@@ -228,9 +228,13 @@ impl Writer {
             }
         }));
         let dir = archive.path().to_path_buf();
+        // The caller's span (a daemon's source) goes with the thread's log lines.
+        let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("walsink-writer".into())
-            .spawn(move || thread::run(archive, seg, cfg, rx, state_tx, rt, cancel))
+            .spawn(move || {
+                span.in_scope(|| thread::run(archive, seg, cfg, rx, state_tx, rt, cancel))
+            })
             .expect("spawning the writer thread");
         Writer {
             mode: Mode::Thread {

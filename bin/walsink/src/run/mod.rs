@@ -1,0 +1,148 @@
+//! `walsink run --config FILE`: many sources in one daemon.
+//!
+//! The file ([`config`]) is read and validated before anything starts (exit 2 naming
+//! every error). Then one [`Supervisor`] runs a task per source; SIGHUP re-reads the file
+//! and applies it by difference (an invalid new file is logged and the running
+//! configuration kept); SIGINT/SIGTERM stop every source (each flushes and sends its
+//! final status update) and exit 0.
+//!
+//! A source that fails with an error needing a human stays down, is logged with its
+//! name, and the daemon keeps running the others; a reload starts it again.
+
+pub mod config;
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use walsink_receiver::daemon::{SourceState, Supervisor};
+
+use crate::log::{self, LogFormat};
+
+/// `walsink run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The configuration file (TOML; see README, "Running as a service").
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// Check the configuration file, print what it configures, and exit (0 if valid, 2 if not).
+    #[arg(long = "check")]
+    pub check: bool,
+
+    /// Log format; overrides the file's log_format (default text).
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// More output (repeat for more).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Runs the daemon; returns the process's exit code.
+pub fn main(args: RunArgs) -> u8 {
+    let env = walsink_receiver::process_env();
+    let cfg = match config::load(&args.config, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walsink: error: invalid configuration:\n{e}");
+            eprintln!("walsink: {} error(s); nothing was started", e.len());
+            return crate::exit::USAGE;
+        }
+    };
+    if args.check {
+        println!(
+            "{}: {} source(s): {}",
+            args.config.display(),
+            cfg.sources.len(),
+            cfg.sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return crate::exit::OK;
+    }
+    let format = args.log_format.or(cfg.log_format).unwrap_or_default();
+    log::init_daemon(args.verbose, format);
+
+    // Worker threads, not one: a source in synchronous mode writes and fsyncs on the
+    // runtime, which must not hold up the others.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let path = args.config.clone();
+    rt.block_on(async move {
+        let (Ok(mut hup), Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            error!("cannot install the signal handlers");
+            return;
+        };
+        let mut supervisor = Supervisor::new();
+        let mut running = cfg;
+        info!(
+            "walsink daemon starting {} source(s) from {}",
+            running.sources.len(),
+            path.display()
+        );
+        supervisor.apply(running.sources.clone()).await;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading {}", path.display());
+                    match config::load(&path, &env) {
+                        Ok(new) => {
+                            if new.metrics_listen != running.metrics_listen {
+                                warn!("metrics_listen changed; it takes effect when walsink restarts");
+                            }
+                            if new.log_format != running.log_format {
+                                warn!("log_format changed; it takes effect when walsink restarts");
+                            }
+                            let applied = supervisor.apply(new.sources.clone()).await;
+                            info!(
+                                "reloaded: {} started, {} stopped, {} restarted, {} unchanged",
+                                applied.started.len(),
+                                applied.stopped.len(),
+                                applied.restarted.len(),
+                                applied.unchanged.len()
+                            );
+                            running = new;
+                        }
+                        Err(e) => {
+                            for line in e.to_string().lines() {
+                                error!("{line}");
+                            }
+                            error!("the new configuration is invalid; keeping the running one");
+                        }
+                    }
+                }
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+            }
+        }
+        let failed = supervisor
+            .states()
+            .into_iter()
+            .filter(|(_, s)| matches!(s, SourceState::Failed { .. }))
+            .count();
+        if failed > 0 {
+            warn!("{failed} source(s) had stopped with an error");
+        }
+        info!("stopping every source");
+        // A second signal while shutting down: stop waiting.
+        tokio::select! {
+            () = supervisor.shutdown() => {}
+            _ = int.recv() => std::process::exit(crate::exit::ERROR.into()),
+            _ = term.recv() => std::process::exit(crate::exit::ERROR.into()),
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    crate::exit::OK
+}
