@@ -39,3 +39,5 @@ mod translated;
 mod failed_start;
 // Hostile servers (malformed and endless replies, floods, silence) and the connection's security options.
 mod security;
+// `walsink run`: many sources in one daemon (isolation, SIGHUP reload, per-source logs, config errors).
+mod daemon;

@@ -7,7 +7,7 @@
 //! backoff), whose disk is full (its writer pauses and its queue fills, which stops only
 //! its own socket reads) or whose archive is refused (its task ends) never stalls
 //! another. A source whose [`receive`] ends with an error stays down and is reported
-//! ([`SourceState::Failed`]); the others go on. [`Supervisor::apply`] starts it again
+//! ([`TaskState::Failed`]); the others go on. [`Supervisor::apply`] starts it again
 //! (an operator fixed the cause and reloaded).
 //!
 //! Applying a new set: sources whose name is new start; those no longer listed stop
@@ -42,7 +42,7 @@ pub struct SourceDef {
 
 /// Where a source is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SourceState {
+pub enum TaskState {
     /// Its task runs: streaming, connecting or waiting to reconnect.
     Running,
     /// Its task ended without error (`endpos`, never in a daemon) or was stopped.
@@ -74,11 +74,11 @@ struct Entry {
     fingerprint: u64,
     cancel: CancellationToken,
     task: JoinHandle<()>,
-    state: Arc<Mutex<SourceState>>,
+    state: Arc<Mutex<TaskState>>,
 }
 
 impl Entry {
-    fn state(&self) -> SourceState {
+    fn state(&self) -> TaskState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -119,7 +119,7 @@ impl Supervisor {
             let keep = match wanted.get(&name) {
                 Some(def) => {
                     let e = &self.sources[&name];
-                    e.fingerprint == def.fingerprint && e.state() == SourceState::Running
+                    e.fingerprint == def.fingerprint && e.state() == TaskState::Running
                 }
                 None => false,
             };
@@ -151,7 +151,7 @@ impl Supervisor {
     }
 
     /// Each source's name and state, sorted by name.
-    pub fn states(&self) -> Vec<(String, SourceState)> {
+    pub fn states(&self) -> Vec<(String, TaskState)> {
         self.sources
             .iter()
             .map(|(n, e)| (n.clone(), e.state()))
@@ -174,7 +174,7 @@ impl Supervisor {
 /// Starts one source's task inside its span.
 fn spawn(def: SourceDef) -> Entry {
     let cancel = CancellationToken::new();
-    let state = Arc::new(Mutex::new(SourceState::Running));
+    let state = Arc::new(Mutex::new(TaskState::Running));
     let span = info_span!("source", source = %def.name);
     let task = {
         let (cancel, state) = (cancel.clone(), Arc::clone(&state));
@@ -197,19 +197,22 @@ fn spawn(def: SourceDef) -> Entry {
 }
 
 /// Logs how a source's task ended and what it means.
-fn outcome(r: Result<(), ReceiverError>) -> SourceState {
+fn outcome(r: Result<(), ReceiverError>) -> TaskState {
     match r {
         Ok(()) => {
             info!("stopped");
-            SourceState::Stopped
+            TaskState::Stopped
         }
         Err(e) => {
             let message = e.to_string();
-            error!("{message}");
+            // One event per line (a DETAIL or HINT): each carries the source's name.
+            for line in message.lines() {
+                error!("{line}");
+            }
             error!(
                 "this source stays stopped (the other sources go on); fix the cause, then reload (SIGHUP) to start it again"
             );
-            SourceState::Failed {
+            TaskState::Failed {
                 kind: e.kind(),
                 message,
             }

@@ -106,7 +106,11 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
                 // Each failure is logged once; the same failure again only at debug level.
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
-                    warn!("{msg}");
+                    // One event per line (a server's DETAIL or HINT), so every line
+                    // carries the daemon's source name and log formats stay one line each.
+                    for line in msg.lines() {
+                        warn!("{line}");
+                    }
                     if slot_grace {
                         warn!(
                             "retrying for up to {} s in case the slot's previous user is just going away",

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
-use walsink_receiver::daemon::{SourceState, Supervisor};
+use walsink_receiver::daemon::{Supervisor, TaskState};
 
 use crate::log::{self, LogFormat};
 
@@ -130,7 +130,7 @@ pub fn main(args: RunArgs) -> u8 {
         let failed = supervisor
             .states()
             .into_iter()
-            .filter(|(_, s)| matches!(s, SourceState::Failed { .. }))
+            .filter(|(_, s)| matches!(s, TaskState::Failed { .. }))
             .count();
         if failed > 0 {
             warn!("{failed} source(s) had stopped with an error");
