@@ -20,6 +20,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Stream WAL from a server into an archive directory (like pg_receivewal).
     Receive(ReceiveArgs),
