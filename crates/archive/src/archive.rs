@@ -357,6 +357,25 @@ impl Archive {
         scan::find_starts(&self.dir, seg)
     }
 
+    /// Where the WAL in the `.partial` of the segment starting at `start` on `tli` ends,
+    /// by its page and record headers ([`walsink_wal::tail::written_end`]): at or past
+    /// every position walsink (or pg_receivewal) can have reported flushed from it, and
+    /// within WAL the server had. `None` when there is no such `.partial` or it holds no
+    /// WAL of that segment. Reads at most one segment. Not a durability claim: walsink
+    /// uses it as a floor for the flush positions it reports while re-streaming the
+    /// `.partial` after a restart.
+    pub fn partial_written_end(
+        &self,
+        tli: TimelineId,
+        start: Lsn,
+        seg: WalSegSize,
+    ) -> Result<Option<Lsn>, ArchiveError> {
+        if let Some(pinned) = self.pinned_seg {
+            self.check_seg(pinned, seg)?;
+        }
+        scan::partial_written_end(&self.dir, tli, start, seg)
+    }
+
     /// Whether `NNNNNNNN.history` of `tli` exists as a regular file (not following a
     /// link).
     pub fn has_history(&self, tli: TimelineId) -> bool {

@@ -100,6 +100,28 @@ fn usable_files(
     Ok(files)
 }
 
+/// See [`Archive::partial_written_end`](crate::Archive::partial_written_end).
+pub(crate) fn partial_written_end(
+    dir: &Dir,
+    tli: TimelineId,
+    start: Lsn,
+    seg: WalSegSize,
+) -> Result<Option<Lsn>, ArchiveError> {
+    let name = SegmentName::containing(tli, start, seg).partial_file_name(seg);
+    let len = usize::try_from(seg.bytes()).expect("a segment fits in memory");
+    let image = match fsops::read_prefix(dir, &name, len) {
+        Ok(image) => image,
+        Err(ArchiveError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(walsink_wal::tail::written_end(
+        &image,
+        seg.segment_start(start),
+    ))
+}
+
 /// The long page header of the newest uncompressed WAL file (completed or `.partial`)
 /// whose header is plausible, and that file's path (`None` if no file has one), and
 /// the number of uncompressed WAL files there are.
@@ -221,6 +243,34 @@ mod tests {
                 from_partial: false
             }
         );
+    }
+
+    #[test]
+    fn the_written_end_of_a_partial_comes_from_its_headers() {
+        let d = tempdir();
+        let start = Lsn(4 * SEG);
+        let none = |d: &tempfile::TempDir| partial_written_end(&dir(d), tli(1), start, seg1m());
+        assert_eq!(none(&d).unwrap(), None, "no .partial");
+        put(d.path(), "000000010000000000000004.partial", SEG as usize);
+        assert_eq!(none(&d).unwrap(), None, "zero-filled");
+        // One record of 100 bytes after the long header: it ends at 40 + 100, MAXALIGNed.
+        let mut img = first_page(4, 42, SEG);
+        img[40..44].copy_from_slice(&100u32.to_le_bytes());
+        img[44..140].fill(7);
+        img.resize(SEG as usize, 0);
+        fs::write(d.path().join("000000010000000000000004.partial"), &img).unwrap();
+        assert_eq!(none(&d).unwrap(), Some(Lsn(4 * SEG + 144)));
+        // A link is not WAL of this archive.
+        fs::remove_file(d.path().join("000000010000000000000004.partial")).unwrap();
+        std::os::unix::fs::symlink(
+            "/dev/zero",
+            d.path().join("000000010000000000000004.partial"),
+        )
+        .unwrap();
+        assert!(matches!(
+            none(&d),
+            Err(ArchiveError::NotARegularFile { .. })
+        ));
     }
 
     #[test]

@@ -245,6 +245,19 @@ async fn run_once(
     if let Some(slot) = &cfg.slot {
         failover::check_slot_coverage(&mut conn, slot, tli, start, seg).await?;
     }
+    let flush_floor = match from_archive {
+        Some(sp) if sp.from_partial && sp.tli == tli && sp.lsn == start => {
+            match off_runtime(archive, cancel, move |a| {
+                a.partial_written_end(tli, start, seg)
+            })
+            .await
+            {
+                Some(end) => resume_floor(end?, id.xlogpos),
+                None => return Ok(RunEnd::Finished),
+            }
+        }
+        _ => Lsn::INVALID,
+    };
     if let Some(end) = cfg.endpos
         && end <= start
     {
@@ -252,13 +265,14 @@ async fn run_once(
         conn.close().await;
         return Ok(RunEnd::Finished);
     }
-    let opts = StreamOptions {
+    let mut opts = StreamOptions {
         slot: cfg.slot.clone(),
         endpos: cfg.endpos,
         status_interval: cfg.status_interval,
         receive_timeout: cfg.receive_timeout,
         report_flush: (cfg.slot.is_some() || cfg.synchronous) && !cfg.no_sync,
         synchronous: cfg.synchronous,
+        flush_floor,
     };
     let writer_cfg = WriterConfig {
         synchronous: cfg.synchronous,
@@ -314,6 +328,8 @@ async fn run_once(
                 // within what was received.
                 StreamEnd::EndOfTimeline { next, .. } => {
                     info!("switched to timeline {} at {}", next.tli, next.start);
+                    // The floor was for re-streaming the `.partial` of the first timeline.
+                    opts.flush_floor = Lsn::INVALID;
                     tli = next.tli;
                     start = seg.segment_start(next.start);
                 }
@@ -352,6 +368,26 @@ async fn run_once(
     };
     *archive = writer.shutdown();
     end
+}
+
+/// The floor for the flush positions reported while the archive's `.partial` is re-streamed
+/// from its segment start (as pg_receivewal does; its bytes are rewritten and synced again,
+/// so a torn write a crash left in it is repaired): where its WAL ends (`written_end`, from
+/// its page and record headers), at or past every position reported flushed from it before
+/// the restart, so the slot's restart_lsn never moves backwards. Capped at the server's
+/// position (`xlogpos`), so it never waits for WAL the server does not have (a synchronous
+/// standby that did would hold up commits).
+fn resume_floor(written_end: Option<Lsn>, xlogpos: Lsn) -> Lsn {
+    match written_end {
+        Some(end) => {
+            let floor = end.min(xlogpos);
+            debug!(
+                "the archive's .partial holds WAL up to {end}: no flush position below {floor} is reported"
+            );
+            floor
+        }
+        None => Lsn::INVALID,
+    }
 }
 
 /// pg_receivewal's start-position rule: the archive's newest segment, else the slot's

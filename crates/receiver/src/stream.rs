@@ -64,6 +64,13 @@ pub struct StreamOptions {
     /// `--synchronous`: the writer is inline, and every flush is reported at once (as with
     /// any flush reporting; the session reports every new durable position at once).
     pub synchronous: bool,
+    /// No flush position below this is reported ([`Lsn::INVALID`]: no floor). After a
+    /// restart the session re-streams the archive's `.partial` from its segment start, and
+    /// the positions of that catch-up lie below the ones reported before the restart: the
+    /// floor is where the `.partial`'s WAL ends (the slot's restart_lsn, where the server
+    /// can tell it, is a second floor). Durability is unaffected: what is reported is still
+    /// only what the writer made durable in this session.
+    pub flush_floor: Lsn,
 }
 
 /// Why a session ended without an error.
@@ -115,7 +122,9 @@ pub async fn stream(
     streaming: &AtomicBool,
     first: FirstWrites,
 ) -> Result<StreamEnd, ReceiverError> {
-    let confirmed = slot_confirmed_flush(conn, opts).await?;
+    let confirmed = slot_confirmed_flush(conn, opts)
+        .await?
+        .max(opts.flush_floor);
     let mut session = ReplicationSession::new(SessionConfig {
         slot: opts.slot.clone(),
         timeline: tli,

@@ -1,5 +1,5 @@
 //! PostgreSQL write-ahead-log positions, segment naming and arithmetic, timeline
-//! history files and WAL page headers.
+//! history files, WAL page headers and where the WAL in a segment image ends.
 //!
 //! This crate owns the vocabulary every other walsink crate speaks: [`Lsn`],
 //! [`TimelineId`], [`WalSegSize`], [`SegNo`] and [`SegmentName`]. It does no I/O,
@@ -12,6 +12,7 @@ pub mod history;
 mod lsn;
 pub mod page;
 mod segment;
+pub mod tail;
 
 pub use error::WalError;
 pub use history::{HistoryEntry, TimelineHistory};
