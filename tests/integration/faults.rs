@@ -66,6 +66,13 @@ fn silent_server_is_detected_by_the_receive_timeout_and_streaming_resumes() {
     let proxy = FaultProxy::start(pg.port());
     let dir = archive_dir();
     let mut w = spawn_through(&pg, &proxy, dir.path(), &["--receive-timeout", "2s"]);
+    // Before 15 an empty archive starts at the server's position when walsink connects (no
+    // READ_REPLICATION_SLOT for the slot's): WAL generated before that is not streamed.
+    assert!(
+        w.wait_for_stderr("starting log streaming", Duration::from_secs(30)),
+        "walsink did not start streaming; stderr:\n{}",
+        w.stderr_text()
+    );
     pg.generate_wal(2 << 20);
     let lsn = pg.switch_wal();
     wait_for_segment_before(&pg, dir.path(), &lsn, &mut w);

@@ -362,6 +362,84 @@ fn with_slot_flush_and_restart_lsn_advance_and_never_go_back() {
     archive::assert_completed_identical(dir.path(), &pg.pg_wal_dir());
 }
 
+/// The floor of the restart above is where the `.partial`'s WAL ends, read from its page and record headers
+/// (`walsink_wal::tail::written_end`). On real WAL of the server's major (records from a header alone to
+/// several pages, full-page images after a checkpoint, a switch and its padding): the segment cut at any
+/// position a sender stops at (every record's start, or the page boundary before it, and every page
+/// boundary) and zero-filled after it, as a receiver leaves its `.partial`, ends exactly there; once the
+/// switch record is in, at the segment end.
+#[test]
+fn a_partial_written_to_any_record_end_or_page_boundary_ends_exactly_there() {
+    use walsink_wal::Lsn;
+    use walsink_wal::tail::written_end;
+
+    let pg = PgCluster::builder().start();
+    let seg = pg.wal_segsize_bytes();
+    let start = parse_lsn(&pg.switch_wal());
+    let start = start.div_ceil(seg) * seg;
+    pg.execute("CREATE TABLE t (id int, pad text)");
+    pg.execute("INSERT INTO t SELECT i, repeat('y', i % 700) FROM generate_series(1, 600) i");
+    pg.execute("CHECKPOINT");
+    pg.execute("UPDATE t SET pad = pad || 'z' WHERE id % 7 = 0");
+    pg.execute("SELECT pg_logical_emit_message(false, 'walsink-test', repeat('m', 60000))");
+    pg.execute("INSERT INTO t SELECT i, repeat('w', i % 40) FROM generate_series(1, 300) i");
+    let end = parse_lsn(&pg.switch_wal());
+    assert!(
+        end < start + seg,
+        "the records must fit in one segment (from {} to {})",
+        format_lsn(start),
+        format_lsn(end)
+    );
+    // (pg_walfile_name names the segment before a segment boundary.)
+    let name = pg.walfile_name(&format_lsn(start + 1));
+    let image = fs::read(pg.pg_wal_dir().join(&name)).expect("read the segment from pg_wal");
+    assert_eq!(image.len() as u64, seg);
+
+    let mut cmd = crate::harness::clean_command(pg.bin("pg_waldump"));
+    cmd.arg("--path").arg(pg.pg_wal_dir()).arg(&name);
+    let out = Walsink::run_command(cmd, WAIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let starts: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.split("lsn: ").nth(1)?.split(',').next())
+        .map(parse_lsn)
+        .collect();
+    assert!(
+        starts.len() > 900 && stdout.contains("FPI") && stdout.contains("SWITCH"),
+        "pg_waldump listed too little, or no full-page image or switch:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    const BLCKSZ: u64 = 8192;
+    let mut points: Vec<u64> = starts
+        .iter()
+        .map(|&s| match s % BLCKSZ {
+            24 if s % seg != 40 => s - 24,
+            40 if s % seg == 40 => s - 40,
+            _ => s,
+        })
+        .collect();
+    points.extend((1..seg / BLCKSZ).map(|i| start + i * BLCKSZ));
+    points.push(start + seg);
+    points.sort_unstable();
+    points.dedup();
+    // After the switch the rest of the segment is padding the server flushed with it: its end counts.
+    let switch = starts.last().copied().expect("records");
+    let mut checked = 0;
+    for p in points.into_iter().filter(|&p| p > start) {
+        let mut cut = image.clone();
+        cut[(p - start) as usize..].fill(0);
+        let want = if p > switch { start + seg } else { p };
+        assert_eq!(
+            written_end(&cut, Lsn(start)),
+            Some(Lsn(want)),
+            "{name} written up to {}",
+            format_lsn(p)
+        );
+        checked += 1;
+    }
+    assert!(checked > 1000, "only {checked} positions checked");
+}
+
 /// `--synchronous` with `synchronous_standby_names = 'walsink'`: walsink is the synchronous standby, commits
 /// complete as soon as it has flushed them, and flush_lsn covers each commit. Without walsink, a commit
 /// waits (its backend sits in wait_event SyncRep); with walsink back, it completes and commits proceed.

@@ -7,10 +7,12 @@
 //! zero-filled past it, and reports some of those positions as flushed.
 //!
 //! [`written_end`] reads such an image and returns the position of that kind where its
-//! content ends: a record end with nothing after it, the page boundary where a record
-//! runs into the first page that was not written, or, after a `XLOG_SWITCH` record,
-//! the end of the padding pages written. For an image written up to a position of
-//! either kind it returns exactly that position, so:
+//! content ends: a record end with nothing after it, or the page boundary where a record
+//! runs into the first page that was not written. For an image written up to a position
+//! of either kind it returns exactly that position. After a `XLOG_SWITCH` record it
+//! returns the segment end: the rest of the segment is zero padding (without page headers
+//! on recent servers), which the server flushes with the switch, so how much of it was
+//! written cannot be told and does not matter. So:
 //! * every position the image's writer could have reported flushed is at or below it;
 //! * the server's WAL reaches it (the record whose header is in the image exists on
 //!   the server, and a page a record runs beyond is full there).
@@ -213,9 +215,8 @@ impl Walk<'_> {
             match self.span(start, tot_len) {
                 Span::Ends(e) => {
                     if rmid == RM_XLOG_ID && info & !XLR_INFO_MASK == XLOG_SWITCH {
-                        // The rest of the segment is padding: as far as its pages were
-                        // written.
-                        return self.plausible_end;
+                        // The rest of the segment is padding, on the server already.
+                        return self.seg_size;
                     }
                     prev = Some(start);
                     end = align(e);
@@ -249,6 +250,8 @@ mod tests {
         flush_points: Vec<u64>,
         /// Where the last record (or the padding after a switch) ends in the segment.
         end: u64,
+        /// Where a switch record starts.
+        switch: Option<u64>,
     }
 
     /// A record: its total length and whether it is an `XLOG_SWITCH`.
@@ -337,6 +340,7 @@ mod tests {
         }
         let mut prev = 0x1234u64;
         let mut end = b.pos;
+        let mut switch_at = None;
         for (i, &Rec(len, switch)) in recs.iter().enumerate() {
             if !complete {
                 break;
@@ -368,12 +372,13 @@ mod tests {
             b.pos = align(b.pos);
             end = b.pos;
             if switch {
-                // Padding pages up to the segment end, each with its header; the
-                // switch record's end position is the segment end (the server flushes
-                // the padding with it), so the sender stops only at page boundaries.
+                // Zero padding up to the segment end (no page headers, as recent servers
+                // write it); the switch record's end position is the segment end (the
+                // server flushes the padding with it), so the sender stops only at page
+                // boundaries.
+                switch_at = Some(start);
                 let mut page = b.pos.div_ceil(BS) * BS;
                 while page < SEG {
-                    b.page_header(page, 0);
                     b.flush_points.push(page);
                     page += BS;
                 }
@@ -390,6 +395,7 @@ mod tests {
             image: b.image,
             flush_points: b.flush_points,
             end,
+            switch: switch_at,
         }
     }
 
@@ -427,7 +433,11 @@ mod tests {
                 continue;
             }
             let got = written_end(&written_to(s, w), Lsn(BASE));
-            let want = if w == 0 { None } else { Some(Lsn(BASE + w)) };
+            let want = match s.switch {
+                _ if w == 0 => None,
+                Some(at) if w > at => Some(Lsn(BASE + SEG)),
+                _ => Some(Lsn(BASE + w)),
+            };
             assert_eq!(got, want, "written up to offset {w:#x}");
         }
     }
@@ -459,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn after_a_switch_the_padding_counts_as_far_as_its_pages_were_written() {
+    fn after_a_switch_the_segment_end_counts() {
         let mut recs = lengths(5, 60);
         recs.push(Rec(24, true));
         let s = segment(0, &recs);
