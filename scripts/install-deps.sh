@@ -51,6 +51,14 @@ else
     say "PostgreSQL installed: $(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -V | tail -n 1)"
 fi
 
+# 2b. The openssl command: the TLS tests (tests/integration/tls.rs) make their CA, server, client, expired
+#     and revoked certificates with it.
+if command -v openssl >/dev/null 2>&1; then
+    say "openssl found: $(openssl version)"
+else
+    apt_install openssl
+fi
+
 # 3. The de_DE.UTF-8 locale: the translated-server test (tests/integration/translated.rs) runs PostgreSQL with
 #    lc_messages = 'de_DE.UTF-8' (the server's German messages come with the postgresql-NN package).
 if locale -a 2>/dev/null | grep -qix 'de_DE\.utf-\?8'; then

@@ -41,3 +41,5 @@ mod failed_start;
 mod security;
 // `walsink run`: many sources in one daemon (isolation, SIGHUP reload, per-source logs, config errors).
 mod daemon;
+// TLS against servers with ssl = on and certificates made by the test: sslmode, client certificates, channel binding, direct.
+mod tls;

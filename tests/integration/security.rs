@@ -418,26 +418,15 @@ fn require_auth_refuses_password_requests_without_sending_the_password() {
     }
 }
 
-/// `channel_binding=require` and `gssencmode=require` (also from PGCHANNELBINDING and PGGSSENCMODE) ask
-/// for what walsink cannot do without TLS and GSSAPI: exit 2 before any connection, naming the option
-/// and the fix.
+/// `gssencmode=require` (also from PGGSSENCMODE) asks for what walsink cannot do without GSSAPI, and a
+/// malformed `require_auth` for nothing clear: exit 2 before any connection, naming the option and the fix.
 #[test]
-fn channel_binding_and_gssencmode_require_are_refused_before_connecting() {
+fn gssencmode_require_is_refused_before_connecting() {
     let fake = FakeServer::start(vec![session().auth(FakeAuth::Sasl(vec![
         "SCRAM-SHA-256-PLUS".into(),
         "SCRAM-SHA-256".into(),
     ]))]);
     for (extra, var, needle) in [
-        (
-            "channel_binding=require",
-            None,
-            "channel_binding=require requires SCRAM-SHA-256-PLUS authentication over TLS, which this version of walsink does not support yet; use channel_binding=prefer or channel_binding=disable",
-        ),
-        (
-            "",
-            Some(("PGCHANNELBINDING", "require")),
-            "channel_binding=require requires SCRAM-SHA-256-PLUS",
-        ),
         (
             "gssencmode=require",
             None,
@@ -468,6 +457,45 @@ fn channel_binding_and_gssencmode_require_are_refused_before_connecting() {
         );
     }
     assert_eq!(fake.connections(), 0, "walsink connected anyway");
+    assert!(fake.passwords().is_empty());
+}
+
+/// `channel_binding=require` (also from PGCHANNELBINDING) against a server (or a man in the middle) that
+/// refuses TLS and asks for SCRAM: walsink refuses to authenticate without a TLS channel to bind to,
+/// exit 10, and no SCRAM message leaves it.
+#[test]
+fn channel_binding_require_refuses_a_server_without_tls() {
+    let fake = FakeServer::start(vec![
+        session().auth(FakeAuth::Sasl(vec![
+            "SCRAM-SHA-256-PLUS".into(),
+            "SCRAM-SHA-256".into(),
+        ])),
+        session().auth(FakeAuth::Sasl(vec!["SCRAM-SHA-256".into()])),
+    ]);
+    for (extra, var) in [
+        ("channel_binding=require", None),
+        ("", Some(("PGCHANNELBINDING", "require"))),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = connect_only(&format!("{} {extra}", fake.conninfo()), dir.path());
+        cmd.env("PGPASSWORD", "s3cret");
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
+        let r = run_measured(cmd, TIMEOUT);
+        r.expect(
+            &format!("{extra} {var:?}"),
+            10,
+            &["channel_binding=\"require\" failed: channel binding required, but SSL not in use; nothing was sent to the server"],
+        );
+        assert!(
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(Result::ok)
+                .all(|e| e.file_name() == "walsink.lock"),
+            "nothing may be written"
+        );
+    }
     assert!(fake.passwords().is_empty());
 }
 

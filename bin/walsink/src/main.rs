@@ -33,6 +33,7 @@ pub(crate) mod exit {
     pub const ARCHIVE_LOCKED: u8 = 16;
     pub const ARCHIVE_ERROR: u8 = 17;
     pub const ARCHIVE_LOCK_LOST: u8 = 18;
+    pub const TLS: u8 = 19;
 }
 
 fn exit_code(e: &ReceiverError) -> u8 {
@@ -46,6 +47,7 @@ fn exit_code(e: &ReceiverError) -> u8 {
         ErrorKind::SystemIdMismatch => exit::SYSTEM_ID_MISMATCH,
         ErrorKind::ArchiveLocked => exit::ARCHIVE_LOCKED,
         ErrorKind::ArchiveLockLost => exit::ARCHIVE_LOCK_LOST,
+        ErrorKind::Tls => exit::TLS,
         ErrorKind::Archive | ErrorKind::DiskFull => exit::ARCHIVE_ERROR,
         _ => exit::ERROR,
     }

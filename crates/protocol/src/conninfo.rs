@@ -6,8 +6,9 @@
 //! * [`ConnConfig::resolve`] applies libpq's precedence (explicit options, then `PG*`
 //!   environment variables, then defaults) and pairs hosts, `hostaddr`s and ports into
 //!   an ordered list of [`Target`]s, as `connectOptions2` in `fe-connect.c` does.
-//! * [`ConnConfig::unsupported`] names an option that asks for a protection walsink
-//!   cannot give (TLS, channel binding, GSSAPI encryption), which the caller refuses.
+//! * [`ConnConfig::unsupported`] names an option that asks for something walsink
+//!   cannot do (GSSAPI encryption, encrypted client keys, TLS compression, TLS before
+//!   1.2, key log files), which the caller refuses.
 //! * [`ConnConfig::password_for`] and [`pgpass_match`] implement `.pgpass` lookup over
 //!   the file's content.
 //!
@@ -42,7 +43,8 @@ use std::path::PathBuf;
 pub use env::Env;
 pub use error::ConnInfoError;
 pub use options::{
-    AuthMethod, ChannelBinding, GssEncMode, RequireAuth, SslMode, TargetSessionAttrs,
+    AuthMethod, ChannelBinding, GssEncMode, RequireAuth, SslCertMode, SslMode, SslNegotiation,
+    TargetSessionAttrs, TlsVersion,
 };
 pub use parse::{ConnOptions, KEYWORDS};
 pub use pgpass::pgpass_match;

@@ -32,5 +32,6 @@ pub mod notice;
 pub mod query;
 pub mod session;
 pub mod startup;
+pub mod tls;
 
 pub use error::{Escaped, ProtocolError, ServerError};

@@ -3,8 +3,8 @@
 //! [`Startup`] is a state machine: the driver writes [`Startup::startup_packet`], then
 //! feeds every backend message to [`Startup::handle`] and writes whatever it appends to
 //! the output buffer, until it returns [`StartupOutcome::Ready`]. Supported methods are
-//! trust, cleartext password, md5 and SCRAM-SHA-256 (without channel binding until TLS
-//! lands; the SCRAM client is postgres-protocol's).
+//! trust, cleartext password, md5, SCRAM-SHA-256 and, over TLS, SCRAM-SHA-256-PLUS with
+//! `tls-server-end-point` channel binding (the SCRAM client is postgres-protocol's).
 
 use std::collections::HashMap;
 
@@ -16,6 +16,7 @@ use postgres_protocol::message::frontend;
 use crate::conninfo::{AuthMethod, ChannelBinding, RequireAuth};
 use crate::error::ProtocolError;
 use crate::frame::BackendMessage;
+use crate::tls::TlsError;
 
 /// Which authentication requests the client answers: `require_auth` and
 /// `channel_binding`, checked on every request before anything is sent, as libpq's
@@ -24,8 +25,9 @@ use crate::frame::BackendMessage;
 pub struct AuthPolicy {
     /// `require_auth`; `None`: no requirement.
     pub require_auth: Option<RequireAuth>,
-    /// `channel_binding`. walsink has no TLS, so `require` refuses every request
-    /// (connection options refuse it before connecting).
+    /// `channel_binding`. `require` refuses every request but SCRAM over TLS, and a
+    /// SCRAM exchange unless the server offers SCRAM-SHA-256-PLUS; without TLS
+    /// ([`Startup::with_tls`] not called) it refuses everything.
     pub channel_binding: ChannelBinding,
 }
 
@@ -139,6 +141,14 @@ pub struct Startup {
     /// Whether the client completed an authentication exchange: sent a password, or
     /// verified the server's SCRAM signature.
     finished_auth: bool,
+    /// Over TLS: the channel-binding data of the server's certificate (or why there is
+    /// none). `None`: no TLS.
+    tls: Option<Result<Vec<u8>, TlsError>>,
+    /// Whether the SCRAM exchange in progress uses channel binding.
+    binding: bool,
+    /// Whether a SCRAM exchange with channel binding completed (the server proved it
+    /// saw the same TLS channel).
+    channel_bound: bool,
 }
 
 impl Startup {
@@ -153,7 +163,23 @@ impl Startup {
             parameter_bytes: 0,
             policy: AuthPolicy::default(),
             finished_auth: false,
+            tls: None,
+            binding: false,
+            channel_bound: false,
         }
+    }
+
+    /// Tells the exchange it runs over TLS, with the `tls-server-end-point` data of the
+    /// server's certificate ([`crate::tls::tls_server_end_point`]) or why there is
+    /// none: SCRAM-SHA-256-PLUS becomes possible.
+    pub fn with_tls(mut self, end_point: Result<Vec<u8>, TlsError>) -> Startup {
+        self.tls = Some(end_point);
+        self
+    }
+
+    /// Whether authentication used channel binding (SCRAM-SHA-256-PLUS, completed).
+    pub fn channel_bound(&self) -> bool {
+        self.channel_bound
     }
 
     /// Sets which authentication requests are answered (default: all walsink
@@ -181,11 +207,12 @@ impl Startup {
             }
         }
         if self.policy.channel_binding == ChannelBinding::Require {
+            // libpq's check_expected_areq: over TLS, SCRAM goes on (the mechanism is
+            // checked when chosen) and only a channel-bound exchange may end it.
             let reason = match request {
-                // No SASL mechanism with channel binding is possible without TLS.
-                Request::Method(AuthMethod::ScramSha256) => {
-                    "channel binding is required, but the server did not offer an authentication method that supports channel binding"
-                }
+                _ if self.tls.is_none() => "channel binding required, but SSL not in use",
+                Request::Method(AuthMethod::ScramSha256) => return Ok(()),
+                Request::Ok if self.channel_bound => return Ok(()),
                 Request::Ok => {
                     "channel binding required, but server authenticated client without channel binding"
                 }
@@ -253,17 +280,10 @@ impl Startup {
             }
             M::AuthenticationSasl(mechs) => {
                 self.check(Request::Method(AuthMethod::ScramSha256))?;
-                if !mechs.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                    return Err(ProtocolError::UnsupportedAuth(format!(
-                        "SASL mechanisms {mechs:?}"
-                    )));
-                }
-                let scram = ScramSha256::new(
-                    self.password()?.as_bytes(),
-                    sasl::ChannelBinding::unsupported(),
-                );
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), out)
-                    .map_err(io_err)?;
+                let (mechanism, binding) = self.choose_mechanism(&mechs)?;
+                self.binding = mechanism == sasl::SCRAM_SHA_256_PLUS;
+                let scram = ScramSha256::new(self.password()?.as_bytes(), binding);
+                frontend::sasl_initial_response(mechanism, scram.message(), out).map_err(io_err)?;
                 self.state = AuthState::Scram(Box::new(scram));
             }
             M::AuthenticationSaslContinue(data) => {
@@ -291,6 +311,7 @@ impl Startup {
                     .finish(&data)
                     .map_err(|e| ProtocolError::Scram(e.to_string()))?;
                 self.finished_auth = true;
+                self.channel_bound = self.binding;
             }
             M::AuthenticationOther(code) => {
                 self.check(match code {
@@ -346,6 +367,51 @@ impl Startup {
             }
         }
         Ok(StartupOutcome::Continue)
+    }
+}
+
+impl Startup {
+    /// The SASL mechanism and channel-binding flag, as libpq's `pg_SASL_init`:
+    /// SCRAM-SHA-256-PLUS over TLS when the server offers it and `channel_binding`
+    /// is not `disable`; else SCRAM-SHA-256, telling the server the client could bind
+    /// (`y`, over TLS) or cannot (`n`), so a man in the middle who strips the PLUS
+    /// offer is caught by the server. `require` without PLUS is refused.
+    fn choose_mechanism(
+        &self,
+        mechs: &[String],
+    ) -> Result<(&'static str, sasl::ChannelBinding), ProtocolError> {
+        let offered = |m: &str| mechs.iter().any(|x| x == m);
+        let cb = self.policy.channel_binding;
+        if let Some(end_point) = &self.tls
+            && cb != ChannelBinding::Disable
+            && offered(sasl::SCRAM_SHA_256_PLUS)
+        {
+            let data = end_point
+                .clone()
+                .map_err(|e| ProtocolError::Scram(e.to_string()))?;
+            return Ok((
+                sasl::SCRAM_SHA_256_PLUS,
+                sasl::ChannelBinding::tls_server_end_point(data),
+            ));
+        }
+        if cb == ChannelBinding::Require {
+            return Err(ProtocolError::AuthNotAllowed {
+                option: "channel_binding",
+                requirement: "require".to_owned(),
+                reason: "channel binding is required, but server did not offer an authentication method that supports channel binding",
+            });
+        }
+        if !offered(sasl::SCRAM_SHA_256) {
+            return Err(ProtocolError::UnsupportedAuth(format!(
+                "SASL mechanisms {mechs:?}"
+            )));
+        }
+        let binding = if self.tls.is_some() && cb != ChannelBinding::Disable {
+            sasl::ChannelBinding::unrequested()
+        } else {
+            sasl::ChannelBinding::unsupported()
+        };
+        Ok((sasl::SCRAM_SHA_256, binding))
     }
 }
 
@@ -573,6 +639,128 @@ mod tests {
             );
             assert!(out.is_empty(), "{msg:?}: sent {out:?}");
         }
+    }
+
+    /// The SASLInitialResponse's mechanism and GS2 header for `mechs` under `cb`,
+    /// over TLS (`tls`) or not.
+    fn first_scram(
+        cb: ChannelBinding,
+        tls: Option<Result<Vec<u8>, TlsError>>,
+        mechs: &[&str],
+    ) -> Result<(String, String), ProtocolError> {
+        let mut s = Startup::new(params(), Some("secret".into())).with_policy(AuthPolicy {
+            require_auth: None,
+            channel_binding: cb,
+        });
+        if let Some(t) = tls {
+            s = s.with_tls(t);
+        }
+        let mut out = BytesMut::new();
+        s.handle(
+            BackendMessage::AuthenticationSasl(mechs.iter().map(|m| m.to_string()).collect()),
+            &mut out,
+        )?;
+        // 'p', length, mechanism\0, i32 length, data.
+        let body = &out[5..];
+        let nul = body.iter().position(|&b| b == 0).unwrap();
+        let mech = String::from_utf8(body[..nul].to_vec()).unwrap();
+        let data = String::from_utf8_lossy(&body[nul + 5..]).into_owned();
+        let gs2 = data.split(",,").next().unwrap().to_owned();
+        Ok((mech, gs2))
+    }
+
+    #[test]
+    fn channel_binding_over_tls_follows_libpq() {
+        use ChannelBinding as C;
+        let both = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+        let plain = ["SCRAM-SHA-256"];
+        let hash = || Some(Ok(vec![7u8; 32]));
+        let ok = |m: &str, g: &str| Ok((m.to_owned(), g.to_owned()));
+        // PLUS whenever TLS is up, offered and not disabled.
+        assert_eq!(
+            first_scram(C::Prefer, hash(), &both),
+            ok("SCRAM-SHA-256-PLUS", "p=tls-server-end-point")
+        );
+        assert_eq!(
+            first_scram(C::Require, hash(), &both),
+            ok("SCRAM-SHA-256-PLUS", "p=tls-server-end-point")
+        );
+        // Over TLS without the offer: "y" (the server detects a stripped offer).
+        assert_eq!(
+            first_scram(C::Prefer, hash(), &plain),
+            ok("SCRAM-SHA-256", "y")
+        );
+        // Disabled, or no TLS: "n".
+        assert_eq!(
+            first_scram(C::Disable, hash(), &both),
+            ok("SCRAM-SHA-256", "n")
+        );
+        assert_eq!(
+            first_scram(C::Prefer, None, &both),
+            ok("SCRAM-SHA-256", "n")
+        );
+        // require: no PLUS offered, or no TLS, is refused before anything is sent.
+        let e = first_scram(C::Require, hash(), &plain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("channel binding is required, but server did not offer an authentication method that supports channel binding"), "{e}");
+        let e = first_scram(C::Require, None, &both)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("channel binding required, but SSL not in use"),
+            "{e}"
+        );
+        // A certificate without a usable hash cannot be bound to.
+        let e = first_scram(
+            C::Prefer,
+            Some(Err(TlsError::CertificateHash("no hash"))),
+            &both,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("could not compute the channel binding data"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn channel_binding_require_over_tls_needs_a_bound_exchange() {
+        let tls = || {
+            Startup::new(params(), Some("secret".into()))
+                .with_policy(AuthPolicy {
+                    require_auth: None,
+                    channel_binding: ChannelBinding::Require,
+                })
+                .with_tls(Ok(vec![1; 32]))
+        };
+        let mut out = BytesMut::new();
+        for msg in [
+            BackendMessage::AuthenticationOk,
+            BackendMessage::AuthenticationCleartextPassword,
+            BackendMessage::AuthenticationMd5Password([1, 2, 3, 4]),
+        ] {
+            let e = refusal(tls().handle(msg.clone(), &mut out).unwrap_err());
+            assert!(e.contains("channel binding required"), "{msg:?}: {e}");
+            assert!(out.is_empty());
+        }
+        // A PLUS exchange the server cuts short is not channel-bound.
+        let mut s = tls();
+        s.handle(
+            BackendMessage::AuthenticationSasl(vec!["SCRAM-SHA-256-PLUS".into()]),
+            &mut out,
+        )
+        .unwrap();
+        assert!(!s.channel_bound());
+        let e = refusal(
+            s.handle(BackendMessage::AuthenticationOk, &mut BytesMut::new())
+                .unwrap_err(),
+        );
+        assert!(
+            e.contains("server authenticated client without channel binding"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! [`Connection`] owns the socket and its read and write buffers. It opens TCP or
 //! Unix-socket connections to each target in turn, runs the startup exchange, runs
 //! simple queries, and gives the streaming loop raw access to the message stream.
-//! The stream is boxed behind [`AsyncStream`] so that TLS can wrap it later without
-//! changing anything above.
+//! The stream is boxed behind [`AsyncStream`]: a TCP or Unix socket, or TLS over TCP
+//! (negotiated as `sslmode` and `sslnegotiation` ask, see
+//! [`walsink_protocol::tls::TlsPolicy`]; the rustls setup is in `tls.rs`).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -21,11 +22,16 @@ use walsink_protocol::frame::{self, BackendMessage};
 use walsink_protocol::notice::{NoticeLimiter, NoticeVerdict};
 use walsink_protocol::query::{QueryCollector, ResultSet, parse_show};
 use walsink_protocol::startup::{AuthPolicy, ServerParams, Startup, StartupOutcome, StartupParams};
+use walsink_protocol::tls::{
+    ALPN_POSTGRESQL, SslResponse, Start, TlsError, TlsPolicy, encode_ssl_request,
+    tls_server_end_point,
+};
 use walsink_protocol::{ProtocolError, ServerError};
 
 use crate::error::{AuthStage, ConnectFailure, Context, ErrorKind, ReceiverError, TargetFailure};
+use crate::tls;
 
-/// A byte stream a connection can run over: TCP, a Unix socket, or (later) TLS.
+/// A byte stream a connection can run over: TCP, a Unix socket, or TLS.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
 
@@ -45,6 +51,18 @@ const SPARE_BUFFERS: usize = 12;
 /// `connect_timeout` is not set. libpq waits for ever; a daemon must not hang on a
 /// server that stopped answering.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed read over TLS: a TLS error (an alert from the server, e.g. refusing the
+/// client certificate after a TLS 1.3 handshake) needs a human; anything else is a lost
+/// connection.
+fn tls_read_error(e: std::io::Error) -> ReceiverError {
+    let is_tls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+    if is_tls {
+        tls::handshake_error(e, None)
+    } else {
+        ReceiverError::network("could not receive data from server", e)
+    }
+}
 
 /// Length of a backend frame header: type byte and 4-byte length.
 const FRAME_HEADER: usize = 5;
@@ -82,6 +100,9 @@ pub struct Connection {
     pub server: ServerParams,
     /// Which target this connection reached.
     pub target: Target,
+    /// How the connection is encrypted (protocol, cipher, what was checked); `None`:
+    /// not at all.
+    pub tls: Option<String>,
 }
 
 /// Opens a replication connection, trying each target in order as libpq does, and
@@ -324,13 +345,197 @@ fn configure_keepalive(s: &TcpStream, cfg: &ConnConfig) {
     }
 }
 
+/// One server: the first attempt `sslmode` asks for, and with `allow` a second one
+/// over TLS when the server refused the plaintext one during startup.
 async fn connect_one(
     cfg: &ConnConfig,
     target: &Target,
     password: Option<String>,
     deadline: Instant,
 ) -> Result<Connection, ReceiverError> {
-    let stream = open_socket(cfg, target).await?;
+    let policy = TlsPolicy::of(cfg);
+    let unix = target.socket_path().is_some();
+    if unix && policy.required() {
+        debug!(
+            "sslmode={} does not apply to Unix sockets: connecting without TLS, as libpq",
+            cfg.sslmode.as_str()
+        );
+    }
+    match connect_attempt(cfg, target, password.clone(), deadline, policy.first(unix)).await {
+        Err(e @ ReceiverError::Server { .. }) => match policy.retry_after_plain_refusal(unix) {
+            Some(start) => {
+                debug!(
+                    "server refused the connection without TLS ({e}); trying again with TLS (sslmode=allow)"
+                );
+                connect_attempt(cfg, target, password, deadline, start).await
+            }
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// What the TLS layer of an attempt gives the startup exchange.
+struct Encrypted {
+    /// The channel-binding data of the server's certificate.
+    end_point: Result<Vec<u8>, TlsError>,
+    /// For the log.
+    summary: String,
+}
+
+/// Starts TLS on `stream` (after the server's `S`, or at once for direct negotiation).
+async fn start_tls(
+    cfg: &ConnConfig,
+    target: &Target,
+    stream: Box<dyn AsyncStream>,
+    direct: bool,
+) -> Result<(Box<dyn AsyncStream>, Encrypted), ReceiverError> {
+    let setup = tls::setup(cfg, target)?;
+    let connector = tokio_rustls::TlsConnector::from(setup.config.clone());
+    let stream = connector
+        .connect(setup.server_name.clone(), stream)
+        .await
+        .map_err(|e| {
+            let e = tls::handshake_error(e, Some(&setup));
+            if direct && e.is_transient() {
+                ReceiverError::new(
+                    ErrorKind::Transient,
+                    format!("{e}; with sslnegotiation=direct the server must be PostgreSQL 17 or later (use sslnegotiation=postgres for older ones)"),
+                )
+            } else {
+                e
+            }
+        })?;
+    let (_, session) = stream.get_ref();
+    if direct && session.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+        return Err(ReceiverError::new(
+            ErrorKind::Tls,
+            "direct SSL connection was established without ALPN protocol negotiation extension; the server is older than PostgreSQL 17 or not PostgreSQL: use sslnegotiation=postgres",
+        ));
+    }
+    if cfg.sslcertmode == walsink_protocol::conninfo::SslCertMode::Require {
+        let requested = setup
+            .cert_requested
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if !requested {
+            return Err(ReceiverError::new(
+                ErrorKind::Tls,
+                "server did not request an SSL certificate (sslcertmode=require); ssl_ca_file must be set on the server for it to ask",
+            ));
+        }
+        if !setup.has_client_cert {
+            return Err(ReceiverError::new(
+                ErrorKind::Tls,
+                "server requested an SSL certificate, but walsink has none to send (sslcertmode=require): set sslcert and sslkey",
+            ));
+        }
+    }
+    let end_point = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| tls_server_end_point(c.as_ref()))
+        .unwrap_or(Err(TlsError::CertificateHash(
+            "the server sent no certificate",
+        )));
+    let summary = tls::describe(session, &setup, &cfg.sslmode);
+    Ok((Box::new(stream), Encrypted { end_point, summary }))
+}
+
+/// Reads the server's one-byte answer to an SSLRequest, and nothing more (bytes after
+/// it would be read before the handshake: CVE-2021-23222). An `E` answer is followed
+/// by an ErrorResponse, returned as the server's error.
+async fn ssl_response(stream: &mut Box<dyn AsyncStream>) -> Result<SslResponse, ReceiverError> {
+    let mut byte = [0u8; 1];
+    stream.read_exact(&mut byte).await.map_err(|e| {
+        ReceiverError::network(
+            "could not receive the server's answer to the SSL request",
+            e,
+        )
+    })?;
+    let response = SslResponse::from_byte(byte[0])
+        .map_err(|e| ReceiverError::new(ErrorKind::Fatal, e.to_string()))?;
+    if response != SslResponse::Error {
+        return Ok(response);
+    }
+    let mut len = [0u8; 4];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| ReceiverError::network("could not receive the server's error", e))?;
+    let n = u32::from_be_bytes(len) as usize;
+    if !(4..=65536).contains(&n) {
+        return Err(ReceiverError::new(
+            ErrorKind::Fatal,
+            format!(
+                "received invalid error message of {n} bytes in response to the SSL request; the server is not PostgreSQL"
+            ),
+        ));
+    }
+    let mut frame = BytesMut::with_capacity(1 + n);
+    frame.put_u8(b'E');
+    frame.put_slice(&len);
+    frame.resize(1 + n, 0);
+    stream
+        .read_exact(&mut frame[5..])
+        .await
+        .map_err(|e| ReceiverError::network("could not receive the server's error", e))?;
+    match frame::decode(&mut frame)? {
+        Some(BackendMessage::ErrorResponse(se)) => Err(ReceiverError::from_server(
+            &se,
+            Context::Startup(AuthStage::NoCredentials),
+        )),
+        _ => Err(ReceiverError::new(
+            ErrorKind::Fatal,
+            "received invalid response to SSL negotiation; the server is not PostgreSQL",
+        )),
+    }
+}
+
+async fn connect_attempt(
+    cfg: &ConnConfig,
+    target: &Target,
+    password: Option<String>,
+    deadline: Instant,
+    start: Start,
+) -> Result<Connection, ReceiverError> {
+    let mut stream = open_socket(cfg, target).await?;
+    let mut encrypted = None;
+    match start {
+        Start::Plain => {}
+        Start::Direct => {
+            let (s, e) = start_tls(cfg, target, stream, true).await?;
+            stream = s;
+            encrypted = Some(e);
+        }
+        Start::SslRequest => {
+            let mut request = BytesMut::with_capacity(8);
+            encode_ssl_request(&mut request);
+            stream
+                .write_all(&request)
+                .await
+                .map_err(|e| ReceiverError::network("could not send SSL negotiation packet", e))?;
+            match ssl_response(&mut stream).await? {
+                SslResponse::Accepted => {
+                    let (s, e) = start_tls(cfg, target, stream, false).await?;
+                    stream = s;
+                    encrypted = Some(e);
+                }
+                _ => {
+                    TlsPolicy::of(cfg)
+                        .on_refusal()
+                        .map_err(|e| ReceiverError::new(ErrorKind::Tls, e.to_string()))?;
+                    info!(
+                        "server {} does not support SSL: connecting without encryption (sslmode={}; require or stronger refuses this)",
+                        describe(target),
+                        cfg.sslmode.as_str()
+                    );
+                }
+            }
+        }
+    }
+    if let Some(e) = &encrypted {
+        debug!("{}", e.summary);
+    }
     let mut conn = Connection {
         stream,
         deadline: Some(deadline),
@@ -341,6 +546,7 @@ async fn connect_one(
         wbuf: BytesMut::with_capacity(4096),
         server: ServerParams::default(),
         target: target.clone(),
+        tls: None,
     };
     let mut startup = Startup::new(
         StartupParams {
@@ -355,6 +561,10 @@ async fn connect_one(
         require_auth: cfg.require_auth.clone(),
         channel_binding: cfg.channel_binding,
     });
+    if let Some(e) = encrypted {
+        startup = startup.with_tls(e.end_point);
+        conn.tls = Some(e.summary);
+    }
     startup.startup_packet(&mut conn.wbuf);
     conn.flush().await?;
     // How far authentication got decides what a refusal means (see AuthStage).
@@ -470,11 +680,13 @@ impl Connection {
             self.next_buffer(want);
         }
         let mut limited = (&mut self.rbuf).limit(want);
-        let n = self
-            .stream
-            .read_buf(&mut limited)
-            .await
-            .map_err(|e| ReceiverError::network("could not receive data from server", e))?;
+        let n = self.stream.read_buf(&mut limited).await.map_err(|e| {
+            if self.tls.is_some() {
+                tls_read_error(e)
+            } else {
+                ReceiverError::network("could not receive data from server", e)
+            }
+        })?;
         if n == 0 {
             return Err(ReceiverError::transient(if self.rbuf.is_empty() {
                 "server closed the connection unexpectedly"

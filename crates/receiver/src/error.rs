@@ -50,6 +50,11 @@ pub enum ErrorKind {
     /// The archive's filesystem is full (`ENOSPC`) or the quota is exhausted
     /// (`EDQUOT`). Retried like [`ErrorKind::Transient`]: space may come back.
     DiskFull,
+    /// TLS as the connection options require it could not be had: the server's
+    /// certificate failed its check (unknown certificate authority, expired, revoked,
+    /// host name not in it), the server refused TLS or the TLS handshake, or the
+    /// certificate, key or revocation files are missing or unusable.
+    Tls,
     /// The server is of an unsupported version or misbehaved; anything else.
     Fatal,
 }

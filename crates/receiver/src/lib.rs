@@ -38,6 +38,7 @@ mod gap;
 pub mod run;
 mod server;
 pub mod stream;
+mod tls;
 pub mod writer;
 
 pub use config::ReceiveConfig;

@@ -22,6 +22,7 @@ pub mod fake;
 pub mod pg;
 pub mod proxy;
 pub mod scenario;
+pub mod tls;
 pub mod walsink;
 
 use std::time::{Duration, Instant};

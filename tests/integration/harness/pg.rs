@@ -114,6 +114,10 @@ pub struct PgClusterBuilder {
     settings: Vec<(String, String)>,
     allow_replication: bool,
     fsync: bool,
+    /// pg_hba.conf lines for TCP connections, replacing the two `host` lines of `host_auth`.
+    hba: Option<String>,
+    /// Files written into the data directory after initdb: name, contents, mode.
+    data_files: Vec<(String, Vec<u8>, u32)>,
 }
 
 impl Default for PgClusterBuilder {
@@ -125,6 +129,8 @@ impl Default for PgClusterBuilder {
             settings: Vec::new(),
             allow_replication: true,
             fsync: false,
+            hba: None,
+            data_files: Vec::new(),
         }
     }
 }
@@ -164,6 +170,26 @@ impl PgClusterBuilder {
     /// walsenders.
     pub fn allow_replication(mut self, yes: bool) -> Self {
         self.allow_replication = yes;
+        self
+    }
+
+    /// The pg_hba.conf lines for TCP connections (e.g. `hostssl replication all 127.0.0.1/32 cert`),
+    /// instead of the `host all` and `host replication` lines of [`host_auth`](Self::host_auth) (whose
+    /// password, if any, is still set). Unix-socket connections stay `trust`.
+    pub fn hba(mut self, lines: impl Into<String>) -> Self {
+        self.hba = Some(lines.into());
+        self
+    }
+
+    /// A file written into the data directory after initdb with `mode`, owned by the server user
+    /// (e.g. the certificate and key for `ssl = on`: the server refuses a key readable by others).
+    pub fn data_file(
+        mut self,
+        name: impl Into<String>,
+        contents: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> Self {
+        self.data_files.push((name.into(), contents.into(), mode));
         self
     }
 
@@ -708,6 +734,12 @@ impl PgCluster {
             panic!("initdb failed:\n{}", self.initdb_output);
         }
         let method = self.config.host_auth.method();
+        let host_lines = self.config.hba.clone().unwrap_or_else(|| {
+            format!(
+                "host    all          all   127.0.0.1/32  {method}\n\
+                 host    replication  all   127.0.0.1/32  {method}\n"
+            )
+        });
         self.write_owned(
             &self.data_dir.join("pg_hba.conf"),
             &format!(
@@ -715,10 +747,19 @@ impl PgCluster {
                  # TYPE  DATABASE     USER  ADDRESS       METHOD\n\
                  local   all          all                 trust\n\
                  local   replication  all                 trust\n\
-                 host    all          all   127.0.0.1/32  {method}\n\
-                 host    replication  all   127.0.0.1/32  {method}\n"
+                 {host_lines}\n"
             ),
         );
+        for (name, contents, mode) in self.config.data_files.clone() {
+            let path = self.data_dir.join(&name);
+            fs::write(&path, &contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            if let Some(u) = self.user {
+                chown(&path, Some(u.uid), Some(u.gid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+            }
+        }
         let conf = self.data_dir.join("postgresql.conf");
         let mut text = fs::read_to_string(&conf).expect("read postgresql.conf");
         text.push_str(&format!("\ninclude '{HARNESS_CONF}'\n"));

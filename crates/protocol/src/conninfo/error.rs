@@ -198,6 +198,41 @@ pub enum ConnInfoError {
         /// What to do instead.
         fix: &'static str,
     },
+    /// An option with a fixed set of values got another one.
+    #[error("invalid {option} value: \"{value}\"; use {allowed}")]
+    InvalidValue {
+        /// The option.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// The values it takes.
+        allowed: &'static str,
+    },
+    /// An `sslmode` too weak for another option (libpq's wording).
+    #[error("weak sslmode \"{sslmode}\" may not be used with {with} (use {stronger})")]
+    WeakSslMode {
+        /// The sslmode in effect.
+        sslmode: &'static str,
+        /// The option that needs more (`sslrootcert=system`, `sslnegotiation=direct`).
+        with: &'static str,
+        /// The modes that would do.
+        stronger: &'static str,
+    },
+    /// `ssl_min_protocol_version` above `ssl_max_protocol_version`.
+    #[error(
+        "invalid SSL protocol version range: ssl_min_protocol_version={min} is above ssl_max_protocol_version={max}; lower the minimum or raise the maximum"
+    )]
+    InvalidTlsRange {
+        /// The minimum given.
+        min: &'static str,
+        /// The maximum given.
+        max: &'static str,
+    },
+    /// `channel_binding=require` with `sslmode=disable`: every connection would fail.
+    #[error(
+        "channel_binding=require needs TLS (SCRAM-SHA-256-PLUS binds to the TLS channel), but sslmode=disable never uses it; use sslmode=require or stronger, or channel_binding=prefer"
+    )]
+    ChannelBindingWithoutTls,
     /// An unknown `target_session_attrs`.
     #[error(
         "invalid target_session_attrs value: \"{value}\"; use any, read-write, read-only, primary, standby or prefer-standby"

@@ -6,40 +6,61 @@ use super::error::ConnInfoError;
 use super::resolve::ConnConfig;
 
 impl ConnConfig {
-    /// The first option that asks for a protection walsink cannot give, as an error
-    /// naming it and what to do instead; `None` if walsink can honour them all.
+    /// The first option that asks for something walsink cannot do, as an error naming
+    /// it and what to do instead; `None` if walsink can honour them all.
     ///
-    /// walsink has no TLS and no GSSAPI yet, so it refuses `sslmode=require`,
-    /// `verify-ca` and `verify-full`, `channel_binding=require` (SCRAM-SHA-256-PLUS binds
-    /// to the TLS channel) and `gssencmode=require`, rather than connect with less than
-    /// was asked for. `prefer` and `allow` modes connect unprotected, as libpq does when
-    /// the server or the build offers nothing better.
+    /// Refused rather than ignored: `gssencmode=require` (walsink has no GSSAPI),
+    /// `sslpassword` (walsink reads no encrypted keys), `sslcompression=1` (no TLS
+    /// library compresses any more), `ssl_min_protocol_version` or
+    /// `ssl_max_protocol_version` below TLSv1.2 (walsink speaks TLS 1.2 and 1.3 only)
+    /// and `sslkeylogfile` (walsink writes no session keys).
     pub fn unsupported(&self) -> Option<ConnInfoError> {
-        if matches!(
-            self.sslmode,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        ) {
-            return Some(ConnInfoError::Unsupported {
-                option: "sslmode",
-                value: self.sslmode.as_str().to_owned(),
-                why: "requires TLS, which this version of walsink does not support yet",
-                fix: "use sslmode=disable or sslmode=prefer (unencrypted), or tunnel the connection",
-            });
-        }
-        if self.channel_binding == ChannelBinding::Require {
-            return Some(ConnInfoError::Unsupported {
-                option: "channel_binding",
-                value: "require".to_owned(),
-                why: "requires SCRAM-SHA-256-PLUS authentication over TLS, which this version of walsink does not support yet",
-                fix: "use channel_binding=prefer or channel_binding=disable (SCRAM without channel binding), or tunnel the connection",
-            });
-        }
         if self.gssencmode == GssEncMode::Require {
             return Some(ConnInfoError::Unsupported {
                 option: "gssencmode",
                 value: "require".to_owned(),
                 why: "requires GSSAPI encryption, which walsink does not support",
-                fix: "use gssencmode=disable or gssencmode=prefer (walsink then connects without GSSAPI encryption)",
+                fix: "use gssencmode=disable or gssencmode=prefer (walsink then connects without GSSAPI encryption), and sslmode=verify-full for an encrypted connection",
+            });
+        }
+        if self.sslpassword.is_some() {
+            return Some(ConnInfoError::Unsupported {
+                option: "sslpassword",
+                value: super::REDACTED.to_owned(),
+                why: "gives the pass phrase of an encrypted client key, which walsink cannot decrypt",
+                fix: "remove sslpassword and store the key decrypted, readable by its owner only (openssl pkey -in client.key -out client.plain.key; chmod 600 client.plain.key)",
+            });
+        }
+        if self.sslcompression {
+            return Some(ConnInfoError::Unsupported {
+                option: "sslcompression",
+                value: "1".to_owned(),
+                why: "asks for TLS compression, which walsink does not support (it leaks secrets, CRIME)",
+                fix: "remove sslcompression or set it to 0",
+            });
+        }
+        for (option, version) in [
+            (
+                "ssl_min_protocol_version",
+                Some(self.ssl_min_protocol_version),
+            ),
+            ("ssl_max_protocol_version", self.ssl_max_protocol_version),
+        ] {
+            if let Some(v) = version.filter(|&v| v < TlsVersion::V1_2) {
+                return Some(ConnInfoError::Unsupported {
+                    option,
+                    value: v.as_str().to_owned(),
+                    why: "names a TLS version before 1.2, which walsink does not speak",
+                    fix: "use TLSv1.2 or TLSv1.3, or leave it unset",
+                });
+            }
+        }
+        if let Some(file) = &self.sslkeylogfile {
+            return Some(ConnInfoError::Unsupported {
+                option: "sslkeylogfile",
+                value: file.clone(),
+                why: "asks for the TLS session keys to be written to a file, which walsink does not do",
+                fix: "remove sslkeylogfile (capture traffic with a libpq client instead)",
             });
         }
         None
@@ -372,5 +393,119 @@ impl FromStr for RequireAuth {
             allowed,
             auth_required,
         })
+    }
+}
+
+/// `sslnegotiation` (PostgreSQL 17): how TLS is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslNegotiation {
+    /// `postgres`: an SSLRequest first, TLS if the server answers `S`. The default.
+    Postgres,
+    /// `direct`: the TLS handshake at once, with ALPN `postgresql` (servers 17 and later).
+    Direct,
+}
+
+impl SslNegotiation {
+    /// The libpq spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Direct => "direct",
+        }
+    }
+}
+
+impl FromStr for SslNegotiation {
+    type Err = ConnInfoError;
+
+    /// Parse the libpq spelling (case-sensitive, as libpq).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "postgres" => Ok(Self::Postgres),
+            "direct" => Ok(Self::Direct),
+            _ => Err(ConnInfoError::InvalidValue {
+                option: "sslnegotiation",
+                value: s.to_owned(),
+                allowed: "postgres or direct",
+            }),
+        }
+    }
+}
+
+/// `sslcertmode` (PostgreSQL 16): whether a client certificate is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslCertMode {
+    /// `disable`: never.
+    Disable,
+    /// `allow`: when the server asks and one is configured. The default.
+    Allow,
+    /// `require`: the server must ask for it, else the connection is refused.
+    Require,
+}
+
+impl SslCertMode {
+    /// The libpq spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Require => "require",
+        }
+    }
+}
+
+impl FromStr for SslCertMode {
+    type Err = ConnInfoError;
+
+    /// Parse the libpq spelling (case-sensitive, as libpq).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disable" => Ok(Self::Disable),
+            "allow" => Ok(Self::Allow),
+            "require" => Ok(Self::Require),
+            _ => Err(ConnInfoError::InvalidValue {
+                option: "sslcertmode",
+                value: s.to_owned(),
+                allowed: "disable, allow or require",
+            }),
+        }
+    }
+}
+
+/// A TLS protocol version as `ssl_min_protocol_version` and `ssl_max_protocol_version`
+/// name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// `TLSv1` (1.0).
+    V1_0,
+    /// `TLSv1.1`.
+    V1_1,
+    /// `TLSv1.2`, the default minimum.
+    V1_2,
+    /// `TLSv1.3`.
+    V1_3,
+}
+
+impl TlsVersion {
+    /// The libpq spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::V1_0 => "TLSv1",
+            Self::V1_1 => "TLSv1.1",
+            Self::V1_2 => "TLSv1.2",
+            Self::V1_3 => "TLSv1.3",
+        }
+    }
+
+    /// Parse as libpq's `sslVerifyProtocolVersion` (case-insensitive).
+    pub(super) fn parse(option: &'static str, s: &str) -> Result<Self, ConnInfoError> {
+        [Self::V1_0, Self::V1_1, Self::V1_2, Self::V1_3]
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ConnInfoError::InvalidValue {
+                option,
+                value: s.to_owned(),
+                allowed: "TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3",
+            })
     }
 }

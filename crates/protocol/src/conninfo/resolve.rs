@@ -10,7 +10,10 @@ use std::time::Duration;
 use super::REDACTED;
 use super::env::Env;
 use super::error::ConnInfoError;
-use super::options::{ChannelBinding, GssEncMode, RequireAuth, SslMode, TargetSessionAttrs};
+use super::options::{
+    ChannelBinding, GssEncMode, RequireAuth, SslCertMode, SslMode, SslNegotiation,
+    TargetSessionAttrs, TlsVersion,
+};
 use super::parse::{ConnOptions, is_c_space};
 use super::pgpass;
 
@@ -108,14 +111,39 @@ pub struct ConnConfig {
     pub connect_timeout: Option<Duration>,
     /// `options` / `PGOPTIONS`: command-line options for the server.
     pub options: Option<String>,
-    /// `sslmode` / `PGSSLMODE`, default [`SslMode::Prefer`].
+    /// `sslmode` / `PGSSLMODE`, default [`SslMode::Prefer`] ([`SslMode::VerifyFull`]
+    /// with `sslrootcert=system`).
     pub sslmode: SslMode,
-    /// `sslrootcert` / `PGSSLROOTCERT`.
+    /// `sslnegotiation` / `PGSSLNEGOTIATION`, default [`SslNegotiation::Postgres`].
+    pub sslnegotiation: SslNegotiation,
+    /// `sslrootcert` / `PGSSLROOTCERT`: a file of trusted roots, or `system`;
+    /// `None`: `~/.postgresql/root.crt` if it exists.
     pub sslrootcert: Option<String>,
-    /// `sslcert` / `PGSSLCERT`.
+    /// `sslcert` / `PGSSLCERT`; `None`: `~/.postgresql/postgresql.crt` if it exists.
     pub sslcert: Option<String>,
-    /// `sslkey` / `PGSSLKEY`.
+    /// `sslkey` / `PGSSLKEY`; `None`: `~/.postgresql/postgresql.key`.
     pub sslkey: Option<String>,
+    /// `sslcertmode` / `PGSSLCERTMODE`, default [`SslCertMode::Allow`].
+    pub sslcertmode: SslCertMode,
+    /// `sslpassword`: the pass phrase of an encrypted key (walsink refuses it).
+    pub sslpassword: Option<String>,
+    /// `sslcrl` / `PGSSLCRL`: a file of certificate revocation lists.
+    pub sslcrl: Option<String>,
+    /// `sslcrldir` / `PGSSLCRLDIR`: a directory of them (OpenSSL's hashed layout).
+    pub sslcrldir: Option<String>,
+    /// `sslsni` / `PGSSLSNI`: send the host name in the TLS handshake (default on;
+    /// libpq's test: the value starts with `1`). Never for IP addresses.
+    pub sslsni: bool,
+    /// `sslcompression` / `PGSSLCOMPRESSION` set to 1 (walsink refuses it).
+    pub sslcompression: bool,
+    /// `sslkeylogfile` (walsink refuses it).
+    pub sslkeylogfile: Option<String>,
+    /// `ssl_min_protocol_version` / `PGSSLMINPROTOCOLVERSION`, default TLSv1.2.
+    pub ssl_min_protocol_version: TlsVersion,
+    /// `ssl_max_protocol_version` / `PGSSLMAXPROTOCOLVERSION`; `None`: no maximum.
+    pub ssl_max_protocol_version: Option<TlsVersion>,
+    /// `~/.postgresql`, where the default certificate files live (`None` without a home).
+    pub ssl_dir: Option<PathBuf>,
     /// `channel_binding` / `PGCHANNELBINDING`, default [`ChannelBinding::Prefer`].
     pub channel_binding: ChannelBinding,
     /// `gssencmode` / `PGGSSENCMODE`, default [`GssEncMode::Prefer`].
@@ -151,9 +179,20 @@ impl fmt::Debug for ConnConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
             .field("sslmode", &self.sslmode)
+            .field("sslnegotiation", &self.sslnegotiation)
             .field("sslrootcert", &self.sslrootcert)
             .field("sslcert", &self.sslcert)
             .field("sslkey", &self.sslkey)
+            .field("sslcertmode", &self.sslcertmode)
+            .field("sslpassword", &self.sslpassword.as_ref().map(|_| REDACTED))
+            .field("sslcrl", &self.sslcrl)
+            .field("sslcrldir", &self.sslcrldir)
+            .field("sslsni", &self.sslsni)
+            .field("sslcompression", &self.sslcompression)
+            .field("sslkeylogfile", &self.sslkeylogfile)
+            .field("ssl_min_protocol_version", &self.ssl_min_protocol_version)
+            .field("ssl_max_protocol_version", &self.ssl_max_protocol_version)
+            .field("ssl_dir", &self.ssl_dir)
             .field("channel_binding", &self.channel_binding)
             .field("gssencmode", &self.gssencmode)
             .field("require_auth", &self.require_auth)
@@ -316,9 +355,10 @@ impl ConnConfig {
     /// Apply libpq precedence: explicit options > PG* env vars > defaults. `fallback_application_name` is used when neither the options nor PGAPPNAME give one (walsink passes "walsink").
     ///
     /// Environment variables read: `PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD
-    /// PGPASSFILE PGAPPNAME PGCONNECT_TIMEOUT PGOPTIONS PGSSLMODE PGSSLROOTCERT
-    /// PGSSLCERT PGSSLKEY PGTARGETSESSIONATTRS PGCHANNELBINDING PGGSSENCMODE
-    /// PGREQUIREAUTH PGREQUIREPEER`. Hosts default to `PGHOST`, else the socket
+    /// PGPASSFILE PGAPPNAME PGCONNECT_TIMEOUT PGOPTIONS PGSSLMODE PGSSLNEGOTIATION
+    /// PGSSLROOTCERT PGSSLCERT PGSSLKEY PGSSLCERTMODE PGSSLCRL PGSSLCRLDIR PGSSLSNI
+    /// PGSSLCOMPRESSION PGSSLMINPROTOCOLVERSION PGSSLMAXPROTOCOLVERSION
+    /// PGTARGETSESSIONATTRS PGCHANNELBINDING PGGSSENCMODE PGREQUIREAUTH PGREQUIREPEER`. Hosts default to `PGHOST`, else the socket
     /// directory; an empty entry in a host list means the socket directory and an empty
     /// port entry means 5432. Options walsink has no use for (e.g. `replication`,
     /// `krbsrvname`) are accepted and ignored; the security options are validated here
@@ -358,10 +398,64 @@ impl ConnConfig {
             .filter(|&t| t > 0)
             .map(|t| Duration::from_secs(u64::from(t.max(2).unsigned_abs())));
         let text = |key: &str, var: &str| pick(opts, env, key, Some(var)).map(str::to_owned);
+        let sslrootcert = text("sslrootcert", "PGSSLROOTCERT");
+        let system_roots = sslrootcert.as_deref() == Some("system");
+        // libpq: sslrootcert=system makes verify-full the default, and nothing weaker
+        // may be asked for with it.
         let sslmode = pick(opts, env, "sslmode", Some("PGSSLMODE"))
             .map(SslMode::from_str)
             .transpose()?
-            .unwrap_or(SslMode::Prefer);
+            .unwrap_or(if system_roots {
+                SslMode::VerifyFull
+            } else {
+                SslMode::Prefer
+            });
+        let sslnegotiation = pick(opts, env, "sslnegotiation", Some("PGSSLNEGOTIATION"))
+            .map(SslNegotiation::from_str)
+            .transpose()?
+            .unwrap_or(SslNegotiation::Postgres);
+        let tls_required = matches!(
+            sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        );
+        if sslnegotiation == SslNegotiation::Direct && !tls_required {
+            return Err(ConnInfoError::WeakSslMode {
+                sslmode: sslmode.as_str(),
+                with: "sslnegotiation=direct",
+                stronger: "\"require\", \"verify-ca\", or \"verify-full\"",
+            });
+        }
+        if system_roots && sslmode != SslMode::VerifyFull {
+            return Err(ConnInfoError::WeakSslMode {
+                sslmode: sslmode.as_str(),
+                with: "sslrootcert=system",
+                stronger: "\"verify-full\"",
+            });
+        }
+        let version = |key: &'static str, var: &str| {
+            pick(opts, env, key, Some(var))
+                .map(|v| TlsVersion::parse(key, v))
+                .transpose()
+        };
+        let ssl_min_protocol_version =
+            version("ssl_min_protocol_version", "PGSSLMINPROTOCOLVERSION")?
+                .unwrap_or(TlsVersion::V1_2);
+        let ssl_max_protocol_version =
+            version("ssl_max_protocol_version", "PGSSLMAXPROTOCOLVERSION")?;
+        if let Some(max) = ssl_max_protocol_version
+            && max < ssl_min_protocol_version
+        {
+            return Err(ConnInfoError::InvalidTlsRange {
+                min: ssl_min_protocol_version.as_str(),
+                max: max.as_str(),
+            });
+        }
+        let sslcertmode = pick(opts, env, "sslcertmode", Some("PGSSLCERTMODE"))
+            .map(SslCertMode::from_str)
+            .transpose()?
+            .unwrap_or(SslCertMode::Allow);
+        let starts_with_1 =
+            |key: &str, var: Option<&str>| pick(opts, env, key, var).map(|v| v.starts_with('1'));
         let target_session_attrs = pick(
             opts,
             env,
@@ -382,6 +476,9 @@ impl ConnConfig {
         let require_auth = pick(opts, env, "require_auth", Some("PGREQUIREAUTH"))
             .map(RequireAuth::from_str)
             .transpose()?;
+        if channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
+            return Err(ConnInfoError::ChannelBindingWithoutTls);
+        }
         let secs = |v: Option<i32>| positive(v).map(|s| Duration::from_secs(u64::from(s)));
         Ok(ConnConfig {
             targets,
@@ -393,9 +490,25 @@ impl ConnConfig {
             connect_timeout,
             options: text("options", "PGOPTIONS"),
             sslmode,
-            sslrootcert: text("sslrootcert", "PGSSLROOTCERT"),
+            sslnegotiation,
+            sslrootcert,
             sslcert: text("sslcert", "PGSSLCERT"),
             sslkey: text("sslkey", "PGSSLKEY"),
+            sslcertmode,
+            sslpassword: pick(opts, env, "sslpassword", None).map(str::to_owned),
+            sslcrl: text("sslcrl", "PGSSLCRL"),
+            sslcrldir: text("sslcrldir", "PGSSLCRLDIR"),
+            sslsni: starts_with_1("sslsni", Some("PGSSLSNI")).unwrap_or(true),
+            sslcompression: starts_with_1("sslcompression", Some("PGSSLCOMPRESSION"))
+                .unwrap_or(false),
+            sslkeylogfile: pick(opts, env, "sslkeylogfile", None).map(str::to_owned),
+            ssl_min_protocol_version,
+            ssl_max_protocol_version,
+            ssl_dir: env
+                .home
+                .as_ref()
+                .filter(|h| !h.as_os_str().is_empty())
+                .map(|h| h.join(".postgresql")),
             channel_binding,
             gssencmode,
             require_auth,

@@ -1027,20 +1027,9 @@ fn unsupported_protections_are_refused_naming_option_and_fix() {
             .map(|e| e.to_string())
     };
     assert_eq!(
-        msg("channel_binding=require", &[]).as_deref(),
-        Some(
-            "channel_binding=require requires SCRAM-SHA-256-PLUS authentication over TLS, which this version of walsink does not support yet; use channel_binding=prefer or channel_binding=disable (SCRAM without channel binding), or tunnel the connection"
-        )
-    );
-    assert!(
-        msg("", &[("PGCHANNELBINDING", "require")])
-            .unwrap()
-            .starts_with("channel_binding=require requires")
-    );
-    assert_eq!(
         msg("gssencmode=require", &[]).as_deref(),
         Some(
-            "gssencmode=require requires GSSAPI encryption, which walsink does not support; use gssencmode=disable or gssencmode=prefer (walsink then connects without GSSAPI encryption)"
+            "gssencmode=require requires GSSAPI encryption, which walsink does not support; use gssencmode=disable or gssencmode=prefer (walsink then connects without GSSAPI encryption), and sslmode=verify-full for an encrypted connection"
         )
     );
     assert!(
@@ -1048,22 +1037,163 @@ fn unsupported_protections_are_refused_naming_option_and_fix() {
             .unwrap()
             .starts_with("gssencmode=require")
     );
-    for mode in ["require", "verify-ca", "verify-full"] {
-        assert!(
-            msg(&format!("sslmode={mode}"), &[])
-                .unwrap()
-                .starts_with(&format!(
-                    "sslmode={mode} requires TLS, which this version of walsink does not support yet"
-                ))
-        );
+    let e = msg("sslpassword=hunter2", &[]).unwrap();
+    assert!(
+        e.starts_with("sslpassword=<redacted> gives the pass phrase of an encrypted client key, which walsink cannot decrypt; remove sslpassword"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"));
+    for (s, vars, start) in [
+        (
+            "sslcompression=1",
+            &[][..],
+            "sslcompression=1 asks for TLS compression",
+        ),
+        ("", &[("PGSSLCOMPRESSION", "1")][..], "sslcompression=1"),
+        (
+            "ssl_min_protocol_version=TLSv1.1",
+            &[],
+            "ssl_min_protocol_version=TLSv1.1 names a TLS version before 1.2, which walsink does not speak; use TLSv1.2 or TLSv1.3",
+        ),
+        (
+            "ssl_min_protocol_version=tlsv1 ssl_max_protocol_version=TLSv1",
+            &[],
+            "ssl_min_protocol_version=TLSv1 names",
+        ),
+        (
+            "",
+            &[
+                ("PGSSLMAXPROTOCOLVERSION", "TLSv1.1"),
+                ("PGSSLMINPROTOCOLVERSION", "TLSv1"),
+            ],
+            "ssl_min_protocol_version=TLSv1 ",
+        ),
+        (
+            "sslkeylogfile=/tmp/keys",
+            &[],
+            "sslkeylogfile=/tmp/keys asks for the TLS session keys",
+        ),
+    ] {
+        let e = msg(s, vars).unwrap_or_else(|| panic!("{s} {vars:?} accepted"));
+        assert!(e.starts_with(start), "{s} {vars:?}: {e}");
     }
     for ok in [
+        "channel_binding=require gssencmode=prefer sslmode=require",
         "channel_binding=prefer gssencmode=prefer sslmode=prefer",
         "channel_binding=disable gssencmode=disable sslmode=disable",
-        "sslmode=allow",
+        "sslmode=allow sslcompression=0 sslpassword=",
+        "sslmode=verify-full ssl_min_protocol_version=TLSv1.3",
+        "ssl_min_protocol_version=TLSv1.2 ssl_max_protocol_version=tlsv1.2",
     ] {
         assert_eq!(msg(ok, &[]), None, "{ok}");
     }
+}
+
+#[test]
+fn tls_options_resolve_as_libpq() {
+    let c = resolve_with("", &[]).unwrap();
+    assert_eq!(c.sslmode, SslMode::Prefer);
+    assert_eq!(c.sslnegotiation, SslNegotiation::Postgres);
+    assert_eq!(c.sslcertmode, SslCertMode::Allow);
+    assert!(c.sslsni);
+    assert!(!c.sslcompression);
+    assert_eq!(c.ssl_min_protocol_version, TlsVersion::V1_2);
+    assert_eq!(c.ssl_max_protocol_version, None);
+    assert_eq!(c.channel_binding, ChannelBinding::Prefer);
+    let c = resolve_with(
+        "",
+        &[
+            ("PGSSLNEGOTIATION", "direct"),
+            ("PGSSLMODE", "require"),
+            ("PGSSLCERTMODE", "require"),
+            ("PGSSLCRL", "/c.crl"),
+            ("PGSSLCRLDIR", "/crls"),
+            ("PGSSLSNI", "0"),
+            ("PGSSLMINPROTOCOLVERSION", "TLSv1.3"),
+            ("PGCHANNELBINDING", "require"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.sslnegotiation, SslNegotiation::Direct);
+    assert_eq!(c.sslcertmode, SslCertMode::Require);
+    assert_eq!(c.sslcrl.as_deref(), Some("/c.crl"));
+    assert_eq!(c.sslcrldir.as_deref(), Some("/crls"));
+    assert!(!c.sslsni);
+    assert_eq!(c.ssl_min_protocol_version, TlsVersion::V1_3);
+    assert_eq!(c.channel_binding, ChannelBinding::Require);
+    // libpq tests the first character of sslsni only.
+    assert!(resolve_with("sslsni=1yes", &[]).unwrap().sslsni);
+    assert!(!resolve_with("sslsni=yes", &[]).unwrap().sslsni);
+    // sslrootcert=system: verify-full by default, nothing weaker.
+    let c = resolve_with("sslrootcert=system", &[]).unwrap();
+    assert_eq!(c.sslmode, SslMode::VerifyFull);
+    assert_eq!(
+        resolve_with("", &[("PGSSLROOTCERT", "system")])
+            .unwrap()
+            .sslmode,
+        SslMode::VerifyFull
+    );
+    for (s, vars, e) in [
+        (
+            "sslrootcert=system sslmode=verify-ca",
+            &[][..],
+            "weak sslmode \"verify-ca\" may not be used with sslrootcert=system (use \"verify-full\")",
+        ),
+        (
+            "sslrootcert=system",
+            &[("PGSSLMODE", "require")][..],
+            "weak sslmode \"require\" may not be used with sslrootcert=system (use \"verify-full\")",
+        ),
+        (
+            "sslnegotiation=direct",
+            &[],
+            "weak sslmode \"prefer\" may not be used with sslnegotiation=direct (use \"require\", \"verify-ca\", or \"verify-full\")",
+        ),
+        (
+            "sslnegotiation=direct sslmode=allow",
+            &[],
+            "weak sslmode \"allow\" may not be used with sslnegotiation=direct",
+        ),
+        (
+            "sslnegotiation=postgresql",
+            &[],
+            "invalid sslnegotiation value: \"postgresql\"; use postgres or direct",
+        ),
+        (
+            "sslcertmode=always",
+            &[],
+            "invalid sslcertmode value: \"always\"; use disable, allow or require",
+        ),
+        (
+            "ssl_max_protocol_version=TLSv1.4",
+            &[],
+            "invalid ssl_max_protocol_version value: \"TLSv1.4\"; use TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3",
+        ),
+        (
+            "ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2",
+            &[],
+            "invalid SSL protocol version range: ssl_min_protocol_version=TLSv1.3 is above ssl_max_protocol_version=TLSv1.2",
+        ),
+        (
+            "sslmode=disable channel_binding=require",
+            &[],
+            "channel_binding=require needs TLS (SCRAM-SHA-256-PLUS binds to the TLS channel), but sslmode=disable never uses it",
+        ),
+    ] {
+        let got = resolve_with(s, vars).unwrap_err().to_string();
+        assert!(got.starts_with(e), "{s} {vars:?}: {got}");
+    }
+    // The default files live in ~/.postgresql.
+    let env = Env {
+        os_user: Some("u".into()),
+        home: Some("/home/u".into()),
+        ..Env::default()
+    };
+    let c = ConnConfig::resolve(&ConnOptions::default(), &env, "w").unwrap();
+    assert_eq!(c.ssl_dir, Some(PathBuf::from("/home/u/.postgresql")));
+    // The key's pass phrase is never printed.
+    let c = resolve_with("sslpassword=hunter2", &[]).unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
 }
 
 #[test]

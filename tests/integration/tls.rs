@@ -1,0 +1,485 @@
+//! TLS against real PostgreSQL servers with `ssl = on` and certificates made by the test
+//! ([`TestPki`]): what each `sslmode` checks, client certificates, channel binding, direct
+//! negotiation (PostgreSQL 17 and later), and the exit code (19) of every TLS refusal.
+//!
+//! Every walsink runs with `HOME` set to an empty directory of the test's own, so that a
+//! `~/.postgresql/root.crt` of whoever runs the tests cannot change what is checked.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::harness::tls::{TestPki, ssl_bindir_17_or_later};
+use crate::harness::walsink::RunOutcome;
+use crate::harness::{
+    HostAuth, PgCluster, WAIT, Walsink, WalsinkProcess, archive, archive_dir, create_slot,
+    format_lsn, generate_past, parse_lsn, temp_base, wait_for,
+};
+
+/// walsink's exit code for TLS failures.
+const EXIT_TLS: i32 = 19;
+
+/// An empty home directory for walsink (no `~/.postgresql`).
+fn home() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("wsk-home")
+        .tempdir_in(temp_base())
+        .expect("create home dir")
+}
+
+/// `walsink receive -n -w -d CONNINFO -D DIR EXTRA...` with `HOME` set.
+fn receive(conninfo: &str, dir: &Path, home: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Walsink::cmd(["receive", "-n", "-w", "-d", conninfo, "-D"]);
+    cmd.arg(dir).args(extra).env("HOME", home);
+    cmd
+}
+
+/// Connects, authenticates and stops at once (`-E 0/1`: nothing to stream).
+fn connect_only(conninfo: &str, home: &Path) -> RunOutcome {
+    connect_env(conninfo, home, &[])
+}
+
+/// [`connect_only`] with environment variables.
+fn connect_env(conninfo: &str, home: &Path, vars: &[(&str, &str)]) -> RunOutcome {
+    let dir = archive_dir();
+    let mut cmd = receive(conninfo, dir.path(), home, &["-E", "0/1"]);
+    cmd.envs(vars.iter().copied());
+    let out = RunOutcome::of(cmd, WAIT);
+    assert!(
+        fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .all(|e| e.file_name() == "walsink.lock"),
+        "a connection that stops at once writes nothing"
+    );
+    out
+}
+
+/// `host=HOST port=PORT user=postgres` plus `rest`.
+fn conninfo(pg: &PgCluster, host: &str, rest: &str) -> String {
+    format!("host={host} port={} user=postgres {rest}", pg.port())
+}
+
+/// How many walsenders of walsink's run over TLS (`pg_stat_ssl`), and how many over
+/// plaintext.
+fn walsenders_by_ssl(pg: &PgCluster) -> (String, String) {
+    let rows = pg.sql(
+        "SELECT count(*) FILTER (WHERE s.ssl)::text, count(*) FILTER (WHERE NOT s.ssl)::text \
+         FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+         WHERE r.application_name = 'walsink'",
+    );
+    (
+        rows[0][0].clone().unwrap_or_default(),
+        rows[0][1].clone().unwrap_or_default(),
+    )
+}
+
+/// With `sslmode=verify-full` (the host name and the IP address both in the certificate),
+/// walsink streams over TLS, as `pg_stat_ssl` shows for its walsender, and the archive is
+/// byte-identical to the server's `pg_wal`.
+#[test]
+fn verify_full_streams_a_byte_identical_archive_over_tls() {
+    let pki = TestPki::generate();
+    let pg = pki.ssl_server(PgCluster::builder(), "server.crt").start();
+    let home = home();
+    let ca = pki.path("ca.crt");
+    for host in ["localhost", "127.0.0.1"] {
+        let dir = archive_dir();
+        let slot = if host == "localhost" {
+            "w_name"
+        } else {
+            "w_ip"
+        };
+        create_slot(&pg, slot);
+        let seg = pg.wal_segsize_bytes();
+        let end = (parse_lsn(&pg.current_lsn()) / seg + 3) * seg;
+        let ci = conninfo(
+            &pg,
+            host,
+            &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+        );
+        let mut w = WalsinkProcess::spawn_command(receive(
+            &ci,
+            dir.path(),
+            home.path(),
+            &["-S", slot, "-E", &format_lsn(end)],
+        ));
+        assert!(
+            wait_for(|| walsenders_by_ssl(&pg) == ("1".into(), "0".into()), WAIT),
+            "{host}: no walsender of walsink over TLS: {:?}\n{}",
+            walsenders_by_ssl(&pg),
+            w.stderr_text()
+        );
+        generate_past(&pg, end);
+        let status = w.wait_timeout(WAIT);
+        assert_eq!(status.code(), Some(0), "{host}: {}", w.stderr_text());
+        let n = archive::assert_completed_identical(dir.path(), &pg.pg_wal_dir());
+        assert!(n >= 2, "{host}: only {n} segments compared");
+    }
+}
+
+/// A certificate the options do not trust is refused with exit 19 and a message naming
+/// the problem: signed by another CA, issued for another host name, expired, revoked (with
+/// `sslcrl`); so is `verify-full` without any root certificate file. The weaker modes
+/// accept what they do not check, as libpq's do.
+#[test]
+fn untrusted_server_certificates_are_refused_with_exit_19() {
+    let pki = TestPki::generate();
+    let home = home();
+    let ca = pki.path("ca.crt").display().to_string();
+    let other = pki.path("other-ca.crt").display().to_string();
+    let crl = pki.path("crl.pem").display().to_string();
+
+    let good = pki.ssl_server(PgCluster::builder(), "server.crt").start();
+    let wrong_ca = format!("sslmode=verify-full sslrootcert={other}");
+    let refused = [
+        (
+            conninfo(&good, "localhost", &wrong_ca),
+            "was not issued by a certificate authority in root certificate file",
+        ),
+        (
+            conninfo(
+                &good,
+                "localhost",
+                &format!("sslmode=verify-ca sslrootcert={other}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            conninfo(
+                &good,
+                "wrong.example",
+                &format!("hostaddr=127.0.0.1 sslmode=verify-full sslrootcert={ca}"),
+            ),
+            "not valid for name",
+        ),
+        (
+            conninfo(&good, "localhost", "sslmode=verify-full"),
+            &format!(
+                "root certificate file \"{}/.postgresql/root.crt\" does not exist",
+                home.path().display()
+            ),
+        ),
+    ];
+    for (ci, needle) in &refused {
+        connect_only(ci, home.path()).expect(ci, EXIT_TLS, &[needle]);
+    }
+    // verify-ca does not check the name; require checks nothing without a root file.
+    for ci in [
+        conninfo(
+            &good,
+            "wrong.example",
+            &format!("hostaddr=127.0.0.1 sslmode=verify-ca sslrootcert={ca}"),
+        ),
+        conninfo(
+            &good,
+            "localhost",
+            &format!("sslmode=require sslrootcert={}/none", home.path().display()),
+        ),
+    ] {
+        connect_only(&ci, home.path()).expect(&ci, 0, &[]);
+    }
+    drop(good);
+
+    let expired = pki.ssl_server(PgCluster::builder(), "expired.crt").start();
+    connect_only(
+        &conninfo(
+            &expired,
+            "localhost",
+            &format!("sslmode=verify-full sslrootcert={ca}"),
+        ),
+        home.path(),
+    )
+    .expect("expired", EXIT_TLS, &["SSL error", "expired", "renew it"]);
+    connect_only(
+        &conninfo(&expired, "localhost", "sslmode=require"),
+        home.path(),
+    )
+    .expect("expired, require", 0, &[]);
+    // require with ~/.postgresql/root.crt present checks the chain, as libpq does.
+    let pgdir = home.path().join(".postgresql");
+    fs::create_dir(&pgdir).unwrap();
+    fs::copy(pki.path("ca.crt"), pgdir.join("root.crt")).unwrap();
+    connect_only(
+        &conninfo(&expired, "localhost", "sslmode=require"),
+        home.path(),
+    )
+    .expect("expired, require with root.crt", EXIT_TLS, &["expired"]);
+    fs::remove_dir_all(&pgdir).unwrap();
+    drop(expired);
+
+    let revoked = pki.ssl_server(PgCluster::builder(), "revoked.crt").start();
+    let verify = format!("sslmode=verify-full sslrootcert={ca}");
+    connect_only(&conninfo(&revoked, "localhost", &verify), home.path()).expect(
+        "revoked, no CRL",
+        0,
+        &[],
+    );
+    connect_only(
+        &conninfo(&revoked, "localhost", &format!("{verify} sslcrl={crl}")),
+        home.path(),
+    )
+    .expect(
+        "revoked",
+        EXIT_TLS,
+        &["SSL error", "Revoked", "revocation list (sslcrl)"],
+    );
+    connect_env(
+        &conninfo(&revoked, "localhost", &verify),
+        home.path(),
+        &[("PGSSLCRL", crl.as_str())],
+    )
+    .expect("revoked, PGSSLCRL", EXIT_TLS, &["Revoked"]);
+}
+
+/// `prefer` (the default) against a server with `ssl = on` really encrypts: the walsender
+/// shows up in `pg_stat_ssl` with `ssl = true`; `sslmode=disable` does not.
+#[test]
+fn prefer_uses_tls_when_the_server_has_it() {
+    let pki = TestPki::generate();
+    let pg = pki.ssl_server(PgCluster::builder(), "server.crt").start();
+    let home = home();
+    for (extra, expected) in [
+        ("", ("1", "0")),
+        ("sslmode=prefer", ("1", "0")),
+        ("sslmode=disable", ("0", "1")),
+    ] {
+        let dir = archive_dir();
+        let mut w = WalsinkProcess::spawn_command(receive(
+            &conninfo(&pg, "127.0.0.1", extra),
+            dir.path(),
+            home.path(),
+            &[],
+        ));
+        let want = (expected.0.to_owned(), expected.1.to_owned());
+        assert!(
+            wait_for(|| walsenders_by_ssl(&pg) == want, WAIT),
+            "{extra:?}: walsenders (tls, plain) = {:?}, expected {want:?}\n{}",
+            walsenders_by_ssl(&pg),
+            w.stderr_text()
+        );
+        let status = w.interrupt_and_wait(WAIT);
+        assert_eq!(status.code(), Some(0), "{}", w.stderr_text());
+        assert!(wait_for(
+            || walsenders_by_ssl(&pg) == ("0".into(), "0".into()),
+            WAIT
+        ));
+    }
+}
+
+/// `require` and stronger against a server without TLS fail with exit 19 and say why;
+/// `prefer` connects in plaintext.
+#[test]
+fn require_against_a_server_without_tls_fails() {
+    let pg = PgCluster::start_default();
+    let home = home();
+    for rest in [
+        "sslmode=require",
+        "sslmode=verify-ca",
+        "sslrootcert=system",
+        "sslmode=require sslnegotiation=postgres",
+    ] {
+        let ci = conninfo(&pg, "127.0.0.1", rest);
+        connect_only(&ci, home.path()).expect(
+            &ci,
+            EXIT_TLS,
+            &["server does not support SSL, but SSL was required"],
+        );
+    }
+    connect_env(
+        &conninfo(&pg, "127.0.0.1", ""),
+        home.path(),
+        &[("PGSSLMODE", "require")],
+    )
+    .expect("PGSSLMODE=require", EXIT_TLS, &["SSL was required"]);
+    connect_only(&conninfo(&pg, "127.0.0.1", "sslmode=prefer"), home.path()).expect(
+        "prefer",
+        0,
+        &[],
+    );
+}
+
+/// `hostssl ... cert` authentication with a client certificate (named, or the defaults in
+/// `~/.postgresql`); a key others can read is refused like libpq does (exit 19); without a
+/// certificate the server refuses (exit 11). `sslmode=allow` first tries plaintext, which
+/// such a server refuses, then TLS.
+#[test]
+fn client_certificate_authentication() {
+    let pki = TestPki::generate();
+    let pg = pki
+        .ssl_server(PgCluster::builder(), "server.crt")
+        .hba(
+            "hostssl all          all   127.0.0.1/32  cert\n\
+             hostssl replication  all   127.0.0.1/32  cert\n",
+        )
+        .start();
+    let home = home();
+    let ca = pki.path("ca.crt").display().to_string();
+    let cert = pki.path("client.crt").display().to_string();
+    let key = pki.path("client.key").display().to_string();
+    let with_cert = format!("sslrootcert={ca} sslcert={cert} sslkey={key}");
+    for rest in [
+        format!("sslmode=verify-full {with_cert}"),
+        format!("sslmode=allow {with_cert}"),
+        format!("sslmode=require sslcertmode=require {with_cert}"),
+    ] {
+        connect_only(&conninfo(&pg, "localhost", &rest), home.path()).expect(&rest, 0, &[]);
+    }
+    // The defaults in ~/.postgresql.
+    let pgdir = home.path().join(".postgresql");
+    fs::create_dir(&pgdir).unwrap();
+    for (from, to) in [
+        ("ca.crt", "root.crt"),
+        ("client.crt", "postgresql.crt"),
+        ("client.key", "postgresql.key"),
+    ] {
+        fs::copy(pki.path(from), pgdir.join(to)).unwrap();
+    }
+    fs::set_permissions(
+        pgdir.join("postgresql.key"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    connect_only(
+        &conninfo(&pg, "localhost", "sslmode=verify-full"),
+        home.path(),
+    )
+    .expect("defaults", 0, &[]);
+    // A key others can read (0640 would do as well unless root owns it, as when CI runs as root).
+    fs::set_permissions(
+        pgdir.join("postgresql.key"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    connect_only(&conninfo(&pg, "localhost", "sslmode=verify-full"), home.path()).expect(
+        "key 0644",
+        EXIT_TLS,
+        &[&format!(
+            "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less",
+            pgdir.join("postgresql.key").display()
+        )],
+    );
+    fs::remove_dir_all(&pgdir).unwrap();
+    // No certificate (none configured, or sslcertmode=disable): the server refuses.
+    for rest in [
+        format!("sslmode=verify-full sslrootcert={ca}"),
+        format!("sslmode=verify-full sslcertmode=disable {with_cert}"),
+    ] {
+        connect_only(&conninfo(&pg, "localhost", &rest), home.path()).expect(&rest, 11, &[]);
+    }
+}
+
+/// `channel_binding=require` with SCRAM over TLS authenticates with SCRAM-SHA-256-PLUS
+/// bound to the server's certificate; the server checks the binding, so a wrong hash would
+/// fail authentication. Without TLS it is refused before anything is sent.
+#[test]
+fn channel_binding_require_with_scram_over_tls() {
+    let pki = TestPki::generate();
+    let pg = pki
+        .ssl_server(PgCluster::builder(), "server.crt")
+        .host_auth(HostAuth::ScramSha256("s3cret".into()))
+        .start();
+    let home = home();
+    let ca = pki.path("ca.crt").display().to_string();
+    for rest in [
+        format!("sslmode=verify-full sslrootcert={ca} channel_binding=require"),
+        "sslmode=require channel_binding=require".to_owned(),
+        "channel_binding=require".to_owned(),
+        "channel_binding=disable".to_owned(),
+    ] {
+        connect_env(
+            &conninfo(&pg, "localhost", &rest),
+            home.path(),
+            &[("PGPASSWORD", "s3cret")],
+        )
+        .expect(&rest, 0, &[]);
+    }
+    // A wrong password over a bound channel is still a wrong password.
+    connect_env(
+        &conninfo(&pg, "localhost", "sslmode=require channel_binding=require"),
+        home.path(),
+        &[("PGPASSWORD", "wrong")],
+    )
+    .expect("wrong password", 10, &["password authentication failed"]);
+    // Without TLS: refused as a usage error, or at the server's request.
+    connect_env(
+        &conninfo(&pg, "localhost", "sslmode=disable channel_binding=require"),
+        home.path(),
+        &[("PGPASSWORD", "s3cret")],
+    )
+    .expect("disable", 2, &["channel_binding=require needs TLS"]);
+}
+
+/// `sslnegotiation=direct` (PostgreSQL 17 and later): TLS from the first byte, with ALPN
+/// `postgresql`, against a 17+ server with SSL ([`ssl_bindir_17_or_later`]: when the major
+/// under test is older, 17 from scripts/install-pg-majors.sh, which .ci/run installs).
+#[test]
+fn direct_tls_negotiation_on_17_and_later() {
+    let pki = TestPki::generate();
+    let home = home();
+    let Some(bindir) = ssl_bindir_17_or_later() else {
+        panic!(
+            "no PostgreSQL 17 or later with SSL for direct TLS negotiation: run scripts/install-pg-majors.sh 17 (.ci/run does)"
+        );
+    };
+    let pg = pki
+        .ssl_server(PgCluster::builder(), "server.crt")
+        .bindir(bindir)
+        .start();
+    assert!(pg.major_version() >= 17);
+    connect_only(
+        &conninfo(&pg, "localhost", "sslnegotiation=direct"),
+        home.path(),
+    )
+    .expect(
+        "direct with prefer",
+        2,
+        &["weak sslmode \"prefer\" may not be used with sslnegotiation=direct"],
+    );
+    let ca = pki.path("ca.crt").display().to_string();
+    let dir = archive_dir();
+    let mut w = WalsinkProcess::spawn_command(receive(
+        &conninfo(
+            &pg,
+            "localhost",
+            &format!("sslmode=verify-full sslnegotiation=direct sslrootcert={ca}"),
+        ),
+        dir.path(),
+        home.path(),
+        &[],
+    ));
+    assert!(
+        wait_for(|| walsenders_by_ssl(&pg) == ("1".into(), "0".into()), WAIT),
+        "no walsender over direct TLS: {:?}\n{}",
+        walsenders_by_ssl(&pg),
+        w.stderr_text()
+    );
+    assert_eq!(
+        w.interrupt_and_wait(WAIT).code(),
+        Some(0),
+        "{}",
+        w.stderr_text()
+    );
+    connect_env(
+        &conninfo(&pg, "localhost", "sslmode=require"),
+        home.path(),
+        &[("PGSSLNEGOTIATION", "direct")],
+    )
+    .expect("PGSSLNEGOTIATION=direct", 0, &[]);
+    // A server older than 17 does not speak TLS first: walsink fails, without falling back.
+    let old = pki.ssl_server(PgCluster::builder(), "server.crt").start();
+    if old.major_version() < 17 {
+        connect_only(
+            &conninfo(&old, "localhost", "sslmode=require sslnegotiation=direct"),
+            home.path(),
+        )
+        .expect(
+            "direct to an old server",
+            3,
+            &["the server must be PostgreSQL 17 or later"],
+        );
+    }
+}
