@@ -524,7 +524,7 @@ async fn connect_attempt(
                     TlsPolicy::of(cfg)
                         .on_refusal()
                         .map_err(|e| ReceiverError::new(ErrorKind::Tls, e.to_string()))?;
-                    info!(
+                    debug!(
                         "server {} does not support SSL: connecting without encryption (sslmode={}; require or stronger refuses this)",
                         describe(target),
                         cfg.sslmode.as_str()
