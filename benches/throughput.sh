@@ -11,12 +11,15 @@
 #
 # usage: benches/throughput.sh            (4 GiB, 3 repetitions, modes "default synchronous")
 #   GIB=1 REPS=1 MODES="default synchronous no-sync" benches/throughput.sh
-# Needs: PostgreSQL server binaries (scripts/install-deps.sh), GNU time, cargo.
+#   TLS=1 benches/throughput.sh            both receivers over TLS (ssl = on with a certificate made
+#                                          here by openssl, sslmode=verify-full for both)
+# Needs: PostgreSQL server binaries (scripts/install-deps.sh), GNU time, cargo; openssl for TLS=1.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 GIB=${GIB:-4}
 REPS=${REPS:-3}
+TLS=${TLS:-0}
 MODES=${MODES:-"default synchronous"}
 source benches/lib.sh
 [ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required: apt-get install time" >&2; exit 1; }
@@ -34,9 +37,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> starting primary on 127.0.0.1:$PORT ($ROOT)"
+ssl_opts=()
+conn_extra=""
+if [ "$TLS" = 1 ]; then
+    # A CA and a server certificate for 127.0.0.1 (ECDSA P-256, as the tests make them); both receivers
+    # verify it fully, so both pay for the same handshake and the same cipher (the server picks it).
+    server_dir "$ROOT/sock"
+    (
+        cd "$ROOT/sock"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+            -days 2 -subj /CN=bench-ca -addext basicConstraints=critical,CA:TRUE \
+            -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr \
+            -subj /CN=127.0.0.1 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' >ext.cnf
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 \
+            -extfile ext.cnf 2>/dev/null
+        chmod 600 server.key
+        [ ${#RUNAS[@]} -eq 0 ] || chown walsink_pg server.key server.crt
+    )
+    # log_connections: the server's log line for each receiver proves it used TLS.
+    ssl_opts=(-c ssl=on -c "ssl_cert_file=$ROOT/sock/server.crt" -c "ssl_key_file=$ROOT/sock/server.key"
+        -c log_connections=on)
+    conn_extra=" sslmode=verify-full sslrootcert=$ROOT/sock/ca.crt"
+fi
+
+echo "==> starting primary on 127.0.0.1:$PORT ($ROOT)$([ "$TLS" = 1 ] && echo ", ssl = on")"
 start_cluster "$ROOT" "$PORT" -c fsync=on -c shared_buffers=1GB -c wal_buffers=64MB -c max_wal_size=64GB \
-    -c max_wal_senders=10 -c max_replication_slots=20 -c autovacuum=off
+    -c max_wal_senders=10 -c max_replication_slots=20 -c autovacuum=off "${ssl_opts[@]}"
 psql_() { psql_at "$ROOT/sock" "$PORT" "$@"; }
 
 echo "==> generating $GIB GiB of WAL"
@@ -71,13 +99,17 @@ for rep in $(seq 1 "$REPS"); do
             fi
             sync
             /usr/bin/time -f "%e %U %S %M" -o "$ROOT/time_$run" \
-                "${cmd[@]}" -D "$dir" -d "host=127.0.0.1 port=$PORT user=postgres application_name=bench_$tool" \
+                "${cmd[@]}" -D "$dir" -d "host=127.0.0.1 port=$PORT user=postgres application_name=bench_$tool$conn_extra" \
                 -S "$slot" -E "$END" --no-loop "${flags[@]}" >"$ROOT/out_$run" 2>&1 || {
                 echo "run $run ($tool $mode) failed:" >&2
                 cat "$ROOT/out_$run" >&2
                 exit 1
             }
             read -r wall user sys rss <"$ROOT/time_$run"
+            if [ "$TLS" = 1 ] && ! grep -q "application_name=bench_$tool SSL enabled" "$ROOT/sock/server.log"; then
+                echo "run $run ($tool $mode): the server log shows no TLS connection of $tool" >&2
+                exit 1
+            fi
             # Every segment in the range must be there and identical to the primary's.
             got=0
             for f in "$dir"/*; do
@@ -97,7 +129,7 @@ for rep in $(seq 1 "$REPS"); do
     done
 done
 
-python3 - "$results" "$BYTES" <<'PY'
+python3 - "$results" "$BYTES" "$TLS" <<'PY'
 import sys, statistics
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
 nbytes = int(sys.argv[2]); gib = nbytes / 2**30; mib = nbytes / 2**20
@@ -108,7 +140,7 @@ for mode, tool, wall, user, sys_, rss in rows:
     s["cpu"].append((float(user) + float(sys_)) / gib)
     s["rss"].append(int(rss) / 1024)
 med = lambda v: statistics.median(v)
-print(f"\nWAL streamed per run: {gib:.2f} GiB; medians of {len(stats[next(iter(stats))]['mibs'])} runs [min-max]\n")
+print(f"\n{'over TLS (sslmode=verify-full); ' if sys.argv[3] == '1' else ''}WAL streamed per run: {gib:.2f} GiB; medians of {len(stats[next(iter(stats))]['mibs'])} runs [min-max]\n")
 print(f"| mode | receiver | MiB/s | CPU-s/GiB | peak RSS MiB |")
 print(f"|---|---|---|---|---|")
 for (mode, tool), s in stats.items():
