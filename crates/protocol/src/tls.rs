@@ -480,7 +480,7 @@ mod tests {
     fn end_point_hash_follows_the_signature_algorithm() {
         for (oid, len) in [
             (SIGNATURE_HASHES[0].0, 32), // md5 -> sha256
-            (SIGNATURE_HASHES[1].0, 32),      // sha1 -> sha256
+            (SIGNATURE_HASHES[1].0, 32), // sha1 -> sha256
             (SIGNATURE_HASHES[2].0, 32),
             (SIGNATURE_HASHES[3].0, 48),
             (SIGNATURE_HASHES[4].0, 64),
