@@ -26,6 +26,8 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// Run many sources from a configuration file, as a service (SIGHUP reloads it).
     Run(crate::run::RunArgs),
+    /// Copy one WAL segment or history file out of the archive (PostgreSQL's restore_command).
+    Restore(crate::restore::RestoreArgs),
 }
 
 /// walsink called as `pg_receivewal` (a symbolic link, say): the flags of `walsink receive`, no

@@ -6,6 +6,7 @@
 
 mod cli;
 mod log;
+mod restore;
 mod run;
 
 use std::io::IsTerminal;
@@ -121,6 +122,11 @@ fn parse_receive_args(personality: Personality) -> ReceiveArgs {
         Personality::Walsink => match Cli::parse().command {
             Command::Receive(args) => args,
             Command::Run(args) => std::process::exit(run::main(args).into()),
+            other => {
+                let code = run_tool(other);
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                std::process::exit(i32::from(code))
+            }
         },
         Personality::PgReceivewal => match PgReceivewalCli::try_parse() {
             Ok(cli) => cli.args,
@@ -136,6 +142,14 @@ fn parse_receive_args(personality: Personality) -> ReceiveArgs {
                 personality.usage_error(&text)
             }
         },
+    }
+}
+
+/// The subcommands other than `receive`, each in its own module; returns the exit code.
+fn run_tool(command: Command) -> u8 {
+    match command {
+        Command::Restore(args) => restore::run(args),
+        Command::Receive(_) | Command::Run(_) => unreachable!("handled by parse_receive_args"),
     }
 }
 

@@ -151,6 +151,20 @@ pub enum ArchiveError {
         reason: String,
     },
 
+    /// A WAL file asked for (`walsink restore`) does not have the size of a WAL
+    /// segment, or its name is impossible at the size it has: it is damaged or not
+    /// WAL, and restoring it would make recovery fail.
+    #[error(
+        "\"{}\" has {len} bytes, which is not the size of a WAL segment of this name (a power of two from 1 MiB to 1 GiB); the file is damaged or was not written by walsink or pg_receivewal: find out what truncated it, and recover from another copy",
+        .path.display()
+    )]
+    NotASegment {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+    },
+
     /// A timeline history file already exists with other content. Archived data is
     /// never overwritten.
     #[error(

@@ -77,8 +77,10 @@ mod hostile;
 mod lock;
 mod meta;
 mod prepare;
+mod readonly;
 #[cfg(test)]
 mod recording;
+pub mod restore;
 mod scan;
 mod stage;
 mod syncer;

@@ -82,6 +82,16 @@ impl TimelineId {
     pub fn history_file_name(self) -> String {
         format!("{:08X}.history", self.0)
     }
+
+    /// The timeline whose history file is named `name` (`%08X.history`, upper-case hex
+    /// as PostgreSQL writes it); `None` for any other name and for timeline 0.
+    pub fn from_history_file_name(name: &str) -> Option<TimelineId> {
+        let hex = name.strip_suffix(".history")?;
+        if hex.len() != 8 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')) {
+            return None;
+        }
+        TimelineId::new(u32::from_str_radix(hex, 16).ok()?)
+    }
 }
 
 impl fmt::Display for TimelineId {
@@ -111,6 +121,29 @@ impl FromStr for TimelineId {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn history_file_names_round_trip() {
+        for n in [1, 2, 0xA, 0x7FFF_FFFF, u32::MAX] {
+            let t = TimelineId::new(n).unwrap();
+            assert_eq!(
+                TimelineId::from_history_file_name(&t.history_file_name()),
+                Some(t)
+            );
+        }
+        for bad in [
+            "00000000.history",
+            "0000000a.history",
+            "0000002.history",
+            "000000002.history",
+            "00000002.history.tmp",
+            "00000002",
+            "../00000002.history",
+            "00000002.HISTORY",
+        ] {
+            assert_eq!(TimelineId::from_history_file_name(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn parses_and_prints_like_postgres() {

@@ -1,0 +1,116 @@
+//! `walsink restore`: PostgreSQL's `restore_command`.
+//!
+//! `restore_command = 'walsink restore -D /srv/wal %f %p'`. Exit codes follow what
+//! PostgreSQL makes of them: 0 when the file is at `%p`; 1 when the archive does not
+//! have it (PostgreSQL then looks in `pg_wal`, or ends recovery: routine at the end of
+//! the archive); 2 for a usage error; and 128 when the file is in the archive but
+//! cannot be served (a link, a wrong size, an I/O error, a full disk at `%p`): an exit
+//! status above 125 makes PostgreSQL stop recovery (FATAL) instead of ending it early
+//! and promoting without that WAL.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use walsink_archive::restore::{Absent, Outcome, RestoreRequest, Restored, restore};
+
+/// Exit codes of `walsink restore` (README, "Restoring").
+mod exit {
+    pub const SERVED: u8 = 0;
+    pub const ABSENT: u8 = 1;
+    pub const USAGE: u8 = 2;
+    /// Above 125: PostgreSQL treats it like "command not found" and stops recovery.
+    pub const FAILED: u8 = 128;
+}
+
+/// `walsink restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The archive directory.
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub directory: PathBuf,
+
+    /// Also serve a segment that exists only as the archive's newest NAME.partial (the WAL
+    /// received last before the primary was lost).
+    #[arg(long = "partial")]
+    pub partial: bool,
+
+    /// The file PostgreSQL asks for (%f): a WAL segment or timeline history file name.
+    #[arg(value_name = "FILE")]
+    pub file: String,
+
+    /// Where to put it (%p).
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+}
+
+/// Runs `walsink restore`; messages go to stderr (PostgreSQL's server log).
+pub fn run(args: RestoreArgs) -> u8 {
+    let Some(request) = RestoreRequest::parse(&args.file) else {
+        eprintln!(
+            "walsink restore: error: \"{}\" is not a WAL segment or timeline history file name; \
+             use restore_command = 'walsink restore -D DIR %f %p'",
+            args.file.escape_debug()
+        );
+        return exit::USAGE;
+    };
+    let dir = args.directory.display();
+    match restore(&args.directory, &request, &args.dest, args.partial) {
+        Ok(Outcome::Served(Restored::Partial { name, padded_from })) => {
+            match padded_from {
+                Some(len) => eprintln!(
+                    "walsink restore: restored \"{}\" from \"{name}\" (the archive's newest WAL; \
+                     its {len} bytes padded with zeros to the segment size)",
+                    args.file
+                ),
+                None => eprintln!(
+                    "walsink restore: restored \"{}\" from \"{name}\" (the archive's newest WAL)",
+                    args.file
+                ),
+            }
+            exit::SERVED
+        }
+        Ok(Outcome::Served(_)) => exit::SERVED,
+        Ok(Outcome::Absent(why)) => {
+            match why {
+                Absent::Quiet => {}
+                Absent::OnlyPartial { partial } => eprintln!(
+                    "walsink restore: \"{}\" is in archive \"{dir}\" only as \"{partial}\", the WAL \
+                     received last; recovery ends before it unless restore_command has --partial",
+                    args.file
+                ),
+                Absent::NotNewestPartial { partial, newer } => eprintln!(
+                    "walsink restore: \"{}\" is in archive \"{dir}\" only as \"{partial}\", which is \
+                     not the archive's newest WAL (\"{newer}\" is newer): an older timeline's last \
+                     segment may run past the point where the next timeline forked, so it is not \
+                     served; to replay it anyway, copy it to pg_wal without the .partial suffix",
+                    args.file
+                ),
+                Absent::Hole { next, gap } => {
+                    let after = if next.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", although it has the next segment \"{next}\"")
+                    };
+                    let recorded = gap
+                        .map(|g| format!("; the archive records this gap: {g}"))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "walsink restore: \"{}\" is missing from archive \"{dir}\"{after}: recovery \
+                         cannot replay past this hole{recorded}",
+                        args.file
+                    );
+                }
+            }
+            exit::ABSENT
+        }
+        Err(e) => {
+            eprintln!(
+                "walsink restore: error: cannot restore \"{}\": {e}; exiting with {} so that \
+                 PostgreSQL stops recovery instead of ending it without this file",
+                args.file,
+                exit::FAILED
+            );
+            exit::FAILED
+        }
+    }
+}

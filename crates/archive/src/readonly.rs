@@ -1,0 +1,31 @@
+//! Reading an archive directory without opening it as an [`Archive`](crate::Archive):
+//! no lock, nothing written. For `walsink restore` and `walsink status`, which run
+//! while a walsink may be streaming into the directory.
+
+use crate::ArchiveError;
+use crate::archive::{META_FILE, META_LIMIT};
+use crate::dir::Dir;
+use crate::meta::Meta;
+
+/// Where walsink versions before `.walsink/` kept the metadata file.
+const LEGACY_META_FILE: &str = "walsink.meta";
+
+/// The archive's `walsink.meta` (the current location, else the legacy one), or
+/// `None` if it has none (a directory written by pg_receivewal, or never streamed into).
+pub(crate) fn read_meta(dir: &Dir) -> Result<Option<Meta>, ArchiveError> {
+    let mut names = vec![META_FILE];
+    if META_FILE != LEGACY_META_FILE {
+        names.push(LEGACY_META_FILE);
+    }
+    for name in names {
+        if let Some(bytes) = dir.read_capped(name, META_LIMIT)? {
+            let bad = |reason: String| ArchiveError::BadMetadata {
+                path: dir.join(name),
+                reason,
+            };
+            let text = String::from_utf8(bytes).map_err(|_| bad("not valid UTF-8".into()))?;
+            return Meta::parse(&text).map(Some).map_err(bad);
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,560 @@
+//! Serving one file of the archive to PostgreSQL's `restore_command` (`walsink restore`).
+//!
+//! PostgreSQL asks for files by name, one at a time, and copies nothing itself: the
+//! command must put the file at the path it names (`%p`, e.g. `pg_wal/RECOVERYXLOG`) and
+//! exit 0, or exit non-zero when the archive does not have it. Three rules shape this
+//! module:
+//!
+//! * **Open by name.** A request opens `DIR/NAME` directly (relative to the directory's
+//!   handle, `O_NOFOLLOW`, regular files only, see `dir.rs`): its cost does not grow
+//!   with the archive. Only a `.partial` that is served with `--partial` makes the
+//!   directory be listed, once, to check that it is the archive's newest WAL.
+//! * **Never half a file.** The copy goes to a temporary file next to the destination,
+//!   is `fdatasync`ed and renamed into place, and the destination directory is
+//!   `fsync`ed: recovery sees the whole file or none.
+//! * **Absent is normal.** PostgreSQL probes for files that do not exist (the history
+//!   files of future timelines, the segment after the end of the archive); those are
+//!   [`Outcome::Absent`] with [`Absent::Quiet`]. Only an absence that means something
+//!   (the segment exists only as a `.partial`, or later WAL exists: a hole) carries a
+//!   message. A file that exists but cannot be served (a link, the wrong size, an I/O
+//!   error) is an [`ArchiveError`]: the caller should make PostgreSQL stop recovery
+//!   rather than end it early.
+//!
+//! The `.partial` served with `--partial` is the archive's newest WAL file: the segment
+//! walsink was writing when the primary was lost. It has the full segment size already
+//! (walsink and pg_receivewal preallocate it; bytes past the received WAL read as zeros,
+//! where recovery ends). A short one (a disk filled up while it was preallocated) is
+//! padded with zeros to the segment size, which PostgreSQL requires of every restored
+//! segment. An older timeline's last `.partial` is not served: it may hold WAL past the
+//! point where the next timeline forked, which is not part of the new timeline's
+//! history.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::path::Path;
+
+use rustix::fs::OFlags;
+use walsink_wal::page::{LONG_HEADER_LEN, PageHeader};
+use walsink_wal::{SegNo, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
+
+use crate::archive::HISTORY_LIMIT;
+use crate::dir::Dir;
+use crate::meta::Gap;
+use crate::{ArchiveError, fsops, readonly};
+
+/// What `restore_command` asked for: `%f`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreRequest {
+    /// A WAL segment, by its 24-hex-digit name.
+    Segment(String),
+    /// A timeline history file, `%08X.history`.
+    History(TimelineId),
+}
+
+impl RestoreRequest {
+    /// Parses `%f`: a WAL segment name (24 upper-case hex digits, timeline not 0) or a
+    /// timeline history file name. Anything else (a path, a `.partial`, a backup label)
+    /// is `None`: PostgreSQL never asks for it.
+    pub fn parse(file: &str) -> Option<RestoreRequest> {
+        if let Some(tli) = TimelineId::from_history_file_name(file) {
+            return Some(RestoreRequest::History(tli));
+        }
+        let hex = file.len() == 24 && file.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
+        (hex && u32::from_str_radix(&file[..8], 16).is_ok_and(|t| t != 0))
+            .then(|| RestoreRequest::Segment(file.to_owned()))
+    }
+}
+
+/// What was put at the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// A completed segment.
+    Segment,
+    /// The newest `.partial` (with `--partial`), padded with zeros from `padded_from`
+    /// to the segment size when it was shorter.
+    Partial {
+        /// The file served.
+        name: String,
+        /// The `.partial`'s own size when it was shorter than a segment.
+        padded_from: Option<u64>,
+    },
+    /// A timeline history file.
+    History,
+}
+
+/// Why the archive does not have the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Absent {
+    /// Nothing to report: PostgreSQL probes for such files routinely (future timelines'
+    /// history files, the segment after the archive's end).
+    Quiet,
+    /// The segment exists only as the `.partial` named, and `--partial` was not given.
+    OnlyPartial {
+        /// The `.partial`'s name.
+        partial: String,
+    },
+    /// The segment exists only as a `.partial` that is not the archive's newest WAL
+    /// (`newer` is): an older timeline's last segment.
+    NotNewestPartial {
+        /// The `.partial`'s name.
+        partial: String,
+        /// A newer file of the archive.
+        newer: String,
+    },
+    /// The segment is missing, but the archive has the next one: a hole, which recovery
+    /// cannot replay past.
+    Hole {
+        /// The next segment's file that exists.
+        next: String,
+        /// The gap recorded (`--allow-gap`) that covers the segment, if any.
+        gap: Option<Gap>,
+    },
+}
+
+/// The result of [`restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file is at the destination, durably.
+    Served(Restored),
+    /// The archive does not have it; nothing was created at the destination.
+    Absent(Absent),
+}
+
+/// Copies the file `request` names from the archive directory `dir` to `dest`
+/// (temporary file, `fdatasync`, rename, directory `fsync`). With `partial`, a segment
+/// that exists only as the archive's newest `.partial` is served too (see the module
+/// docs).
+pub fn restore(
+    dir: &Path,
+    request: &RestoreRequest,
+    dest: &Path,
+    partial: bool,
+) -> Result<Outcome, ArchiveError> {
+    let dir = Dir::open(dir)?;
+    match request {
+        RestoreRequest::History(tli) => {
+            let name = tli.history_file_name();
+            let Some(src) = open_if_exists(&dir, &name)? else {
+                return Ok(Outcome::Absent(Absent::Quiet));
+            };
+            let len = fsops::file_len(&src, &dir.join(&name))?;
+            if len > HISTORY_LIMIT {
+                return Err(ArchiveError::FileTooLarge {
+                    path: dir.join(&name),
+                    limit: HISTORY_LIMIT,
+                });
+            }
+            copy_to(&dir, &name, src, len, len, dest)?;
+            Ok(Outcome::Served(Restored::History))
+        }
+        RestoreRequest::Segment(name) => restore_segment(&dir, name, dest, partial),
+    }
+}
+
+fn restore_segment(
+    dir: &Dir,
+    name: &str,
+    dest: &Path,
+    partial: bool,
+) -> Result<Outcome, ArchiveError> {
+    if let Some(src) = open_if_exists(dir, name)? {
+        let len = fsops::file_len(&src, &dir.join(name))?;
+        let seg = WalSegSize::new(len)
+            .ok()
+            .filter(|&seg| SegmentName::parse_file_name(name, seg).is_some())
+            .ok_or_else(|| ArchiveError::NotASegment {
+                path: dir.join(name),
+                len,
+            })?;
+        copy_to(dir, name, src, len, seg.bytes(), dest)?;
+        return Ok(Outcome::Served(Restored::Segment));
+    }
+    let pname = format!("{name}.partial");
+    let Some(src) = open_if_exists(dir, &pname)? else {
+        return Ok(Outcome::Absent(absent_reason(dir, name)?));
+    };
+    if !partial {
+        return Ok(Outcome::Absent(Absent::OnlyPartial { partial: pname }));
+    }
+    let ppath = dir.join(&pname);
+    let len = fsops::file_len(&src, &ppath)?;
+    let seg = match WalSegSize::new(len) {
+        Ok(seg) => seg,
+        Err(_) => partial_seg_size(dir, &src, &pname)?,
+    };
+    if len > seg.bytes() {
+        return Err(ArchiveError::NotASegment { path: ppath, len });
+    }
+    let (sn, _) = SegmentName::parse_file_name(name, seg)
+        .ok_or(ArchiveError::NotASegment { path: ppath, len })?;
+    if let Some(newer) = newer_file(dir, sn, seg)? {
+        return Ok(Outcome::Absent(Absent::NotNewestPartial {
+            partial: pname,
+            newer,
+        }));
+    }
+    copy_to(dir, &pname, src, len, seg.bytes(), dest)?;
+    Ok(Outcome::Served(Restored::Partial {
+        name: pname,
+        padded_from: (len < seg.bytes()).then_some(len),
+    }))
+}
+
+/// Opens `name` for reading; `None` if there is no such file.
+fn open_if_exists(dir: &Dir, name: &str) -> Result<Option<File>, ArchiveError> {
+    match dir.open_file(name, OFlags::RDONLY) {
+        Ok(f) => Ok(Some(f)),
+        Err(ArchiveError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The segment size for a `.partial` shorter than any segment: the archive's pinned
+/// size, else the one in the file's own long page header.
+fn partial_seg_size(dir: &Dir, src: &File, pname: &str) -> Result<WalSegSize, ArchiveError> {
+    if let Some(meta) = readonly::read_meta(dir)? {
+        return Ok(meta.seg);
+    }
+    let head = fsops::read_prefix(dir, pname, LONG_HEADER_LEN)?;
+    PageHeader::parse(&head)
+        .and_then(|h| h.long)
+        .and_then(|l| WalSegSize::new(u64::from(l.seg_size)).ok())
+        .ok_or_else(|| ArchiveError::NotASegment {
+            path: dir.join(pname),
+            len: fsops::file_len(src, &dir.join(pname)).unwrap_or(0),
+        })
+}
+
+/// A WAL or history file that is newer than segment `sn`: on a later timeline, or a
+/// later segment of the same timeline. Lists the directory.
+fn newer_file(dir: &Dir, sn: SegmentName, seg: WalSegSize) -> Result<Option<String>, ArchiveError> {
+    let mut newest: Option<((TimelineId, SegNo), String)> = None;
+    for name in dir.entry_names()? {
+        let key = if let Some(tli) = TimelineId::from_history_file_name(&name) {
+            (tli, SegNo(0))
+        } else if let Some((other, SegmentFileKind::Complete | SegmentFileKind::Partial)) =
+            SegmentName::parse_file_name(&name, seg)
+        {
+            (other.tli, other.segno)
+        } else {
+            continue;
+        };
+        let later = key.0 > sn.tli || (key.0 == sn.tli && key.1 > sn.segno);
+        if later && newest.as_ref().is_none_or(|(k, _)| key > *k) {
+            newest = Some((key, name));
+        }
+    }
+    Ok(newest.map(|(_, name)| name))
+}
+
+/// Why segment `name` is absent: a hole if the archive has the next segment (or the
+/// segment lies in a recorded gap), else a routine probe. Needs the archive's segment
+/// size (from its metadata); without it the absence is taken as routine.
+fn absent_reason(dir: &Dir, name: &str) -> Result<Absent, ArchiveError> {
+    let Some(meta) = readonly::read_meta(dir)? else {
+        return Ok(Absent::Quiet);
+    };
+    let Some((sn, _)) = SegmentName::parse_file_name(name, meta.seg) else {
+        return Ok(Absent::Quiet);
+    };
+    let start = sn.start_lsn(meta.seg);
+    let end = start.checked_add(meta.seg.bytes());
+    let gap = meta
+        .gaps
+        .iter()
+        .find(|g| g.from < end.unwrap_or(walsink_wal::Lsn(u64::MAX)) && start < g.to)
+        .cloned();
+    let next = SegmentName::new(sn.tli, sn.segno.next());
+    for next_name in [next.file_name(meta.seg), next.partial_file_name(meta.seg)] {
+        if dir.lstat(&next_name)?.is_some() {
+            return Ok(Absent::Hole {
+                next: next_name,
+                gap,
+            });
+        }
+    }
+    Ok(match gap {
+        Some(gap) => Absent::Hole {
+            next: String::new(),
+            gap: Some(gap),
+        },
+        None => Absent::Quiet,
+    })
+}
+
+/// Copies `len` bytes of `src` (the archive's `name`) to `dest`, zero-padded to
+/// `size`: into a temporary file in `dest`'s directory, `fdatasync`, rename, `fsync` of
+/// that directory. The temporary file is removed if anything fails.
+fn copy_to(
+    dir: &Dir,
+    name: &str,
+    mut src: File,
+    len: u64,
+    size: u64,
+    dest: &Path,
+) -> Result<(), ArchiveError> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file_name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| ArchiveError::io(dest, "write", ErrorKind::InvalidInput.into()))?;
+    let ddir = Dir::open(parent)?;
+    let tmp = format!(".{file_name}.walsink-restore.tmp");
+    let tmp_path = ddir.join(&tmp);
+    let mut out = fsops::create_fresh(&ddir, &tmp)?;
+    let result = (|| {
+        let copied = std::io::copy(&mut src, &mut out).map_err(|e| {
+            if e.kind() == ErrorKind::WriteZero
+                || e.raw_os_error().is_some_and(|c| c == libc::ENOSPC)
+            {
+                ArchiveError::io(&tmp_path, "write", e)
+            } else {
+                ArchiveError::io(dir.join(name), "copy", e)
+            }
+        })?;
+        if copied != len {
+            return Err(ArchiveError::FileReplaced {
+                path: dir.join(name),
+            });
+        }
+        if size > len {
+            fsops::set_len(&out, &tmp_path, size)?;
+        }
+        fsops::datasync(&out, &tmp_path)?;
+        fsops::rename(&ddir, &tmp, file_name)?;
+        fsops::fsync_dir(&ddir)
+    })();
+    if result.is_err() {
+        let _ = fsops::remove_if_exists(&ddir, &tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    const NAME: &str = "000000010000000000000003";
+
+    /// Restores `file` from `d` into a fresh directory; the result, and the
+    /// destination (whose directory lives as long as the returned guard).
+    fn run(
+        d: &Path,
+        file: &str,
+        partial: bool,
+    ) -> (
+        Result<Outcome, ArchiveError>,
+        std::path::PathBuf,
+        tempfile::TempDir,
+    ) {
+        let dest_dir = tempdir();
+        let dest = dest_dir.path().join("RECOVERYXLOG");
+        let req = RestoreRequest::parse(file).expect("a valid request");
+        (restore(d, &req, &dest, partial), dest, dest_dir)
+    }
+
+    #[test]
+    fn requests_are_names_postgres_asks_for() {
+        assert_eq!(
+            RestoreRequest::parse(NAME),
+            Some(RestoreRequest::Segment(NAME.into()))
+        );
+        assert_eq!(
+            RestoreRequest::parse("00000002.history"),
+            Some(RestoreRequest::History(tli(2)))
+        );
+        for bad in [
+            "",
+            "00000000000000000000000A", // timeline 0
+            "00000001000000000000000a", // lower case: PostgreSQL never writes it
+            "000000010000000000000003.partial",
+            "000000010000000000000003.00000028.backup",
+            "../000000010000000000000003",
+            "/etc/passwd",
+            "00000001000000000000000/3",
+            "walsink.meta",
+            "0000000100000000000000033",
+        ] {
+            assert_eq!(RestoreRequest::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn completed_segment_is_copied_whole() {
+        let d = tempdir();
+        put_segment(d.path(), NAME, 3, 42, SEG);
+        let (out, dest, _g) = run(d.path(), NAME, false);
+        assert_eq!(out.unwrap(), Outcome::Served(Restored::Segment));
+        assert_eq!(
+            fs::read(&dest).unwrap(),
+            fs::read(d.path().join(NAME)).unwrap()
+        );
+        // Nothing else is left next to the destination.
+        let left: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn history_files_are_served_and_future_ones_are_quietly_absent() {
+        let d = tempdir();
+        fs::write(
+            d.path().join("00000002.history"),
+            "1\t0/3000000\tno recovery target\n",
+        )
+        .unwrap();
+        let (out, dest, _g) = run(d.path(), "00000002.history", false);
+        assert_eq!(out.unwrap(), Outcome::Served(Restored::History));
+        assert_eq!(
+            fs::read(&dest).unwrap(),
+            fs::read(d.path().join("00000002.history")).unwrap()
+        );
+        let (out, dest, _g) = run(d.path(), "00000003.history", true);
+        assert_eq!(out.unwrap(), Outcome::Absent(Absent::Quiet));
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn a_partial_is_served_only_with_partial_and_only_the_newest() {
+        let d = tempdir();
+        put_segment(d.path(), "000000010000000000000002", 2, 42, SEG);
+        put_segment(d.path(), &format!("{NAME}.partial"), 3, 42, SEG);
+        let (out, dest, _g) = run(d.path(), NAME, false);
+        assert_eq!(
+            out.unwrap(),
+            Outcome::Absent(Absent::OnlyPartial {
+                partial: format!("{NAME}.partial")
+            })
+        );
+        assert!(!dest.exists());
+        let (out, dest, _g) = run(d.path(), NAME, true);
+        assert_eq!(
+            out.unwrap(),
+            Outcome::Served(Restored::Partial {
+                name: format!("{NAME}.partial"),
+                padded_from: None
+            })
+        );
+        assert_eq!(
+            fs::read(&dest).unwrap(),
+            fs::read(d.path().join(format!("{NAME}.partial"))).unwrap()
+        );
+        // After a timeline switch the old timeline's last .partial is not the newest.
+        fs::write(d.path().join("00000002.history"), "1\t0/3400000\tx\n").unwrap();
+        let (out, dest, _g) = run(d.path(), NAME, true);
+        assert_eq!(
+            out.unwrap(),
+            Outcome::Absent(Absent::NotNewestPartial {
+                partial: format!("{NAME}.partial"),
+                newer: "00000002.history".into()
+            })
+        );
+        assert!(!dest.exists());
+        put_segment(d.path(), "000000020000000000000003.partial", 3, 42, SEG);
+        let (out, _, _g) = run(d.path(), "000000020000000000000003", true);
+        assert!(matches!(
+            out.unwrap(),
+            Outcome::Served(Restored::Partial { .. })
+        ));
+    }
+
+    #[test]
+    fn a_short_partial_is_padded_to_the_segment_size() {
+        let d = tempdir();
+        fs::write(
+            d.path().join("walsink.meta"),
+            format!("system_identifier = 42\nwal_segment_size = {SEG}\n"),
+        )
+        .unwrap();
+        put_segment(d.path(), &format!("{NAME}.partial"), 3, 42, SEG);
+        let short = 3 * 8192 + 100;
+        fs::File::options()
+            .write(true)
+            .open(d.path().join(format!("{NAME}.partial")))
+            .unwrap()
+            .set_len(short)
+            .unwrap();
+        let (out, dest, _g) = run(d.path(), NAME, true);
+        assert_eq!(
+            out.unwrap(),
+            Outcome::Served(Restored::Partial {
+                name: format!("{NAME}.partial"),
+                padded_from: Some(short)
+            })
+        );
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len() as u64, SEG);
+        let src = fs::read(d.path().join(format!("{NAME}.partial"))).unwrap();
+        assert_eq!(&got[..short as usize], &src[..]);
+        assert!(got[short as usize..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_missing_segment_is_quiet_past_the_end_and_a_hole_before_it() {
+        let d = tempdir();
+        fs::write(
+            d.path().join("walsink.meta"),
+            format!(
+                "system_identifier = 42\nwal_segment_size = {SEG}\ngap = 0/100000 0/300000 1700000000 removed\n"
+            ),
+        )
+        .unwrap();
+        put_segment(d.path(), NAME, 3, 42, SEG);
+        let (out, dest, _g) = run(d.path(), "000000010000000000000004", true);
+        assert_eq!(out.unwrap(), Outcome::Absent(Absent::Quiet));
+        assert!(!dest.exists());
+        let (out, _, _g) = run(d.path(), "000000010000000000000002", true);
+        match out.unwrap() {
+            Outcome::Absent(Absent::Hole { next, gap }) => {
+                assert_eq!(next, NAME);
+                assert_eq!(gap.unwrap().to, walsink_wal::Lsn(0x300000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn files_that_cannot_be_served_are_errors_and_leave_no_destination() {
+        let d = tempdir();
+        let outside = tempdir();
+        put_segment(outside.path(), NAME, 3, 42, SEG);
+        symlink(outside.path().join(NAME), d.path().join(NAME)).unwrap();
+        let (out, dest, _g) = run(d.path(), NAME, false);
+        assert!(
+            matches!(out, Err(ArchiveError::NotARegularFile { .. })),
+            "{out:?}"
+        );
+        assert!(!dest.exists());
+        put(d.path(), "000000010000000000000004", SEG as usize - 1);
+        let (out, dest, _g) = run(d.path(), "000000010000000000000004", false);
+        let e = out.unwrap_err();
+        assert!(matches!(e, ArchiveError::NotASegment { .. }), "{e:?}");
+        assert!(e.to_string().contains("000000010000000000000004"), "{e}");
+        assert!(!dest.exists());
+        assert_eq!(fs::read_dir(dest.parent().unwrap()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_destination_is_replaced_whole() {
+        let d = tempdir();
+        put_segment(d.path(), NAME, 3, 42, SEG);
+        let dest_dir = tempdir();
+        let dest = dest_dir.path().join("RECOVERYXLOG");
+        fs::write(&dest, "old").unwrap();
+        // A leftover temporary file from a crashed run is replaced, not appended to.
+        fs::write(
+            dest_dir.path().join(".RECOVERYXLOG.walsink-restore.tmp"),
+            "junk",
+        )
+        .unwrap();
+        let req = RestoreRequest::parse(NAME).unwrap();
+        restore(d.path(), &req, &dest, false).unwrap();
+        assert_eq!(fs::read(&dest).unwrap().len() as u64, SEG);
+        assert_eq!(fs::read_dir(dest_dir.path()).unwrap().count(), 1);
+    }
+}
