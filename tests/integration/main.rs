@@ -43,3 +43,5 @@ mod security;
 mod daemon;
 // TLS against servers with ssl = on and certificates made by the test: sslmode, client certificates, channel binding, direct.
 mod tls;
+// walsink restore as restore_command: zero data loss after losing the primary, PITR, exit codes.
+mod restore;

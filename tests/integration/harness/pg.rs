@@ -677,6 +677,118 @@ impl PgCluster {
         tail(&self.log_text(), n)
     }
 
+    // ---- base backups and archive recovery --------------------------------------------------------------
+
+    /// A base backup of this cluster without WAL (`pg_basebackup -X none -c fast`) in a new cluster
+    /// directory, not started: [`start_archive_recovery`](Self::start_archive_recovery) recovers it from a
+    /// WAL archive. It gets the builder options of this cluster but none of its extra settings.
+    pub fn base_backup_without_wal(&self) -> PgCluster {
+        assert!(
+            self.is_running(),
+            "base_backup_without_wal needs a running server"
+        );
+        let mut config = self.config.clone();
+        config.settings.clear();
+        let mut backup = PgCluster::new_layout(config, "restored");
+        backup.bindir = self.bindir.clone();
+        let out = backup
+            .server_cmd("pg_basebackup")
+            .arg("-D")
+            .arg(&backup.data_dir)
+            .args(["-X", "none", "-c", "fast", "--no-sync", "-U", "postgres"])
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .output()
+            .expect("run pg_basebackup");
+        if !out.status.success() {
+            panic!(
+                "pg_basebackup -X none from port {} failed:\n{}\n--- primary log tail ---\n{}",
+                self.port,
+                output_text(&out),
+                self.log_tail(30)
+            );
+        }
+        backup
+    }
+
+    /// Starts a cluster made by [`base_backup_without_wal`](Self::base_backup_without_wal) in archive
+    /// recovery (`recovery.signal`) with `settings` (`restore_command`, `recovery_target_*`, ...) and
+    /// `recovery_target_action = 'promote'`, and waits until recovery has ended and the server accepts
+    /// writes. Panics with the server log if recovery fails (a FATAL stops the server).
+    pub fn start_archive_recovery(&mut self, settings: &[(&str, &str)]) {
+        self.config.settings = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain([("recovery_target_action".into(), "promote".into())])
+            .collect();
+        self.write_owned(&self.data_dir.join("recovery.signal"), "");
+        self.first_start();
+        if !wait_for(|| !self.is_in_recovery(), START_TIMEOUT) {
+            panic!(
+                "server on port {} still in recovery\n--- server log tail ---\n{}",
+                self.port,
+                self.log_tail(40)
+            );
+        }
+    }
+
+    /// Loses the server like a crashed machine: SIGKILLs the postmaster and every process it started,
+    /// then deletes the data directory.
+    pub fn kill9_and_delete_data(&self) {
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let postmaster: i32 = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no pid in {}", pid_file.display()));
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ')'.
+            let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        self.running.store(false, Ordering::SeqCst);
+        let gone = wait_for(
+            || !Path::new(&format!("/proc/{postmaster}")).exists(),
+            START_TIMEOUT,
+        );
+        assert!(gone, "postmaster {postmaster} survived SIGKILL");
+        fs::remove_dir_all(&self.data_dir)
+            .unwrap_or_else(|e| panic!("delete {}: {e}", self.data_dir.display()));
+    }
+
+    /// Makes `cmd` run as the OS user that runs the servers (when the tests run as root), so that what it
+    /// writes is the servers' to read: an archive that `restore_command` reads, for example.
+    pub fn run_as_server_user(cmd: &mut Command) {
+        if let Some(u) = server_user() {
+            cmd.uid(u.uid).gid(u.gid);
+        }
+    }
+
+    /// Gives `path` to the OS user that runs the servers (when the tests run as root).
+    pub fn give_to_server_user(path: &Path) {
+        if let Some(u) = server_user() {
+            chown(path, Some(u.uid), Some(u.gid))
+                .unwrap_or_else(|e| panic!("chown {} to {SERVER_USER}: {e}", path.display()));
+        }
+    }
+
     // ---- construction ----------------------------------------------------------------------------------
 
     /// Creates the temp directory layout (root, empty data dir, socket dir), owned by the server user.
