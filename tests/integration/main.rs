@@ -45,3 +45,5 @@ mod daemon;
 mod tls;
 // walsink restore as restore_command: zero data loss after losing the primary, PITR, exit codes.
 mod restore;
+// walsink status: per-timeline contents of an archive, the .partial's fill, the lag behind a live server.
+mod status;

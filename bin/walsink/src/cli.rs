@@ -28,6 +28,8 @@ pub enum Command {
     Run(crate::run::RunArgs),
     /// Copy one WAL segment or history file out of the archive (PostgreSQL's restore_command).
     Restore(crate::restore::RestoreArgs),
+    /// Show what the archive holds per timeline, and with -d how far behind the server it is.
+    Status(crate::status::StatusArgs),
 }
 
 /// walsink called as `pg_receivewal` (a symbolic link, say): the flags of `walsink receive`, no
@@ -307,32 +309,12 @@ impl ReceiveArgs {
             (None, _) => PathBuf::new(),
         };
 
-        let mut opts = match &self.dbname {
-            Some(s) if ConnOptions::is_conninfo(s) => ConnOptions::parse(s)
-                .map_err(|e| UsageError(format!("invalid -d/--dbname connection string: {e}")))?,
-            Some(s) => {
-                let mut o = ConnOptions::default();
-                o.set("dbname", s).map_err(|e| UsageError(e.to_string()))?;
-                o
-            }
-            None => ConnOptions::default(),
-        };
-        // As libpq's conninfo arrays in pg_receivewal: -h/-p/-U come later and win.
-        for (key, val, flag) in [
-            ("host", &self.host, "-h/--host"),
-            ("port", &self.port, "-p/--port"),
-            ("user", &self.username, "-U/--username"),
-        ] {
-            if let Some(v) = val {
-                opts.set(key, v)
-                    .map_err(|e| UsageError(format!("invalid {flag}: {e}")))?;
-            }
-        }
-        let conn = ConnConfig::resolve(&opts, env, program)
-            .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
-        if let Some(e) = conn.unsupported() {
-            return Err(UsageError(e.to_string()));
-        }
+        let conn = conn_config(
+            self.dbname.as_deref(),
+            [&self.host, &self.port, &self.username],
+            env,
+            program,
+        )?;
         let config = ReceiveConfig {
             conn,
             password: None,
@@ -356,6 +338,43 @@ impl ReceiveArgs {
         };
         Ok((config, action, self.verbose))
     }
+}
+
+/// The connection from `-d` and the `-h`/`-p`/`-U` overrides (in pg_receivewal's order:
+/// the flags come later and win), resolved against the environment and refused if it
+/// asks for what walsink cannot honour.
+pub fn conn_config(
+    dbname: Option<&str>,
+    [host, port, username]: [&Option<String>; 3],
+    env: &Env,
+    program: &str,
+) -> Result<ConnConfig, UsageError> {
+    let mut opts = match dbname {
+        Some(s) if ConnOptions::is_conninfo(s) => ConnOptions::parse(s)
+            .map_err(|e| UsageError(format!("invalid -d/--dbname connection string: {e}")))?,
+        Some(s) => {
+            let mut o = ConnOptions::default();
+            o.set("dbname", s).map_err(|e| UsageError(e.to_string()))?;
+            o
+        }
+        None => ConnOptions::default(),
+    };
+    for (key, val, flag) in [
+        ("host", host, "-h/--host"),
+        ("port", port, "-p/--port"),
+        ("user", username, "-U/--username"),
+    ] {
+        if let Some(v) = val {
+            opts.set(key, v)
+                .map_err(|e| UsageError(format!("invalid {flag}: {e}")))?;
+        }
+    }
+    let conn = ConnConfig::resolve(&opts, env, program)
+        .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
+    if let Some(e) = conn.unsupported() {
+        return Err(UsageError(e.to_string()));
+    }
+    Ok(conn)
 }
 
 /// For benchmark comparisons only (benches/*.sh, BENCHMARKS.md): the `WALSINK_BENCH_*`

@@ -8,6 +8,7 @@ mod cli;
 mod log;
 mod restore;
 mod run;
+mod status;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -149,6 +150,7 @@ fn parse_receive_args(personality: Personality) -> ReceiveArgs {
 fn run_tool(command: Command) -> u8 {
     match command {
         Command::Restore(args) => restore::run(args),
+        Command::Status(args) => status::run(args),
         Command::Receive(_) | Command::Run(_) => unreachable!("handled by parse_receive_args"),
     }
 }

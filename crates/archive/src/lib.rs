@@ -83,6 +83,7 @@ mod recording;
 pub mod restore;
 mod scan;
 mod stage;
+pub mod status;
 mod syncer;
 #[cfg(test)]
 mod testutil;

@@ -22,7 +22,8 @@
 //!   `gap`'s probes; modules depend on it, never on each other in a circle);
 //! * `config`: [`ReceiveConfig`], what the caller decides;
 //! * [`daemon`]: many sources in one process (`walsink run`): one task per source,
-//!   applied by difference on reload.
+//!   applied by difference on reload;
+//! * [`position`]: the server's position and clock, for `walsink status -d`.
 //!
 //! It does no argument parsing and never exits the process; the binary maps
 //! [`ReceiverError::kind`] to exit codes.
@@ -35,6 +36,7 @@ pub mod env;
 mod error;
 mod failover;
 mod gap;
+pub mod position;
 pub mod run;
 mod server;
 pub mod stream;

@@ -1,0 +1,144 @@
+//! `walsink status`: what an archive holds, against what walsink streamed from a real server, and with `-d`
+//! the server's position and the archive's lag.
+
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use crate::harness::{
+    PgCluster, WAIT, Walsink, archive, archive_dir, create_slot, parse_lsn, wait_for,
+};
+
+/// `walsink status --json` (plus `extra`) of `dir`; panics unless it exits 0.
+fn status_json(dir: &std::path::Path, extra: &[&str]) -> Value {
+    let mut cmd = Walsink::cmd(["status", "--json", "-D"]);
+    cmd.arg(dir).args(extra);
+    let out = Walsink::run_command(cmd, WAIT);
+    assert!(
+        out.status.success(),
+        "walsink status failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "walsink status --json printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn lsn(v: &Value) -> u64 {
+    parse_lsn(
+        v.as_str()
+            .unwrap_or_else(|| panic!("not an LSN string: {v}")),
+    )
+}
+
+/// A streaming walsink's archive: one timeline from the first segment streamed, every completed segment
+/// counted, the `.partial` filled to the page of the server's flushed position; then, with walsink stopped
+/// and more WAL on the server, the lag in bytes is exactly the server's position minus the archive's end.
+#[test]
+fn status_reports_timeline_partial_fill_and_lag_behind_the_server() {
+    let pg = PgCluster::start_default();
+    let dir = archive_dir();
+    create_slot(&pg, "walsink");
+    let mut ws = Walsink::spawn([
+        "receive",
+        "-D",
+        dir.path().to_str().unwrap(),
+        "-d",
+        &pg.conninfo(),
+        "-S",
+        "walsink",
+        "-s",
+        "1",
+    ]);
+    pg.generate_wal(3 << 20);
+    let target = parse_lsn(&pg.current_lsn());
+    let flushed = || {
+        pg.sql_one(
+            "SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = 'walsink'",
+        )
+        .is_some_and(|l| parse_lsn(&l) >= target)
+    };
+    assert!(
+        wait_for(flushed, WAIT),
+        "walsink did not flush up to the server's position:\n{}",
+        ws.stderr_text()
+    );
+
+    let s = status_json(dir.path(), &["-d", &pg.conninfo()]);
+    assert_eq!(
+        s["system_identifier"].as_str(),
+        Some(pg.system_identifier().to_string().as_str())
+    );
+    assert_eq!(s["pinned"], Value::Bool(true));
+    assert_eq!(s["wal_segment_size"].as_u64(), Some(1 << 20));
+    let tls = s["timelines"].as_array().unwrap();
+    assert_eq!(tls.len(), 1, "{s:#}");
+    let t = &tls[0];
+    assert_eq!(t["timeline"].as_u64(), Some(1));
+    assert_eq!(
+        t["segments"].as_u64(),
+        Some(archive::completed_segments(dir.path()).len() as u64)
+    );
+    assert!(t["missing"].as_array().unwrap().is_empty());
+    let partials = archive::partial_segments(dir.path());
+    assert_eq!(t["partial"]["file"].as_str(), Some(partials[0].as_str()));
+    let server = &s["server"];
+    let pos = lsn(&server["lsn"]);
+    let end = lsn(&t["end_lsn"]);
+    // Whole pages: the archive's end is the end of the page holding the server's position.
+    assert!(
+        end >= pos && end - pos < 8192 && end.is_multiple_of(8192),
+        "archive end {end:#x}, server position {pos:#x}"
+    );
+    assert_eq!(server["lag_bytes"].as_u64(), Some(0));
+    assert_eq!(server["lag_seconds"].as_f64(), Some(0.0));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let server_time = server["server_time_unix"]
+        .as_f64()
+        .expect("the server's clock");
+    assert!(
+        (server_time - now).abs() < 60.0,
+        "server clock {server_time}, ours {now}"
+    );
+
+    // walsink stopped: the server moves on, the archive does not.
+    ws.interrupt_and_wait(WAIT);
+    pg.generate_wal(2 << 20);
+    let s = status_json(dir.path(), &["-d", &pg.conninfo()]);
+    let server = &s["server"];
+    let end = lsn(&s["timelines"][0]["end_lsn"]);
+    let lag = server["lag_bytes"].as_u64().expect("lag");
+    assert_eq!(lag, lsn(&server["lsn"]) - end);
+    assert!(lag >= 2 << 20, "lag {lag}");
+    // In seconds: the server's clock against the time the archive last advanced.
+    let secs = server["lag_seconds"].as_f64().expect("lag in seconds");
+    let server_time = server["server_time_unix"].as_f64().unwrap();
+    let written = s["timelines"][0]["modified_unix"].as_f64().unwrap();
+    assert!(
+        secs > 0.0 && (secs - (server_time - written)).abs() < 0.001,
+        "lag {secs} s; server time {server_time}, archive last written {written}"
+    );
+
+    // The text form says the same.
+    let mut cmd = Walsink::cmd(["status", "-D"]);
+    cmd.arg(dir.path()).args(["-d", &pg.conninfo()]);
+    let out = Walsink::run_command(cmd, WAIT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("database system {}", pg.system_identifier())),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{}: filled", partials[0])), "{text}");
+    assert!(
+        text.contains(&format!("archive behind by {lag} bytes")),
+        "{text}"
+    );
+}
