@@ -6,6 +6,7 @@
 #
 # Commands timed (each starts from an absent DEST, in the same directory, page cache warm for the source):
 #   walsink    walsink restore -D ARCHIVE NAME DEST      (temp file, fdatasync, rename, fsync of DEST's directory)
+#   no-sync    walsink restore --no-sync ...             (temp file, rename: what cp guarantees, plus atomicity)
 #   cp         cp ARCHIVE/NAME DEST                      (what restore_command = 'cp ...' does: no sync)
 #   cp+sync    cp ARCHIVE/NAME DEST && sync DEST         (the same copy made durable, as walsink makes it)
 # Also, with an archive of 20000 other segment names, so that a cost growing with the archive would show.
@@ -46,12 +47,13 @@ time_us() {
 cp_sync() { cp "$1" "$2" && sync "$2"; }
 
 declare -A samples
-kinds=(walsink cp cp+sync walsink-20k)
+kinds=(walsink no-sync cp cp+sync walsink-20k)
 for ((i = 0; i < N; i++)); do
     for k in "${kinds[@]}"; do
         rm -f "$DEST"
         case $k in
             walsink) us=$(time_us "$WALSINK" restore -D "$ARCH" "$NAME" "$DEST") ;;
+            no-sync) us=$(time_us "$WALSINK" restore --no-sync -D "$ARCH" "$NAME" "$DEST") ;;
             walsink-20k) us=$(time_us "$WALSINK" restore -D "$BIG" "$NAME" "$DEST") ;;
             cp) us=$(time_us cp "$ARCH/$NAME" "$DEST") ;;
             cp+sync) us=$(time_us cp_sync "$ARCH/$NAME" "$DEST") ;;
@@ -62,9 +64,9 @@ for ((i = 0; i < N; i++)); do
 done
 
 echo "==> $N runs each, one 16 MiB segment, $(df -T "$WORK" | awk 'NR==2 {print $2}') at $WORK"
-python3 - "${samples[walsink]}" "${samples[cp]}" "${samples[cp+sync]}" "${samples[walsink-20k]}" <<'PY'
+python3 - "${samples[walsink]}" "${samples[cp]}" "${samples[cp+sync]}" "${samples[walsink-20k]}" "${samples[no-sync]}" <<'PY'
 import statistics, sys
-names = ["walsink restore", "cp", "cp + sync DEST", "walsink restore, 20000-file archive"]
+names = ["walsink restore", "cp", "cp + sync DEST", "walsink restore, 20000-file archive", "walsink restore --no-sync"]
 runs = [[int(x) for x in s.split()] for s in sys.argv[1:]]
 med = [statistics.median(r) / 1000 for r in runs]
 print(f"{'command':40} {'median ms':>10} {'p90 ms':>8} {'mean ms':>8}")
@@ -74,4 +76,5 @@ for n, r, m in zip(names, runs, med):
 print(f"ratio walsink restore / cp (median):          {med[0] / med[1]:.2f}")
 print(f"ratio walsink restore / cp + sync (median):   {med[0] / med[2]:.2f}")
 print(f"ratio 20000-file archive / plain (median):    {med[3] / med[0]:.2f}")
+print(f"ratio walsink restore --no-sync / cp (median): {med[4] / med[1]:.2f}")
 PY

@@ -11,7 +11,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use walsink_archive::restore::{Absent, Outcome, RestoreRequest, Restored, restore};
+use walsink_archive::restore::{
+    Absent, Outcome, RestoreOptions, RestoreRequest, Restored, restore,
+};
 
 /// Exit codes of `walsink restore` (README, "Restoring").
 mod exit {
@@ -34,6 +36,11 @@ pub struct RestoreArgs {
     #[arg(long = "partial")]
     pub partial: bool,
 
+    /// Do not fdatasync the copy or fsync its directory (it is still renamed into place
+    /// whole). PostgreSQL fetches a file again after a crash and fsyncs the files it keeps.
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+
     /// The file PostgreSQL asks for (%f): a WAL segment or timeline history file name.
     #[arg(value_name = "FILE")]
     pub file: String,
@@ -54,7 +61,11 @@ pub fn run(args: RestoreArgs) -> u8 {
         return exit::USAGE;
     };
     let dir = args.directory.display();
-    match restore(&args.directory, &request, &args.dest, args.partial) {
+    let opts = RestoreOptions {
+        partial: args.partial,
+        sync: !args.no_sync,
+    };
+    match restore(&args.directory, &request, &args.dest, opts) {
         Ok(Outcome::Served(Restored::Partial { name, padded_from })) => {
             match padded_from {
                 Some(len) => eprintln!(
