@@ -12,6 +12,7 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
+use crate::harness::fake::{FakeServer, FakeSession, error_response, frame};
 use crate::harness::tls::{TestPki, ssl_bindir_17_or_later};
 use crate::harness::walsink::RunOutcome;
 use crate::harness::{
@@ -482,4 +483,96 @@ fn direct_tls_negotiation_on_17_and_later() {
             &["the server must be PostgreSQL 17 or later"],
         );
     }
+}
+
+/// What a server (or a man in the middle) may answer to the SSL request besides `S` and a handshake:
+/// plaintext injected right after the `S` is never read as the server's messages (CVE-2021-23222: walsink
+/// reads the one byte, then hands the socket to TLS, which refuses it); an ErrorResponse (`E`, e.g. too
+/// many connections) is the server's error (transient: exit 3 with `-n`); any other byte ends the attempt
+/// as a protocol violation (exit 1).
+#[test]
+fn answers_to_the_ssl_request_other_than_a_handshake() {
+    let mut injected = b"S".to_vec();
+    // AuthenticationOk, ReadyForQuery: what an attacker would like walsink to believe.
+    injected.extend(frame(b'R', &0i32.to_be_bytes()));
+    injected.extend(frame(b'Z', b"I"));
+    // The `E` is the ErrorResponse's own tag.
+    let refused = error_response("53300", "sorry, too many clients already");
+    let session = || FakeSession::new(7_300_000_000_000_000_019, 1, 0x300_0000);
+    let home = home();
+    for (answer, mode, codes, needle) in [
+        (injected.clone(), "require", &[EXIT_TLS, 3][..], "SSL"),
+        (injected, "prefer", &[EXIT_TLS, 3][..], "SSL"),
+        (
+            refused,
+            "prefer",
+            &[3][..],
+            "sorry, too many clients already",
+        ),
+        (
+            b"X".to_vec(),
+            "prefer",
+            &[1][..],
+            "received invalid response to SSL negotiation: byte 0x58",
+        ),
+    ] {
+        let fake = FakeServer::start(vec![session().ssl_answer(&answer)]);
+        let ci = format!("{} sslmode={mode}", fake.conninfo());
+        let out = connect_only(&ci, home.path());
+        assert!(
+            out.code.is_some_and(|c| codes.contains(&c)),
+            "{answer:?} {mode}: exit {:?}, expected one of {codes:?}\n{}",
+            out.code,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(needle),
+            "{answer:?} {mode}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("end position"), "{}", out.stderr);
+    }
+}
+
+/// `sslrootcert=system`: the platform's trusted roots, which do not include the test's CA (exit 19), and
+/// `verify-full` by default; with `SSL_CERT_FILE` naming the CA (as OpenSSL, rustls-native-certs honours
+/// it) the same connection is trusted, and a wrong host name is then refused, as in libpq's own tests.
+#[test]
+fn system_roots() {
+    let pki = TestPki::generate();
+    let pg = pki.ssl_server(PgCluster::builder(), "server.crt").start();
+    let home = home();
+    let ca = pki.path("ca.crt").display().to_string();
+    connect_only(
+        &conninfo(&pg, "localhost", "sslrootcert=system"),
+        home.path(),
+    )
+    .expect(
+        "system roots",
+        EXIT_TLS,
+        &[
+            "UnknownIssuer",
+            "the system's trusted roots (sslrootcert=system)",
+        ],
+    );
+    connect_env(
+        &conninfo(&pg, "localhost", "sslrootcert=system"),
+        home.path(),
+        &[("SSL_CERT_FILE", ca.as_str())],
+    )
+    .expect("SSL_CERT_FILE", 0, &[]);
+    connect_env(
+        &conninfo(
+            &pg,
+            "wrong.example",
+            "hostaddr=127.0.0.1 sslrootcert=system",
+        ),
+        home.path(),
+        &[("SSL_CERT_FILE", ca.as_str())],
+    )
+    .expect(
+        "SSL_CERT_FILE, wrong name",
+        EXIT_TLS,
+        &["not valid for name"],
+    );
 }

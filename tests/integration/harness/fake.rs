@@ -156,6 +156,9 @@ pub struct FakeSession {
     pub after_auth: AfterAuth,
     /// Replies that replace the normal answer to a command, by the command's first word (upper case).
     pub replies: HashMap<String, Reply>,
+    /// The answer to an SSLRequest: `N` (no TLS) by default; anything else (`S` and bytes injected after
+    /// it, `E` and an ErrorResponse, a bogus byte) is sent as it is.
+    pub ssl_answer: Vec<u8>,
 }
 
 /// How the fake authenticates the client.
@@ -220,7 +223,14 @@ impl FakeSession {
             auth: FakeAuth::Trust,
             after_auth: AfterAuth::Normal,
             replies: HashMap::new(),
+            ssl_answer: b"N".to_vec(),
         }
+    }
+
+    /// Sets the answer to an SSLRequest (see [`FakeSession::ssl_answer`]).
+    pub fn ssl_answer(mut self, bytes: &[u8]) -> FakeSession {
+        self.ssl_answer = bytes.to_vec();
+        self
     }
 
     /// Sets how the client is authenticated.
@@ -498,7 +508,8 @@ pub fn command_complete(tag: &str) -> Vec<u8> {
     frame(b'C', &b)
 }
 
-fn error_response(code: &str, message: &str) -> Vec<u8> {
+/// An ErrorResponse (`E`) with severity ERROR, this SQLSTATE and message.
+pub fn error_response(code: &str, message: &str) -> Vec<u8> {
     server_message(b'E', "ERROR", code, message)
 }
 
@@ -751,7 +762,8 @@ impl Conn {
         loop {
             match self.recv(CLIENT_WAIT) {
                 FromClient::EncryptionRequest => {
-                    if !self.send(b"N") {
+                    let answer = self.session.ssl_answer.clone();
+                    if !self.send(&answer) {
                         return;
                     }
                 }
