@@ -271,6 +271,60 @@ fn prefer_uses_tls_when_the_server_has_it() {
     }
 }
 
+/// `sslkeylogfile` appends the session secrets in the NSS key log format (TLS 1.3 labels), to a file
+/// created with mode 0600; one that cannot be created is refused (exit 19).
+#[test]
+fn sslkeylogfile_logs_session_secrets() {
+    let pki = TestPki::generate();
+    let pg = pki.ssl_server(PgCluster::builder(), "server.crt").start();
+    let home = home();
+    let log = home.path().join("keys.log");
+    connect_only(
+        &conninfo(
+            &pg,
+            "localhost",
+            &format!("sslmode=require sslkeylogfile={}", log.display()),
+        ),
+        home.path(),
+    )
+    .expect("sslkeylogfile", 0, &[]);
+    let text = fs::read_to_string(&log).unwrap();
+    for label in [
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET ",
+        "CLIENT_TRAFFIC_SECRET_0 ",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} in {text}"));
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert_eq!(fields[1].len(), 64, "{line}");
+        assert!(
+            fields[1..]
+                .iter()
+                .all(|f| f.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
+    assert_eq!(
+        fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    connect_only(
+        &conninfo(
+            &pg,
+            "localhost",
+            "sslmode=require sslkeylogfile=/nonexistent/keys.log",
+        ),
+        home.path(),
+    )
+    .expect(
+        "unopenable",
+        EXIT_TLS,
+        &["could not open SSL key logging file \"/nonexistent/keys.log\""],
+    );
+}
+
 /// `require` and stronger against a server without TLS fail with exit 19 and say why;
 /// `prefer` connects in plaintext.
 #[test]

@@ -156,6 +156,9 @@ pub fn setup(cfg: &ConnConfig, target: &Target) -> Result<TlsSetup, ReceiverErro
         requested: cert_requested.clone(),
     }));
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    if let Some(path) = &cfg.sslkeylogfile {
+        config.key_log = Arc::new(KeyLogFile::open(Path::new(path))?);
+    }
     let (server_name, name_ok) = server_name(target);
     if check == ServerCheck::ChainAndName && !name_ok {
         return Err(tls_error(format!(
@@ -388,6 +391,66 @@ fn client_certificate(
         ))
     })?;
     Ok(Some(Arc::new(certified)))
+}
+
+/// `sslkeylogfile`: the session secrets appended to a file in the NSS key log format
+/// (`LABEL CLIENT_RANDOM SECRET`, hexadecimal), which Wireshark reads, as libpq 18
+/// writes it. The file is created readable by its owner only; one that cannot be opened
+/// is an error, not ignored.
+struct KeyLogFile {
+    path: PathBuf,
+    file: std::sync::Mutex<fs::File>,
+}
+
+impl KeyLogFile {
+    fn open(path: &Path) -> Result<KeyLogFile, ReceiverError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                tls_error(format!(
+                    "could not open SSL key logging file \"{}\" (sslkeylogfile): {e}",
+                    path.display()
+                ))
+            })?;
+        Ok(KeyLogFile {
+            path: path.to_owned(),
+            file: std::sync::Mutex::new(file),
+        })
+    }
+}
+
+impl std::fmt::Debug for KeyLogFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyLogFile({})", self.path.display())
+    }
+}
+
+impl rustls::KeyLog for KeyLogFile {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        use std::fmt::Write as _;
+        use std::io::Write as _;
+        let mut line = format!("{label} ");
+        for b in client_random {
+            let _ = write!(line, "{b:02x}");
+        }
+        line.push(' ');
+        for b in secret {
+            let _ = write!(line, "{b:02x}");
+        }
+        line.push('\n');
+        if let Ok(mut f) = self.file.lock()
+            && let Err(e) = f.write_all(line.as_bytes())
+        {
+            tracing::warn!(
+                "could not write to SSL key logging file \"{}\": {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 /// libpq's test: a key must not be accessible to group or others at all, except that

@@ -12,8 +12,7 @@ impl ConnConfig {
     /// Refused rather than ignored: `gssencmode=require` (walsink has no GSSAPI),
     /// `sslpassword` (walsink reads no encrypted keys), `sslcompression=1` (no TLS
     /// library compresses any more), `ssl_min_protocol_version` or
-    /// `ssl_max_protocol_version` below TLSv1.2 (walsink speaks TLS 1.2 and 1.3 only)
-    /// and `sslkeylogfile` (walsink writes no session keys).
+    /// `ssl_max_protocol_version` below TLSv1.2 (walsink speaks TLS 1.2 and 1.3 only).
     pub fn unsupported(&self) -> Option<ConnInfoError> {
         if self.gssencmode == GssEncMode::Require {
             return Some(ConnInfoError::Unsupported {
@@ -54,14 +53,6 @@ impl ConnConfig {
                     fix: "use TLSv1.2 or TLSv1.3, or leave it unset",
                 });
             }
-        }
-        if let Some(file) = &self.sslkeylogfile {
-            return Some(ConnInfoError::Unsupported {
-                option: "sslkeylogfile",
-                value: file.clone(),
-                why: "asks for the TLS session keys to be written to a file, which walsink does not do",
-                fix: "remove sslkeylogfile (capture traffic with a libpq client instead)",
-            });
         }
         None
     }

@@ -136,7 +136,8 @@ pub struct ConnConfig {
     pub sslsni: bool,
     /// `sslcompression` / `PGSSLCOMPRESSION` set to 1 (walsink refuses it).
     pub sslcompression: bool,
-    /// `sslkeylogfile` (walsink refuses it).
+    /// `sslkeylogfile` (PostgreSQL 18): append the TLS session secrets to this file, in
+    /// the NSS key log format (for Wireshark).
     pub sslkeylogfile: Option<String>,
     /// `ssl_min_protocol_version` / `PGSSLMINPROTOCOLVERSION`, default TLSv1.2.
     pub ssl_min_protocol_version: TlsVersion,
