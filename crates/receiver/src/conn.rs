@@ -95,6 +95,8 @@ pub struct Connection {
     /// Earlier read buffers, empty, whose frames may still be in the writer's queue:
     /// each is reused once they are all gone.
     spare: VecDeque<BytesMut>,
+    /// Whether a new read buffer was taken since the last [`Connection::idle_tick`].
+    buffers_used: bool,
     wbuf: BytesMut,
     /// What the server reported at startup.
     pub server: ServerParams,
@@ -543,6 +545,7 @@ async fn connect_attempt(
         notices: NoticeLimiter::default(),
         rbuf: BytesMut::with_capacity(READ_CHUNK),
         spare: VecDeque::new(),
+        buffers_used: false,
         wbuf: BytesMut::with_capacity(4096),
         server: ServerParams::default(),
         target: target.clone(),
@@ -714,10 +717,26 @@ impl Connection {
             None => BytesMut::with_capacity(need),
         };
         next.extend_from_slice(&self.rbuf);
+        self.buffers_used = true;
         let mut old = std::mem::replace(&mut self.rbuf, next);
         old.clear();
         if self.spare.len() < SPARE_BUFFERS {
             self.spare.push_back(old);
+        }
+    }
+
+    /// Called on the stream's timer ticks (status updates): when no new read buffer was
+    /// needed since the previous tick, the stream is idle or slow, and the read buffers
+    /// kept from a burst (up to [`SPARE_BUFFERS`] MiB, touched memory) are freed, as is the
+    /// current one if it holds nothing. An idle source in a daemon with many of them
+    /// then costs no catch-up memory (BENCHMARKS.md, `walsink run` at scale).
+    pub fn idle_tick(&mut self) {
+        if std::mem::take(&mut self.buffers_used) {
+            return;
+        }
+        self.spare = VecDeque::new();
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
         }
     }
 

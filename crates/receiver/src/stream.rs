@@ -346,6 +346,7 @@ impl Driver<'_> {
                 }
                 _ = &mut timer => {
                     armed = None;
+                    self.conn.idle_tick();
                     session.handle_timeout(std::time::Instant::now());
                 }
                 r = self.conn.fill(), if reading => match r {
