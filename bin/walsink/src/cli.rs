@@ -335,6 +335,7 @@ impl ReceiveArgs {
                 .slot_in_use_grace
                 .unwrap_or(walsink_receiver::run::SLOT_IN_USE_GRACE),
             write_options: bench_write_options(self.synchronous, |k| std::env::var(k).ok()),
+            observer: Default::default(),
         };
         Ok((config, action, self.verbose))
     }

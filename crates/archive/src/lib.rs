@@ -76,6 +76,7 @@ mod fsops;
 mod hostile;
 mod lock;
 mod meta;
+mod observe;
 mod prepare;
 mod readonly;
 #[cfg(test)]
@@ -94,6 +95,7 @@ pub use archive::{Archive, LOCK_CHECK_INTERVAL, LOCK_FILE, META_FILE};
 pub use error::ArchiveError;
 pub use lock::LockWatch;
 pub use meta::{Gap, fuzz_meta};
+pub use observe::WriteObserver;
 pub use prepare::PREPARED_FILE;
 pub use syncer::FlushListener;
 pub use writer::SegmentWriter;

@@ -367,6 +367,7 @@ enum Pending {
 /// # Methods
 ///
 /// * Getters: [`phase`](Self::phase), [`received`](Self::received),
+///   [`server_wal_end`](Self::server_wal_end),
 ///   [`error`](Self::error), [`timeline`](Self::timeline), [`start`](Self::start).
 /// * Input (`handle_*`): [`handle_bytes`](Self::handle_bytes) (bytes read from the
 ///   socket; decodes every whole frame in the buffer) or
@@ -412,6 +413,8 @@ pub struct ReplicationSession {
     durable: Lsn,
     /// The flush position of the last status update sent.
     last_reported_flush: Lsn,
+    /// The server's WAL end from its last keepalive or XLogData.
+    server_wal_end: Lsn,
     /// When bytes last arrived while reading.
     last_heard: Option<Instant>,
     /// Whether the half-way ping went out since then.
@@ -441,6 +444,7 @@ impl ReplicationSession {
             stop: None,
             error: None,
             last_reported_flush: Lsn::INVALID,
+            server_wal_end: Lsn::INVALID,
             last_heard: None,
             pinged: false,
             reading: true,
@@ -462,6 +466,12 @@ impl ReplicationSession {
     /// End of the WAL handed out so far.
     pub fn received(&self) -> Lsn {
         self.received
+    }
+
+    /// The server's WAL end, from its last keepalive or XLogData (`Lsn::INVALID` before
+    /// either).
+    pub fn server_wal_end(&self) -> Lsn {
+        self.server_wal_end
     }
 
     /// The timeline streamed.
@@ -772,12 +782,21 @@ impl ReplicationSession {
     fn on_streaming(&mut self, msg: BackendMessage) {
         match msg {
             BackendMessage::CopyData(payload) => match parse_replication_message(payload) {
-                Ok(ReplicationMessage::XLogData { start, data, .. }) => {
+                Ok(ReplicationMessage::XLogData {
+                    start,
+                    data,
+                    wal_end,
+                    ..
+                }) => {
+                    self.server_wal_end = wal_end;
                     self.on_xlogdata(start, data)
                 }
                 Ok(ReplicationMessage::Keepalive {
-                    reply_requested, ..
+                    reply_requested,
+                    wal_end,
+                    ..
                 }) => {
+                    self.server_wal_end = wal_end;
                     if reply_requested {
                         // Answer at once with what is durable now; the flush the server is
                         // waiting for is reported the moment it completes.

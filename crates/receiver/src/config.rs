@@ -7,6 +7,8 @@ use walsink_archive::WriterOptions;
 use walsink_protocol::conninfo::ConnConfig;
 use walsink_wal::Lsn;
 
+use crate::observe::SourceState;
+
 #[cfg(doc)]
 use crate::{run::SLOT_IN_USE_GRACE, writer::default_options};
 
@@ -50,4 +52,7 @@ pub struct ReceiveConfig {
     /// How segment files are prepared and written; `None`: the measured choice for
     /// the mode ([`default_options`]). Other values are for benchmark comparisons.
     pub write_options: Option<WriterOptions>,
+    /// Where the run publishes its positions, phase and writer progress for metrics,
+    /// health checks and systemd ([`SourceState`]); a fresh one if nobody watches.
+    pub observer: SourceState,
 }

@@ -23,7 +23,9 @@
 //! * `config`: [`ReceiveConfig`], what the caller decides;
 //! * [`daemon`]: many sources in one process (`walsink run`): one task per source,
 //!   applied by difference on reload;
-//! * [`position`]: the server's position and clock, for `walsink status -d`.
+//! * [`position`]: the server's position and clock, for `walsink status -d`;
+//! * [`observe`]: [`SourceState`], what a running source publishes for metrics, health
+//!   checks and systemd.
 //!
 //! It does no argument parsing and never exits the process; the binary maps
 //! [`ReceiverError::kind`] to exit codes.
@@ -36,6 +38,7 @@ pub mod env;
 mod error;
 mod failover;
 mod gap;
+pub mod observe;
 pub mod position;
 pub mod run;
 mod server;
@@ -46,4 +49,5 @@ pub mod writer;
 pub use config::ReceiveConfig;
 pub use env::process_env;
 pub use error::{ErrorKind, ReceiverError};
+pub use observe::{Health, Phase, SourceState};
 pub use run::{create_slot, drop_slot, receive};

@@ -21,6 +21,7 @@ use crate::conn::{Connection, describe};
 use crate::error::{ErrorKind, ReceiverError};
 use crate::failover;
 use crate::gap;
+use crate::observe::Phase;
 use crate::server::open;
 use crate::stream::{ArcArchiveError, FirstWrites, StreamEnd, StreamOptions, stream};
 use crate::writer::{self, Writer, WriterConfig};
@@ -44,8 +45,21 @@ const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 pub const SLOT_IN_USE_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the receiver until `--endpos`, cancellation, or an error that needs a human
-/// (or any error with `--no-loop`).
+/// (or any error with `--no-loop`). Publishes its progress in `cfg.observer`, which ends
+/// [`Phase::Stopped`] or [`Phase::Failed`] with the error.
 pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<(), ReceiverError> {
+    let obs = cfg.observer.clone();
+    obs.set_receive_timeout(cfg.receive_timeout);
+    obs.set_phase(Phase::Connecting, None);
+    let r = receive_loop(cfg, cancel).await;
+    match &r {
+        Ok(()) => obs.set_phase(Phase::Stopped, None),
+        Err(e) => obs.set_phase(Phase::Failed, Some(e.to_string())),
+    }
+    r
+}
+
+async fn receive_loop(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<(), ReceiverError> {
     let sync = if cfg.no_sync {
         SyncMode::NoSync
     } else {
@@ -124,6 +138,8 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
                     }
                     last_error = Some(msg);
                 }
+                cfg.observer
+                    .set_phase(Phase::Reconnecting, last_error.clone());
                 // Full jitter between half and all of the current backoff.
                 let pause = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
                 debug!("retrying in {} ms (attempt {failures})", pause.as_millis());
@@ -132,6 +148,7 @@ pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<()
                     _ = tokio::time::sleep(pause) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                cfg.observer.reconnecting();
             }
         }
     }
@@ -273,18 +290,21 @@ async fn run_once(
         report_flush: (cfg.slot.is_some() || cfg.synchronous) && !cfg.no_sync,
         synchronous: cfg.synchronous,
         flush_floor,
+        observer: cfg.observer.clone(),
     };
     let writer_cfg = WriterConfig {
         synchronous: cfg.synchronous,
         flush_bytes: cfg.flush_bytes,
         flush_interval: cfg.flush_interval,
+        observer: cfg.observer.clone(),
     };
     let arch = archive.as_mut().expect("given back above");
-    let segments = arch.segment_writer_with(
+    let mut segments = arch.segment_writer_with(
         seg,
         cfg.write_options
             .unwrap_or_else(|| writer::default_options(cfg.synchronous)),
     )?;
+    segments.set_observer(cfg.observer.write_observer());
     let writer = Writer::start(
         archive.take().expect("opened above"),
         segments,

@@ -42,6 +42,7 @@ use walsink_wal::{Lsn, TimelineId};
 
 use crate::conn::Connection;
 use crate::error::{Context, ReceiverError};
+use crate::observe::{Phase as SourcePhase, SourceState};
 use crate::writer::Writer;
 
 /// A deadline for a timer with nothing to time.
@@ -71,6 +72,8 @@ pub struct StreamOptions {
     /// can tell it, is a second floor). Durability is unaffected: what is reported is still
     /// only what the writer made durable in this session.
     pub flush_floor: Lsn,
+    /// Where the positions, the last message time and the phase are published.
+    pub observer: SourceState,
 }
 
 /// Why a session ended without an error.
@@ -135,7 +138,10 @@ pub async fn stream(
         report_flush: opts.report_flush,
         confirmed,
     });
+    opts.observer.stream_started_at(start, opts.flush_floor);
+    opts.observer.set_paused(false);
     let mut driver = Driver {
+        obs: &opts.observer,
         conn,
         writer,
         held: None,
@@ -231,6 +237,8 @@ struct Driver<'a> {
     slot: bool,
     /// Archive writes waiting for the server to accept the start ([`FirstWrites`]).
     first: Option<FirstWrites>,
+    /// Where progress is published.
+    obs: &'a SourceState,
 }
 
 impl Driver<'_> {
@@ -258,10 +266,9 @@ impl Driver<'_> {
         cancel: &CancellationToken,
     ) -> Result<StreamEnd, ReceiverError> {
         let mut flush_rx = self.writer.state.clone();
-        session.handle_flushed(
-            std::time::Instant::now(),
-            flush_rx.borrow_and_update().flushed,
-        );
+        let flushed = flush_rx.borrow_and_update().flushed;
+        self.obs.set_flushed(flushed);
+        session.handle_flushed(std::time::Instant::now(), flushed);
         let timer = sleep_until(tokio::time::Instant::now() + FAR);
         tokio::pin!(timer);
         // The deadline the sleep is set to, while it is.
@@ -287,7 +294,9 @@ impl Driver<'_> {
                 };
                 if let Some(r) = more {
                     r?;
-                    session.handle_bytes(std::time::Instant::now(), self.conn.recv_buf());
+                    let now = std::time::Instant::now();
+                    session.handle_bytes(now, self.conn.recv_buf());
+                    self.obs.heard(now, session.server_wal_end());
                     continue;
                 }
                 self.writer.idle();
@@ -300,6 +309,7 @@ impl Driver<'_> {
                 }
                 let flushed = state.flushed;
                 drop(state);
+                self.obs.set_flushed(flushed);
                 session.handle_flushed(std::time::Instant::now(), flushed);
                 continue;
             }
@@ -335,6 +345,7 @@ impl Driver<'_> {
                         return Err(self.writer_error());
                     }
                     let flushed = flush_rx.borrow().flushed;
+                    self.obs.set_flushed(flushed);
                     session.handle_flushed(std::time::Instant::now(), flushed);
                 }
                 permit = writer.reserve(), if !reading => {
@@ -343,6 +354,7 @@ impl Driver<'_> {
                     permit.send(session.timeline(), start, data);
                     // Listening again: the silence is measured from now.
                     session.resume_reading(std::time::Instant::now());
+                    self.obs.set_paused(false);
                 }
                 _ = &mut timer => {
                     armed = None;
@@ -350,7 +362,11 @@ impl Driver<'_> {
                     session.handle_timeout(std::time::Instant::now());
                 }
                 r = self.conn.fill(), if reading => match r {
-                    Ok(()) => session.handle_bytes(std::time::Instant::now(), self.conn.recv_buf()),
+                    Ok(()) => {
+                        let now = std::time::Instant::now();
+                        session.handle_bytes(now, self.conn.recv_buf());
+                        self.obs.heard(now, session.server_wal_end());
+                    }
                     Err(e) => {
                         if !session.handle_connection_lost() {
                             return Err(e);
@@ -374,6 +390,8 @@ impl Driver<'_> {
         while let Some(event) = session.poll_event() {
             match event {
                 Event::Wal { start, data } => {
+                    self.obs
+                        .wal_received(Lsn(start.0 + data.len() as u64), data.len());
                     if self.first.is_some() {
                         // The session's first WAL: what waited for it goes first.
                         self.first_writes().await?;
@@ -384,12 +402,14 @@ impl Driver<'_> {
                             // The writer's queue is full: stop reading until it has room.
                             self.held = Some((start, data));
                             session.pause_reading(std::time::Instant::now());
+                            self.obs.set_paused(true);
                             return Ok(None);
                         }
                     }
                 }
                 Event::Started => {
                     self.streaming.store(true, Ordering::Relaxed);
+                    self.obs.set_phase(SourcePhase::Streaming, None);
                     self.conn.end_command_phase();
                 }
                 Event::FlushRequested => self.writer.request_flush(),
@@ -401,6 +421,7 @@ impl Driver<'_> {
                         .close()
                         .await
                         .map_err(|e| ReceiverError::from(ArcArchiveError(e)))?;
+                    self.obs.set_flushed(durable);
                     session.handle_writer_closed(std::time::Instant::now(), durable);
                 }
                 Event::Notice(n) => self.conn.log_notice(&n),

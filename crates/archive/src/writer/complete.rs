@@ -39,8 +39,15 @@ impl SegmentWriter {
             let after = if open.direct { self.after_jobs() } else { None };
             let (fs, dir) = (Arc::clone(&self.fs), Arc::clone(&self.dir));
             let upto = self.written;
+            let obs = self.observer.clone();
             let task = Task {
-                work: Work::Complete(Box::new(move || finish_segment(&*fs, &dir, true, open))),
+                work: Work::Complete(Box::new(move || {
+                    finish_segment(&*fs, &dir, true, open)?;
+                    if let Some(o) = obs {
+                        o.segment_completed();
+                    }
+                    Ok(())
+                })),
                 after,
                 upto,
             };
@@ -60,6 +67,9 @@ impl SegmentWriter {
         self.fatal(&partial, r)?;
         self.dir_dirty = false;
         self.flushed = self.written;
+        if let Some(o) = &self.observer {
+            o.segment_completed();
+        }
         Ok(())
     }
 }

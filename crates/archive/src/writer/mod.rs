@@ -32,6 +32,7 @@ use crate::LOCK_CHECK_INTERVAL;
 use crate::dir::{Dir, FileId};
 use crate::fsops::SegmentFs;
 use crate::lock::{LockWatch, Shared};
+use crate::observe::{Observed, WriteObserver};
 use crate::prepare::Preparer;
 use crate::stage::Stage;
 use crate::syncer::{ListenerSlot, Syncer};
@@ -104,6 +105,8 @@ pub struct SegmentWriter {
     syncer: Option<Syncer>,
     /// Told about every position the sync thread makes durable.
     listener: ListenerSlot,
+    /// Told about the I/O ([`set_observer`](Self::set_observer)).
+    observer: Option<Arc<dyn WriteObserver>>,
     /// End of what the tasks handed to the sync thread will make durable.
     requested: Lsn,
     /// A rename in the directory (a prepared file to `NAME.partial`) is not durable
@@ -160,6 +163,7 @@ impl SegmentWriter {
             writeback: None,
             syncer: None,
             listener: ListenerSlot::default(),
+            observer: None,
             requested: Lsn::INVALID,
             dir_dirty: false,
             seg,
@@ -290,6 +294,19 @@ impl SegmentWriter {
         self.sync_open()?;
         self.flushed = self.written;
         Ok(self.flushed)
+    }
+
+    /// Tells `observer` about every file operation of this writer from now on (each
+    /// `fdatasync` with its duration, each completed segment), from whichever thread
+    /// does it. Call it before the first write: the threads started for the writer
+    /// (sync, direct writes) take the file operations as they are when they start.
+    /// Files prepared ahead are not observed.
+    pub fn set_observer(&mut self, observer: Arc<dyn WriteObserver>) {
+        self.fs = Arc::new(Observed {
+            inner: Arc::clone(&self.fs),
+            obs: Arc::clone(&observer),
+        });
+        self.observer = Some(observer);
     }
 
     /// End of the last byte handed to [`write`](Self::write) (`Lsn::INVALID` before

@@ -589,6 +589,7 @@ mod tests {
             flush_bytes,
             // Never by time: only the size trigger and the sync thread move it.
             flush_interval: Duration::from_secs(3600),
+            observer: Default::default(),
         };
         let w = Writer::spawn(a, segs, cfg, rt.handle().clone(), CancellationToken::new());
         let tli = TimelineId::new(1).unwrap();

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use walsink_archive::{Prefill, WriterOptions};
 
+use crate::observe::SourceState;
+
 /// Flush policy.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WriterConfig {
     /// Flush as soon as the queue drains.
     pub synchronous: bool,
@@ -13,6 +15,8 @@ pub struct WriterConfig {
     pub flush_bytes: u64,
     /// Flush when the oldest unsynced byte is this old.
     pub flush_interval: Duration,
+    /// Told when the writer waits for disk space, and stops waiting.
+    pub observer: SourceState,
 }
 
 /// How the segment files are prepared and written, per mode, chosen by measurement

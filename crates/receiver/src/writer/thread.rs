@@ -42,6 +42,10 @@ pub(super) fn run(
     rt: tokio::runtime::Handle,
     cancel: CancellationToken,
 ) -> Archive {
+    let disk = DiskFull {
+        announced_at: None,
+        observer: cfg.observer.clone(),
+    };
     let mut t = Thread {
         archive,
         seg,
@@ -49,7 +53,7 @@ pub(super) fn run(
         state,
         rt,
         cancel,
-        disk: DiskFull::default(),
+        disk,
         oldest_unflushed: None,
         abandoned: false,
         answered: 0,
@@ -248,10 +252,11 @@ impl Thread {
 }
 
 /// Whether the disk is full, for logging it once and then at a low rate.
-#[derive(Default)]
 struct DiskFull {
     /// When the condition was last logged at warn level.
     announced_at: Option<Instant>,
+    /// Told while the writer waits for space.
+    observer: crate::observe::SourceState,
 }
 
 /// How [`DiskFull::retry`] ended.
@@ -281,6 +286,7 @@ impl DiskFull {
             let e = match op(seg) {
                 Ok(v) => {
                     if let Some((since, announced, at)) = paused {
+                        self.observer.set_disk_full(false);
                         let secs = since.elapsed().as_secs();
                         if announced {
                             info!(
@@ -293,14 +299,20 @@ impl DiskFull {
                     return Retried::Done(v);
                 }
                 Err(e) if e.is_disk_full() && !seg.is_broken() => e,
-                Err(e) => return Retried::Failed(e),
+                Err(e) => {
+                    self.observer.set_disk_full(false);
+                    return Retried::Failed(e);
+                }
             };
             if paused.is_none() && seg.unflushed_bytes() > 0 {
                 // Make what did get written durable (and reported) before waiting.
                 match seg.flush() {
                     Ok(_) => {}
                     Err(e) if e.is_disk_full() && !seg.is_broken() => {}
-                    Err(e) => return Retried::Failed(e),
+                    Err(e) => {
+                        self.observer.set_disk_full(false);
+                        return Retried::Failed(e);
+                    }
                 }
             }
             // A segment may also have been completed before the failure; and the
@@ -312,6 +324,7 @@ impl DiskFull {
                 .is_none_or(|t| now.duration_since(t) >= DISK_FULL_REMINDER);
             match &mut paused {
                 None => {
+                    self.observer.set_disk_full(true);
                     paused = Some((now, due, seg.written()));
                     if due {
                         self.announced_at = Some(now);
@@ -346,6 +359,7 @@ impl DiskFull {
                 }
             });
             if cancelled {
+                self.observer.set_disk_full(false);
                 warn!(
                     "stopping while the disk is full: WAL received after {} was not written (it was never reported flushed; the next start streams it again)",
                     seg.written()
