@@ -80,7 +80,18 @@ else
     locale -a 2>/dev/null | grep -qix 'de_DE\.utf-\?8' || die "generated de_DE.UTF-8 but locale -a does not list it"
 fi
 
-# 4. Rust toolchain components.
+# 4. Service tools: Prometheus and promtool (tests/integration/service.rs scrapes walsink with a real
+#    Prometheus server and checks its output with `promtool check metrics`), systemd-analyze (the units in
+#    contrib/systemd are checked with `systemd-analyze verify`).
+missing=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+say "prometheus $(prometheus --version 2>&1 | head -n 1 | awk '{print $3}'), $(systemd-analyze --version | head -n 1)"
+
+# 5. Rust toolchain components.
 command -v cargo >/dev/null 2>&1 \
     || die "cargo not found: install Rust (rustup, https://rustup.rs) and put ~/.cargo/bin on PATH"
 for component in rustfmt clippy; do
@@ -93,7 +104,7 @@ for component in rustfmt clippy; do
     rustup component add "$component"
 done
 
-# 5. cargo-nextest (optional; not installed here because `cargo install` takes minutes).
+# 6. cargo-nextest (optional; not installed here because `cargo install` takes minutes).
 if cargo nextest --version >/dev/null 2>&1; then
     say "cargo-nextest found: $(cargo nextest --version 2>/dev/null | head -n 1)"
 else

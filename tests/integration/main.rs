@@ -47,3 +47,5 @@ mod tls;
 mod restore;
 // walsink status: per-timeline contents of an archive, the .partial's fill, the lag behind a live server.
 mod status;
+// Running as a service: metrics and health (--metrics-listen, promtool, a real Prometheus), systemd notify, the units.
+mod service;

@@ -172,6 +172,10 @@ pub struct ReceiveArgs {
     #[arg(short = 'V', long = "version")]
     pub version: bool,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics and a health check at /health.
+    #[arg(long = "metrics-listen", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Show this help, then exit.
     #[arg(short = '?', long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,

@@ -8,6 +8,7 @@ mod cli;
 mod log;
 mod restore;
 mod run;
+mod service;
 mod status;
 
 use std::io::IsTerminal;
@@ -171,6 +172,7 @@ fn main() -> ExitCode {
     }
     let no_password = args.no_password;
     let prompt_first = args.password;
+    let metrics_listen = args.metrics_listen;
     let env = walsink_receiver::process_env();
     let (mut config, action, verbose) = match args.into_config(&env, personality.program()) {
         Ok(v) => v,
@@ -198,6 +200,25 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(watch_signals(cancel.clone()));
+        // Bound before anything starts: a busy or forbidden address is a startup error.
+        let metrics = match metrics_listen {
+            Some(addr) if matches!(action, Action::Stream) => {
+                match walsink_monitor::MetricsServer::bind(addr).await {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        return Err(ReceiverError::fatal(format!(
+                            "cannot serve metrics on {addr} (--metrics-listen): {e}"
+                        )));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let sources = walsink_monitor::Sources::single(
+            service::source_name(&config.dir),
+            config.observer.clone(),
+        );
+        let observe = matches!(action, Action::Stream);
         let run = |config: walsink_receiver::ReceiveConfig| {
             let cancel = cancel.clone();
             async move {
@@ -210,24 +231,38 @@ fn main() -> ExitCode {
                 }
             }
         };
-        let first = run(config.clone()).await;
-        // As libpq clients do: if the server wants a password we do not have, ask once.
-        match first {
-            Err(e)
-                if matches!(e.primary(), ReceiverError::PasswordRequired)
-                    && !no_password
-                    && config.password.is_none()
-                    && std::io::stdin().is_terminal() =>
-            {
-                match prompt_password() {
-                    Some(p) => {
-                        config.password = Some(p);
-                        run(config).await
+        let attempts = async {
+            let first = run(config.clone()).await;
+            // As libpq clients do: if the server wants a password we do not have, ask once.
+            match first {
+                Err(e)
+                    if matches!(e.primary(), ReceiverError::PasswordRequired)
+                        && !no_password
+                        && config.password.is_none()
+                        && std::io::stdin().is_terminal() =>
+                {
+                    match prompt_password() {
+                        Some(p) => {
+                            config.password = Some(p);
+                            run(config).await
+                        }
+                        None => Err(e),
                     }
-                    None => Err(e),
                 }
+                other => other,
             }
-            other => other,
+        };
+        if observe {
+            service::observed(
+                sources,
+                metrics,
+                walsink_monitor::notify::Ready::FirstStream,
+                &cancel,
+                attempts,
+            )
+            .await
+        } else {
+            attempts.await
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

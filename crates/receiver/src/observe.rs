@@ -10,8 +10,9 @@
 //! base ([`SourceState::now`]); ages are computed by the reader.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use walsink_archive::WriteObserver;
@@ -116,9 +117,14 @@ impl Health {
 
     /// Whether the watchdog must stop pinging for this (see [`SourceState::health`]):
     /// everything but a healthy, failed or stopped source (those no longer stream: a
-    /// failure needs a human, and a restart would not help it).
+    /// failure needs a human, and a restart would not help it) and a full disk (the
+    /// writer is alive, retrying, and resumes on its own when there is space; a restart
+    /// would find the disk as full).
     pub fn stops_watchdog(&self) -> bool {
-        !matches!(self, Health::Ok | Health::Failed(_) | Health::Stopped)
+        !matches!(
+            self,
+            Health::Ok | Health::Failed(_) | Health::Stopped | Health::DiskFull
+        )
     }
 }
 
@@ -206,6 +212,16 @@ impl Snapshot {
 /// The process-wide monotonic base of the stored times.
 static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// Notified (one stored permit) whenever any source's phase changes.
+static PHASE_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Completes when any source's phase has changed since the last time this completed
+/// (one waiter at a time: the systemd notifier). Phase changes are rare, so this costs
+/// nothing on the streaming path.
+pub async fn phase_changed() {
+    PHASE_CHANGED.notified().await
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     phase: AtomicU8,
@@ -236,6 +252,8 @@ struct Inner {
     receive_timeout_ns: AtomicU64,
     /// Writer stall limit in nanoseconds.
     writer_stall_ns: AtomicU64,
+    /// The archive directory.
+    directory: OnceLock<PathBuf>,
 }
 
 /// A handle on one source's observable state (see the module docs). Cloning it shares
@@ -282,6 +300,17 @@ impl SourceState {
     pub fn set_phase(&self, phase: Phase, reason: Option<String>) {
         *self.0.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
         self.0.phase.store(phase as u8, Relaxed);
+        PHASE_CHANGED.notify_one();
+    }
+
+    /// The archive directory (for its free space); set once, later calls are ignored.
+    pub fn set_directory(&self, dir: &Path) {
+        let _ = self.0.directory.set(dir.to_path_buf());
+    }
+
+    /// The archive directory, once set.
+    pub fn directory(&self) -> Option<&Path> {
+        self.0.directory.get().map(PathBuf::as_path)
     }
 
     /// The receive timeout the source runs with (health: how long a streaming source

@@ -50,6 +50,7 @@ pub const SLOT_IN_USE_GRACE: Duration = Duration::from_secs(10);
 pub async fn receive(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<(), ReceiverError> {
     let obs = cfg.observer.clone();
     obs.set_receive_timeout(cfg.receive_timeout);
+    obs.set_directory(&cfg.dir);
     obs.set_phase(Phase::Connecting, None);
     let r = receive_loop(cfg, cancel).await;
     match &r {

@@ -515,6 +515,8 @@ fn source(
         allow_gap,
         slot_in_use_grace: walsink_receiver::run::SLOT_IN_USE_GRACE,
         write_options: None,
+        // The supervisor gives each running source its own.
+        observer: Default::default(),
     };
     Some((config, h.finish()))
 }

@@ -1,0 +1,157 @@
+//! The systemd notify protocol (`Type=notify`), whenever `NOTIFY_SOCKET` is set:
+//!
+//! * `READY=1` once the sources are up: for `walsink receive` once the first stream is
+//!   established ([`Ready::FirstStream`]); for the daemon once every source has made its
+//!   first attempt ([`Ready::AllAttempted`]);
+//! * `STATUS=` with each source's phase and flushed position, on every phase change
+//!   and with every watchdog tick (or every [`STATUS_EVERY`] without a watchdog);
+//! * `WATCHDOG=1` every `WATCHDOG_USEC`/2, but only while every source that should be
+//!   streaming is healthy ([`Health::stops_watchdog`]): heard from its server within
+//!   its receive timeout, writer progressing or idle. A silent stream, a reconnecting
+//!   source or a stuck writer stops the pings, so systemd restarts the service after
+//!   `WatchdogSec=`; failed and stopped sources do not (a restart would not help them);
+//! * `STOPPING=1` when shutdown begins ([`stopping`]; also sent when the notifier's
+//!   cancellation token fires).
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use walsink_receiver::observe::phase_changed;
+use walsink_receiver::{Health, Phase};
+
+use crate::Sources;
+
+/// How often `STATUS=` is refreshed without a watchdog.
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Longest `STATUS=` text (systemd shows one line).
+const STATUS_MAX: usize = 1024;
+
+/// When `READY=1` is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Once any source streams (`walsink receive`).
+    FirstStream,
+    /// Once every source has left [`Phase::Connecting`] (the daemon).
+    AllAttempted,
+}
+
+/// Whether `NOTIFY_SOCKET` is set.
+pub fn enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
+}
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        debug!("systemd notification failed: {e}");
+    }
+}
+
+/// Sends `STOPPING=1` (shutdown began).
+pub fn stopping() {
+    if enabled() {
+        send(&[NotifyState::Stopping]);
+    }
+}
+
+/// The one-line `STATUS=` text: `NAME: PHASE, flushed LSN` per source.
+pub fn status_line(sources: &Sources) -> String {
+    let mut s = String::new();
+    for (name, st) in sources.list() {
+        if !s.is_empty() {
+            s.push_str("; ");
+        }
+        let snap = st.snapshot();
+        s.push_str(&format!("{name}: {}, flushed {}", snap.phase, snap.flushed));
+        if !snap.health.is_ok()
+            && !matches!(snap.health, Health::NotStreaming { .. } | Health::Stopped)
+        {
+            s.push_str(&format!(" ({})", snap.health));
+        } else if let Some(r) = snap.reason.filter(|_| snap.phase != Phase::Streaming) {
+            s.push_str(&format!(" ({r})"));
+        }
+    }
+    let mut s = s.replace(['\n', '\r'], " ");
+    if s.len() > STATUS_MAX {
+        let mut cut = STATUS_MAX;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Whether the watchdog may be pinged now: every source healthy, or failed/stopped.
+pub fn watchdog_healthy(sources: &Sources) -> bool {
+    let list = sources.list();
+    !list.is_empty() && list.iter().all(|(_, s)| !s.health().stops_watchdog())
+}
+
+fn is_ready(sources: &Sources, ready: Ready) -> bool {
+    let list = sources.list();
+    match ready {
+        Ready::FirstStream => list.iter().any(|(_, s)| s.phase() == Phase::Streaming),
+        Ready::AllAttempted => {
+            !list.is_empty() && list.iter().all(|(_, s)| s.phase() != Phase::Connecting)
+        }
+    }
+}
+
+/// Starts the notifier task if `NOTIFY_SOCKET` is set (else does nothing). It runs
+/// until `cancel`, then sends `STOPPING=1`.
+pub fn spawn(
+    sources: Sources,
+    ready: Ready,
+    cancel: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    enabled().then(|| tokio::spawn(run(sources, ready, cancel)))
+}
+
+async fn run(sources: Sources, ready: Ready, cancel: CancellationToken) {
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(w) = watchdog {
+        debug!("systemd watchdog every {} ms", w.as_millis());
+    }
+    let tick_every = watchdog.map_or(STATUS_EVERY, |w| (w / 2).max(Duration::from_millis(1)));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent_ready = false;
+    let mut last_status = String::new();
+    let mut was_healthy = true;
+    loop {
+        let ticked = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => true,
+            _ = phase_changed() => false,
+        };
+        let status = status_line(&sources);
+        let mut states = Vec::new();
+        if status != last_status || ticked {
+            states.push(NotifyState::Status(&status));
+        }
+        if !sent_ready && is_ready(&sources, ready) {
+            sent_ready = true;
+            states.push(NotifyState::Ready);
+        }
+        if ticked && watchdog.is_some() {
+            let healthy = watchdog_healthy(&sources);
+            if healthy {
+                states.push(NotifyState::Watchdog);
+            } else if was_healthy {
+                warn!("not healthy ({status}): systemd watchdog pings stop until it is");
+            }
+            was_healthy = healthy;
+        }
+        if !states.is_empty() {
+            send(&states);
+        }
+        last_status = status;
+    }
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&status_line(&sources)),
+    ]);
+}
