@@ -139,21 +139,30 @@ for rep in $(seq 1 "$REPS"); do
         lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
         [ -n "$tps" ] || { echo "pgbench failed: $out" >&2; exit 1; }
         txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+        r1=$(proc_cpu "$rpid"); u1=$(proc_utime "$rpid"); s1=$(proc_cpu "$spid"); x1=$(proc_csw "$rpid")
         if [ -n "$tracer" ] && [ "${PERF:-0}" = 1 ]; then
             kill -INT "$tracer"; wait "$tracer" || true
+            # The receiver's CPU per transaction, split by the system call (or user space) each sample is in.
+            rc=$(python3 -c "print(($r1 - $r0) * 1e6 / $txns)")
+            echo "    rep $rep $c: CPU per transaction by system call (perf, inclusive; µs/txn of $(printf %.1f "$rc"))"
+            perf report -q -i "$ROOT/perf.$c.$rep" --children -g none --sort sym 2>/dev/null |
+                awk -v rc="$rc" '$3 == "[k]" && $4 ~ /^(__x64_sys_|__do_sys_|ksys_|x64_sys_call|do_syscall_64|entry_SYSCALL_64|asm_|irq|__irq|sysvec_)/ {
+                    gsub("%", "", $1); printf "        %-36s %5.1f%%  %6.1f µs/txn\n", $4, $1, $1 * rc / 100 }' | head -16 || true
             echo "    rep $rep $c: where the receiver's CPU goes (perf, cpu-clock samples, self time)"
             perf report -q -i "$ROOT/perf.$c.$rep" --no-children -g none --sort dso 2>/dev/null |
                 grep -v '^$' | head -8 | sed 's/^/        /'
+            echo "    rep $rep $c: kernel symbols, self time (share of all samples)"
+            perf report -q -i "$ROOT/perf.$c.$rep" --no-children -g none --sort sym 2>/dev/null |
+                grep '\[k\]' | head -25 | cut -c1-120 | sed 's/^/        /' || true
             echo "    rep $rep $c: user-space symbols (share of all samples)"
             perf report -q -i "$ROOT/perf.$c.$rep" --no-children -g none --sort dso,sym 2>/dev/null |
-                grep -v '^$' | grep -v '\[k\]' | head -25 | cut -c1-150 | sed 's/^/        /'
+                grep -v '^$' | grep -v '\[k\]' | head -25 | cut -c1-150 | sed 's/^/        /' || true
         elif [ -n "$tracer" ]; then
             kill -INT "$tracer"; wait "$tracer" || true
             echo "    rep $rep $c: system calls per transaction (strace -c, all threads)"
             awk -v n="$txns" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "        %-16s %7.2f calls/txn %7.1f us/txn\n", $NF, $4 / n, $2 * 1e6 / n }' \
                 "$ROOT/strace.$c.$rep" | sort -k4 -rn | head -12
         fi
-        r1=$(proc_cpu "$rpid"); u1=$(proc_utime "$rpid"); s1=$(proc_cpu "$spid"); x1=$(proc_csw "$rpid")
         # Per transaction: receiver CPU µs, walsender CPU µs, receiver context switches.
         rcpu=$(python3 -c "print(f'{($r1 - $r0) * 1e6 / $txns:.1f}')")
         scpu=$(python3 -c "print(f'{($s1 - $s0) * 1e6 / $txns:.1f}')")
