@@ -131,8 +131,8 @@ fn spawn_walsink(pg: &PgCluster, dir: &Path, extra: &[&str]) -> WalsinkProcess {
         // Before 15 (no READ_REPLICATION_SLOT) an empty archive starts at the server's position when walsink
         // connects, not at the slot's restart_lsn (README, "Start position"): WAL the scenario generated
         // before that would never be streamed. Let it connect first (or fail, for the scenarios that expect
-        // that); the server's position is then still in the slot's segment.
-        w.wait_for_stderr("starting log streaming", EXIT_TIMEOUT);
+        // that, which then assert it); the server's position is then still in the slot's segment.
+        let _streaming = w.wait_for_stderr("starting log streaming", EXIT_TIMEOUT);
     }
     w
 }
