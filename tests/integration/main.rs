@@ -27,6 +27,8 @@ mod faults;
 mod failover;
 // Protocol faults no real server produces, played by a scripted fake server (harness/fake.rs).
 mod protocol_faults;
+// WAL validation at ingest: real WAL split at every message size; invalid WAL from a fake server (exit 21).
+mod validation;
 // No silent gaps (exit 14 naming the missing range, --allow-gap and its record) and disk-full pauses.
 mod gaps;
 // walsink's protocol client against a real server byte by byte; the recordings are fuzz seeds.

@@ -8,7 +8,7 @@
 //! - the exit code (README, "Exit codes");
 //! - a message on stderr that names the problem;
 //! - the archive holds nothing past the last good byte: the `.partial`'s bytes after it are still the
-//!   preallocated zeros, and no segment past it was completed (the fake's WAL bytes are never zero);
+//!   preallocated zeros, and no segment past it was completed (the fake's record data is never zero);
 //! - no standby status update reported a write or flush position past the last good byte, while
 //!   (where the script waits for it) the flush of the good bytes was reported, so the check is not
 //!   vacuous.

@@ -387,8 +387,9 @@ pub fn conn_config(
 /// from the library's choice for the mode. `None` when none is set.
 ///
 /// `WALSINK_BENCH_PREFILL` (`zeros`|`fallocate`), `WALSINK_BENCH_DIRECT` (`0`|`1`),
-/// `WALSINK_BENCH_WRITE_BEHIND` (bytes), `WALSINK_BENCH_IO_THREADS` (threads) and
-/// `WALSINK_BENCH_BACKGROUND_SYNC` (`0`|`1`). Values that do not parse are ignored.
+/// `WALSINK_BENCH_WRITE_BEHIND` (bytes), `WALSINK_BENCH_IO_THREADS` (threads),
+/// `WALSINK_BENCH_BACKGROUND_SYNC` (`0`|`1`) and `WALSINK_BENCH_VALIDATE` (`0`|`1`, WAL
+/// validation). Values that do not parse are ignored.
 pub fn bench_write_options(
     synchronous: bool,
     env: impl Fn(&str) -> Option<String>,
@@ -411,6 +412,9 @@ pub fn bench_write_options(
     }
     if let Some(v) = env("WALSINK_BENCH_BACKGROUND_SYNC") {
         (o.background_sync, set) = (v != "0", true);
+    }
+    if let Some(v) = env("WALSINK_BENCH_VALIDATE") {
+        (o.validate, set) = (v != "0", true);
     }
     set.then_some(o)
 }
@@ -438,5 +442,11 @@ mod bench_env_tests {
             .expect("overridden");
         assert!(o.direct_io);
         assert_eq!(o.write_behind, 0, "the --synchronous default stays");
+        assert!(o.validate, "validation is on by default");
+        let o = bench_write_options(false, |k| {
+            (k == "WALSINK_BENCH_VALIDATE").then(|| "0".into())
+        })
+        .expect("overridden");
+        assert!(!o.validate);
     }
 }

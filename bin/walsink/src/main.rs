@@ -37,6 +37,7 @@ pub(crate) mod exit {
     pub const ARCHIVE_ERROR: u8 = 17;
     pub const ARCHIVE_LOCK_LOST: u8 = 18;
     pub const TLS: u8 = 19;
+    pub const INVALID_WAL: u8 = 21;
 }
 
 fn exit_code(e: &ReceiverError) -> u8 {
@@ -51,6 +52,7 @@ fn exit_code(e: &ReceiverError) -> u8 {
         ErrorKind::ArchiveLocked => exit::ARCHIVE_LOCKED,
         ErrorKind::ArchiveLockLost => exit::ARCHIVE_LOCK_LOST,
         ErrorKind::Tls => exit::TLS,
+        ErrorKind::InvalidWal => exit::INVALID_WAL,
         ErrorKind::Archive | ErrorKind::DiskFull => exit::ARCHIVE_ERROR,
         _ => exit::ERROR,
     }

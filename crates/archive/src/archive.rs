@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
+use walsink_wal::validate::{ValidatorConfig, WalFormat};
 use walsink_wal::{Lsn, TimelineId, WalSegSize};
 
 use crate::dir::Dir;
@@ -206,6 +207,7 @@ impl Archive {
         self.meta = Some(Meta {
             system_identifier: system_id,
             seg,
+            format: None,
             gaps: Vec::new(),
         });
         self.pin_pending = true;
@@ -233,6 +235,42 @@ impl Archive {
             meta.seg
         );
         self.pin_pending = false;
+        Ok(())
+    }
+
+    /// The WAL format (page magic and block size) pinned in `walsink.meta`, if any.
+    pub fn wal_format(&self) -> Option<WalFormat> {
+        self.meta.as_ref().and_then(|m| m.format)
+    }
+
+    /// Pins the WAL format learned from the first page received in `walsink.meta`
+    /// (durably and atomically, as [`record_gap`](Self::record_gap)), if it has none
+    /// yet; later WAL must have the same. Does nothing before the identity is known or
+    /// when the same format is pinned already.
+    pub fn pin_format(&mut self, format: WalFormat) -> Result<(), ArchiveError> {
+        let Some(meta) = &self.meta else {
+            return Ok(());
+        };
+        if meta.format == Some(format) {
+            return Ok(());
+        }
+        let mut updated = meta.clone();
+        updated.format = Some(format);
+        if !self.pin_pending {
+            fsops::write_file_atomically(
+                &self.dir,
+                META_FILE,
+                updated.render().as_bytes(),
+                self.sync == SyncMode::Sync,
+            )?;
+            info!(
+                "pinned archive directory \"{}\" to WAL page magic {:04X} and block size {}",
+                self.path.display(),
+                format.magic,
+                format.blcksz
+            );
+        }
+        self.meta = Some(updated);
         Ok(())
     }
 
@@ -450,8 +488,15 @@ impl Archive {
                 path: self.path.clone(),
             });
         }
+        // What the WAL must match: the archive's system, and its pinned format.
+        let check = opts.validate.then(|| ValidatorConfig {
+            seg,
+            system_id: self.meta.as_ref().map(|m| m.system_identifier),
+            format: self.wal_format(),
+        });
         Ok(SegmentWriter::new(
             Arc::clone(&self.dir),
+            check,
             seg,
             self.sync,
             Arc::clone(&self.shared),

@@ -10,7 +10,7 @@ use walsink_wal::{Lsn, TimelineId, WalSegSize};
 /// changed files in it (`NotARegularFile`, `FileTooLarge`, `FileReplaced`,
 /// `LockLost`), it belongs to another cluster
 /// (`SystemIdMismatch`, `SegSizeMismatch`, `BadMetadata`), archived data would be
-/// overwritten (`HistoryConflict`), the caller broke the writer's rules
+/// overwritten (`HistoryConflict`), the WAL itself is invalid (`InvalidWal`), the caller broke the writer's rules
 /// (`NotContiguous`, `TimelineMismatch`, `LsnOverflow`, `WriterBusy`), or local I/O
 /// failed (`Io`, and `WriterFailed` after an fsync or a segment completion failed).
 #[derive(Debug, Error)]
@@ -109,6 +109,26 @@ pub enum ArchiveError {
         path: PathBuf,
         /// "removed" or "replaced".
         how: &'static str,
+    },
+
+    /// The WAL to be written is not valid (a page header or a record's CRC-32C is
+    /// wrong, see [`walsink_wal::validate`]): PostgreSQL never sends such WAL, so the
+    /// server's storage or something between it and walsink corrupted it. Everything
+    /// up to the end of the last valid record was written and flushed; nothing after
+    /// it is reported flushed.
+    #[error(
+        "invalid WAL from the server in segment {segment} at offset {offset:#X} (timeline {tli}), {invalid}; the archive holds the WAL up to {valid_end}, the end of the last valid record, and walsink reported no flush beyond it. PostgreSQL does not send such WAL: check the server's copy (pg_waldump on its pg_wal) and whatever is between the server and walsink; with a replication slot the server keeps the WAL until walsink runs again",
+        valid_end = .invalid.valid_end
+    )]
+    InvalidWal {
+        /// The timeline being streamed.
+        tli: TimelineId,
+        /// The segment file name of the problem's position.
+        segment: String,
+        /// The problem's offset in that segment.
+        offset: u64,
+        /// Where, what, and how far the WAL was valid.
+        invalid: walsink_wal::validate::WalInvalid,
     },
 
     /// The archive holds WAL of another database system.

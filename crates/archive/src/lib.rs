@@ -171,6 +171,14 @@ pub struct WriterOptions {
     /// durable (the writer waits for it there). Off: they run inline, and the writer
     /// waits for each.
     pub background_sync: bool,
+    /// Validate the WAL before writing it ([`walsink_wal::validate`]): every page
+    /// header against the archive's system identifier, segment size and pinned format
+    /// ([`Archive::pin_format`]), and every record's CRC-32C. Invalid WAL is refused
+    /// with [`ArchiveError::InvalidWal`] after writing and flushing everything up to the
+    /// end of the last valid record, and [`SegmentWriter::flushed`] never passes the
+    /// start of a record not validated yet. Off by default (the library's tests write
+    /// arbitrary bytes); walsink turns it on.
+    pub validate: bool,
 }
 
 impl Default for WriterOptions {
@@ -182,6 +190,7 @@ impl Default for WriterOptions {
             write_behind: 0,
             io_threads: 2,
             background_sync: false,
+            validate: false,
         }
     }
 }

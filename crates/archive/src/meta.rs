@@ -8,9 +8,14 @@
 //! ```text
 //! gap = <from LSN> <to LSN> <unix time> <reason, the rest of the line>
 //! ```
+//!
+//! `wal_page_magic` (four hexadecimal digits) and `wal_block_size` pin the WAL format,
+//! learned from the first WAL page the archive received; both or neither. Files written
+//! before they existed have neither, and get them with the next WAL received.
 
 use std::fmt;
 
+use walsink_wal::validate::WalFormat;
 use walsink_wal::{Lsn, WalSegSize};
 
 /// WAL the archive does not have: the server had removed it when walsink needed it,
@@ -131,6 +136,8 @@ pub(crate) struct Meta {
     pub(crate) system_identifier: u64,
     /// The WAL segment size.
     pub(crate) seg: WalSegSize,
+    /// The WAL page magic and block size, once learned from the first page received.
+    pub(crate) format: Option<WalFormat>,
     /// Gaps accepted with `--allow-gap`, oldest first.
     pub(crate) gaps: Vec<Gap>,
 }
@@ -145,6 +152,12 @@ impl Meta {
             self.system_identifier,
             self.seg.bytes()
         );
+        if let Some(f) = self.format {
+            text.push_str(&format!(
+                "wal_page_magic = {:04X}\nwal_block_size = {}\n",
+                f.magic, f.blcksz
+            ));
+        }
         if !self.gaps.is_empty() {
             text.push_str(
                 "# WAL missing from this archive, accepted with --allow-gap:\n\
@@ -161,6 +174,8 @@ impl Meta {
     pub(crate) fn parse(text: &str) -> Result<Meta, String> {
         let mut sysid: Option<u64> = None;
         let mut seg: Option<WalSegSize> = None;
+        let mut magic: Option<u16> = None;
+        let mut blcksz: Option<u32> = None;
         let mut gaps = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -190,6 +205,26 @@ impl Meta {
                         return Err(format!("line {lineno}: {key} appears twice"));
                     }
                 }
+                "wal_page_magic" => {
+                    let hex = value.len() == 4 && value.bytes().all(|b| b.is_ascii_hexdigit());
+                    let v = hex
+                        .then(|| u16::from_str_radix(value, 16).ok())
+                        .flatten()
+                        .ok_or_else(|| bad(key))?;
+                    if magic.replace(v).is_some() {
+                        return Err(format!("line {lineno}: {key} appears twice"));
+                    }
+                }
+                "wal_block_size" => {
+                    let v = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|b| b.is_power_of_two() && (1024..=65536).contains(b))
+                        .ok_or_else(|| bad(key))?;
+                    if blcksz.replace(v).is_some() {
+                        return Err(format!("line {lineno}: {key} appears twice"));
+                    }
+                }
                 "gap" => {
                     let g = Gap::parse(value)
                         .map_err(|e| format!("line {lineno}: invalid gap \"{value}\": {e}"))?;
@@ -198,9 +233,16 @@ impl Meta {
                 _ => {}
             }
         }
+        let format = match (magic, blcksz) {
+            (Some(magic), Some(blcksz)) => Some(WalFormat { magic, blcksz }),
+            (None, None) => None,
+            (Some(_), None) => return Err("wal_page_magic without wal_block_size".into()),
+            (None, Some(_)) => return Err("wal_block_size without wal_page_magic".into()),
+        };
         Ok(Meta {
             system_identifier: sysid.ok_or("system_identifier is missing")?,
             seg: seg.ok_or("wal_segment_size is missing")?,
+            format,
             gaps,
         })
     }
@@ -234,7 +276,37 @@ mod tests {
         Meta {
             system_identifier: 7312345678901234567,
             seg: WalSegSize::DEFAULT,
+            format: None,
             gaps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_wal_format_round_trips_and_old_files_have_none() {
+        let mut m = meta();
+        m.format = Some(WalFormat {
+            magic: 0xD106,
+            blcksz: 8192,
+        });
+        let text = m.render();
+        assert!(
+            text.contains("wal_page_magic = D106\nwal_block_size = 8192\n"),
+            "{text}"
+        );
+        assert_eq!(Meta::parse(&text), Ok(m));
+        // A file of an older walsink.
+        let old = Meta::parse("system_identifier = 5\nwal_segment_size = 1048576\n").unwrap();
+        assert_eq!(old.format, None);
+        const ID: &str = "system_identifier = 5\nwal_segment_size = 1048576\n";
+        for bad in [
+            "wal_page_magic = D106\n",
+            "wal_block_size = 8192\n",
+            "wal_page_magic = D1060\nwal_block_size = 8192\n",
+            "wal_page_magic = XYZW\nwal_block_size = 8192\n",
+            "wal_page_magic = +D10\nwal_block_size = 8192\n",
+            "wal_page_magic = D106\nwal_block_size = 1000\n",
+        ] {
+            assert!(Meta::parse(&format!("{ID}{bad}")).is_err(), "{bad:?}");
         }
     }
 

@@ -44,6 +44,9 @@ pub enum ErrorKind {
     /// The archive's lock file was removed or replaced while walsink ran: another
     /// program is changing the directory, so walsink stopped writing.
     ArchiveLockLost,
+    /// The server sent invalid WAL (a page header or a record CRC is wrong); nothing
+    /// after the last valid record was reported flushed.
+    InvalidWal,
     /// The archive directory is missing, unwritable or damaged, or a write or fsync
     /// failed.
     Archive,
@@ -543,6 +546,7 @@ fn archive_kind(e: &ArchiveError) -> ErrorKind {
         ArchiveError::SystemIdMismatch { .. } | ArchiveError::SegSizeMismatch { .. } => {
             ErrorKind::SystemIdMismatch
         }
+        ArchiveError::InvalidWal { .. } => ErrorKind::InvalidWal,
         _ => ErrorKind::Archive,
     }
 }

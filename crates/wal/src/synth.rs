@@ -180,7 +180,7 @@ impl SynthWal {
 
 /// Record boundaries of [`fixed_page`] within a page (record ends; each record starts at
 /// the previous end rounded up to 8, the first after the page header).
-pub const FIXED_PAGE_RECORD_ENDS: [u64; 4] = [100, 512, 8065, 8192];
+pub const FIXED_PAGE_RECORD_ENDS: [u64; 4] = [100, 512, 8064, 8192];
 
 /// One 8 KiB page of WAL at `page` that depends on nothing but its position, so any
 /// range of such WAL can be produced without the rest: records end at the page offsets
@@ -192,13 +192,14 @@ pub fn fixed_page(p: &SynthParams, page: u64) -> Vec<u8> {
     assert_eq!(p.format.blcksz, 8192);
     assert_eq!(page % 8192, 0);
     let mut out = page_header(p, page, 0, 0);
-    let mut prev = page.wrapping_sub(8192 - 8072);
+    let mut prev = page.wrapping_sub(8192 - 8064);
     for end in FIXED_PAGE_RECORD_ENDS {
         let start = (out.len() as u64 + 7) & !7;
         out.resize(start as usize, 0);
         let at = page + start;
-        let payload: Vec<u8> = (at + 24..page + end)
-            .map(|l| (l.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 | 1)
+        // (The last page of the LSN space ends at 2^64.)
+        let payload: Vec<u8> = (24..end - start)
+            .map(|k| (at.wrapping_add(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 | 1)
             .collect();
         let h = record_header((end - start) as u32, prev, 10, 0, &payload);
         out.extend_from_slice(&h);

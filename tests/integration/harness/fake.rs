@@ -18,8 +18,13 @@
 //! time it arrived), every query, and when each script step was played. Anything the fake did not
 //! expect from the client is recorded in [`FakeServer::problems`].
 //!
-//! WAL bytes come from [`wal_bytes`]: a pattern of the LSN in which no byte is zero, so a test can tell
-//! archived bytes from the zeros of a preallocated `.partial` and from bytes at another position.
+//! WAL bytes come from [`wal_bytes`]: valid WAL pages (walsink validates every page header and record
+//! CRC before it archives anything) that depend only on their position, with 1 MB segments of system
+//! [`WAL_SYSTEM_ID`] on timeline 1, whose records end at the page offsets
+//! `walsink_wal::synth::FIXED_PAGE_RECORD_ENDS` (100, 512, 8064 and the page end), so the positions a script stops at
+//! are record boundaries. The record data is a pattern of the LSN in which no byte is zero, so a test
+//! can tell archived bytes from the zeros of a preallocated `.partial` and from bytes at another
+//! position. The fake writes its session's system identifier into the long page headers it sends.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -35,15 +40,74 @@ use super::format_lsn;
 /// How long the fake waits for the client at any point before giving up on the connection.
 const CLIENT_WAIT: Duration = Duration::from_secs(120);
 
-/// The WAL byte at `lsn`: never zero, and different for neighbouring positions.
+/// The system identifier in the long page headers of [`wal_bytes`].
+pub const WAL_SYSTEM_ID: u64 = 7_300_000_000_000_000_001;
+
+/// The WAL page at `page` (a multiple of 8192), made once per thread.
+fn wal_page(page: u64) -> std::rc::Rc<Vec<u8>> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    thread_local! {
+        static PAGES: RefCell<HashMap<u64, Rc<Vec<u8>>>> = RefCell::new(HashMap::new());
+    }
+    PAGES.with(|pages| {
+        let mut pages = pages.borrow_mut();
+        if pages.len() > 4096 {
+            pages.clear();
+        }
+        pages
+            .entry(page)
+            .or_insert_with(|| {
+                let params = walsink_wal::synth::SynthParams {
+                    seg: walsink_wal::WalSegSize::new(1 << 20).unwrap(),
+                    format: walsink_wal::synth::PG18,
+                    system_id: WAL_SYSTEM_ID,
+                    tli: 1,
+                };
+                Rc::new(walsink_wal::synth::fixed_page(&params, page))
+            })
+            .clone()
+    })
+}
+
+/// The WAL byte at `lsn` (see the module docs).
 pub fn wal_byte(lsn: u64) -> u8 {
-    let x = lsn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
-    (x as u8) | 1
+    wal_page(lsn & !8191)[(lsn & 8191) as usize]
 }
 
 /// The WAL bytes `[start, start + len)`.
 pub fn wal_bytes(start: u64, len: usize) -> Vec<u8> {
-    (start..start + len as u64).map(wal_byte).collect()
+    let mut out = Vec::with_capacity(len);
+    let end = start + len as u64;
+    let mut pos = start;
+    while pos < end {
+        let page = wal_page(pos & !8191);
+        let from = (pos & 8191) as usize;
+        let n = (8192 - from).min((end - pos) as usize);
+        out.extend_from_slice(&page[from..from + n]);
+        pos += n as u64;
+    }
+    out
+}
+
+/// `data` (WAL from `start`) with `system_id` in the long page headers it covers (1 MB segments).
+fn with_system_id(start: u64, mut data: Vec<u8>, system_id: u64) -> Vec<u8> {
+    let id = system_id.to_le_bytes();
+    let end = start + data.len() as u64;
+    let mut seg = start & !((1 << 20) - 1);
+    while seg < end {
+        for (i, b) in id.iter().enumerate() {
+            let at = seg + 24 + i as u64;
+            if at >= start && at < end {
+                data[(at - start) as usize] = *b;
+            }
+        }
+        match seg.checked_add(1 << 20) {
+            Some(next) => seg = next,
+            None => break,
+        }
+    }
+    data
 }
 
 /// One step of a session's script, played after `START_REPLICATION`.
@@ -1074,6 +1138,7 @@ impl Conn {
         let gone = |ok: bool| if ok { None } else { Some(CopyEnd::Gone) };
         match step {
             Step::XLogData { start, data } => {
+                let data = with_system_id(start, data, self.session.system_id);
                 let p = xlogdata_payload(start, start + data.len() as u64, &data);
                 gone(self.send(&frame(b'd', &p)))
             }

@@ -37,7 +37,7 @@ impl SegmentWriter {
         } else {
             (self.written, None)
         };
-        if upto <= self.flushed().max(self.requested) {
+        if upto <= self.durable().max(self.requested) {
             return Ok(());
         }
         let task = Task {
@@ -60,7 +60,7 @@ impl SegmentWriter {
     /// Bytes written but neither durable nor handed to the sync thread yet.
     pub fn unrequested_bytes(&self) -> u64 {
         self.written
-            .saturating_sub(self.flushed().max(self.requested))
+            .saturating_sub(self.durable().max(self.requested))
     }
 
     /// Calls `listener`, from the sync thread, with each position it makes durable

@@ -8,7 +8,9 @@
 //! * [`complete`]: completing a full segment (sync, rename, directory `fsync`);
 //! * [`direct`]: staging bytes of `O_DIRECT` segments and handing full buffers to
 //!   the I/O threads;
-//! * [`background`]: handing syncs and completions to the sync thread.
+//! * [`background`]: handing syncs and completions to the sync thread;
+//! * WAL validation ([`WriterOptions::validate`]) is `validate` here, the checks
+//!   themselves are `walsink_wal::validate`.
 
 mod background;
 mod complete;
@@ -16,6 +18,8 @@ mod direct;
 mod open;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod validation_tests;
 
 use std::cell::Cell;
 use std::fs::File;
@@ -26,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::{debug, error, info, warn};
+use walsink_wal::validate::{ValidatorConfig, WalFormat, WalValidator};
 use walsink_wal::{Lsn, SegmentName, TimelineId, WalSegSize};
 
 use crate::LOCK_CHECK_INTERVAL;
@@ -132,13 +137,24 @@ pub struct SegmentWriter {
     lock_checked_at: Instant,
     /// The lock file was found removed or replaced: no more writes.
     lock_lost: bool,
+    /// The WAL validator ([`WriterOptions::validate`]).
+    check: Option<WalCheck>,
     /// Makes the writer `!Sync`.
     _not_sync: PhantomData<Cell<()>>,
+}
+
+/// WAL validation at ingest: what the WAL must match, and the validator once the
+/// writer has a position.
+#[derive(Debug)]
+struct WalCheck {
+    cfg: ValidatorConfig,
+    v: Option<WalValidator>,
 }
 
 impl SegmentWriter {
     pub(crate) fn new(
         dir: Arc<Dir>,
+        check: Option<ValidatorConfig>,
         seg: WalSegSize,
         sync: SyncMode,
         shared: Arc<Shared>,
@@ -176,6 +192,7 @@ impl SegmentWriter {
             shared,
             lock_checked_at: Instant::now(),
             lock_lost: false,
+            check: check.map(|cfg| WalCheck { cfg, v: None }),
             _not_sync: PhantomData,
         }
     }
@@ -246,6 +263,7 @@ impl SegmentWriter {
             }
         }
 
+        let (data, invalid) = self.validate(tli, start, data);
         let mut rest = data;
         while !rest.is_empty() {
             let pos = self.written;
@@ -281,7 +299,57 @@ impl SegmentWriter {
                 self.complete_segment()?;
             }
         }
+        if let Some(e) = invalid {
+            // The valid WAL before the problem is kept, and made durable.
+            self.flush()?;
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// Feeds the validator what it has not seen of `data` (which starts at `start`),
+    /// and returns the part of `data` to write: all of it, or, after a problem, what
+    /// comes before the end of the last valid record, with the error to return once
+    /// that is written.
+    fn validate<'d>(
+        &mut self,
+        tli: TimelineId,
+        start: Lsn,
+        data: &'d [u8],
+    ) -> (&'d [u8], Option<ArchiveError>) {
+        let Some(v) = self.check.as_mut().and_then(|c| c.v.as_mut()) else {
+            return (data, None);
+        };
+        let end = start.0 + data.len() as u64;
+        debug_assert!(v.position() >= start || v.failure().is_some());
+        if v.failure().is_none() && v.position().0 < end {
+            // A retry after a failed write repeats bytes the validator has seen.
+            let seen = usize::try_from(v.position().0.saturating_sub(start.0)).unwrap_or(0);
+            let _ = v.feed(&data[seen..]);
+        }
+        let Some(e) = v.failure() else {
+            return (data, None);
+        };
+        let keep = e.valid_end.0.saturating_sub(start.0).min(data.len() as u64) as usize;
+        let err = ArchiveError::InvalidWal {
+            tli,
+            segment: SegmentName::containing(tli, e.at, self.seg).file_name(self.seg),
+            offset: self.seg.offset(e.at),
+            invalid: e.clone(),
+        };
+        (&data[..keep], Some(err))
+    }
+
+    /// The WAL format learned from the first page written, once, if the archive had
+    /// none pinned: to be pinned with [`Archive::pin_format`](crate::Archive::pin_format).
+    pub fn take_new_format(&mut self) -> Option<WalFormat> {
+        let c = self.check.as_mut()?;
+        if c.cfg.format.is_some() {
+            return None;
+        }
+        let f = c.v.as_ref()?.format()?;
+        c.cfg.format = Some(f);
+        Some(f)
     }
 
     /// Makes everything written durable: `fdatasync` of the open `.partial` if it
@@ -316,17 +384,28 @@ impl SegmentWriter {
     }
 
     /// End of the last byte known durable: `fdatasync`ed and, for completed segments,
-    /// renamed with the directory `fsync`ed.
+    /// renamed with the directory `fsync`ed. With [`WriterOptions::validate`], never
+    /// past the start of a record whose CRC has not been checked (the rest of it has
+    /// not arrived), nor past the last valid record after invalid WAL.
     pub fn flushed(&self) -> Lsn {
+        let durable = self.durable();
+        match self.check.as_ref().and_then(|c| c.v.as_ref()) {
+            Some(v) => durable.min(v.checked_end()),
+            None => durable,
+        }
+    }
+
+    /// End of the last byte durable, whether validated or not.
+    pub(crate) fn durable(&self) -> Lsn {
         match &self.syncer {
             Some(s) => self.flushed.max(s.synced()),
             None => self.flushed,
         }
     }
 
-    /// Bytes written but not yet durable, `written() - flushed()`.
+    /// Bytes written but not yet durable.
     pub fn unflushed_bytes(&self) -> u64 {
-        self.written.saturating_sub(self.flushed())
+        self.written.saturating_sub(self.durable())
     }
 
     /// The timeline of the current position (`None` before the first write or reset).
@@ -402,6 +481,12 @@ impl SegmentWriter {
         self.tli = Some(tli);
         self.written = lsn;
         self.flushed = lsn;
+        if let Some(c) = &mut self.check {
+            match &mut c.v {
+                Some(v) => v.reset(tli.get(), lsn),
+                None => c.v = Some(WalValidator::new(c.cfg, tli.get(), lsn)),
+            }
+        }
     }
 
     fn check_usable(&mut self) -> Result<(), ArchiveError> {

@@ -56,7 +56,11 @@ impl Inline {
             return;
         }
         let seg = &mut self.seg;
+        let archive = &mut self.archive;
         let r = seg.write(tli, start, data).and_then(|()| {
+            if let (Some(f), Some(a)) = (seg.take_new_format(), archive.as_mut()) {
+                a.pin_format(f)?;
+            }
             if seg.unflushed_bytes() >= self.flush_bytes {
                 debug!(bytes = seg.unflushed_bytes(), "flushing on size");
                 seg.flush().map(|_| ())

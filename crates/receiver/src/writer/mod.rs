@@ -583,7 +583,12 @@ mod tests {
         let mut a = Archive::open(dir, SyncMode::Sync).unwrap();
         let seg = WalSegSize::new(1 << 20).unwrap();
         a.verify_identity(42, seg).unwrap();
-        let segs = a.segment_writer_with(seg, default_options(false)).unwrap();
+        // The tests write arbitrary bytes, not WAL.
+        let opts = walsink_archive::WriterOptions {
+            validate: false,
+            ..default_options(false)
+        };
+        let segs = a.segment_writer_with(seg, opts).unwrap();
         let cfg = WriterConfig {
             synchronous: false,
             flush_bytes,

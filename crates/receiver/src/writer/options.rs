@@ -24,7 +24,7 @@ pub struct WriterConfig {
 /// writes and cost more than the extent conversions it saves) and prepared ahead on a
 /// helper thread, and written through the page cache: `O_DIRECT` cut the CPU per GiB
 /// by about a quarter in the default mode but, as each write then waits for the disk,
-/// also cut throughput by a third on the reference machine.
+/// also cut throughput by a third on the reference machine. The WAL is validated.
 ///
 /// The library never reads the environment: a caller that wants other options (the
 /// binary's benchmark-only `WALSINK_BENCH_*` switches) passes them in
@@ -39,6 +39,9 @@ pub fn default_options(synchronous: bool) -> WriterOptions {
         // fdatasync and segment completions run; `--synchronous` flushes inline at
         // its group-commit point and reports at once.
         background_sync: !synchronous,
+        // Every page header and record CRC is checked before it is written (README,
+        // "WAL validation"); BENCHMARKS.md has its cost.
+        validate: true,
         ..WriterOptions::default()
     }
 }

@@ -189,6 +189,9 @@ impl Thread {
                         return Ok(());
                     }
                 }
+                if let Some(f) = self.seg.take_new_format() {
+                    self.archive.pin_format(f)?;
+                }
                 if self.seg.unflushed_bytes() == 0 {
                     self.oldest_unflushed = None;
                 } else if self.oldest_unflushed.is_none() {
