@@ -189,7 +189,7 @@ fn a_corrupted_page_header_stops_walsink_with_exit_21() {
     );
     assert_partial(dir.path(), good, good);
     assert_eq!(fake.assert_reports_within(good), good);
-    let meta = fs::read_to_string(dir.path().join("walsink.meta")).unwrap();
+    let meta = fs::read_to_string(dir.path().join(walsink_archive::META_FILE)).unwrap();
     assert!(
         meta.contains("wal_page_magic = D118\n"),
         "the format is pinned: {meta}"
