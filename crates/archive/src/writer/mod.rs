@@ -149,6 +149,10 @@ pub struct SegmentWriter {
 struct WalCheck {
     cfg: ValidatorConfig,
     v: Option<WalValidator>,
+    /// The stream was closed ([`SegmentWriter::close`]) with no problem found: the end of
+    /// what was received is the end the caller chose (`--endpos`, shutdown), and the
+    /// durable position is reported whole, even inside a record.
+    closed: bool,
 }
 
 impl SegmentWriter {
@@ -192,7 +196,11 @@ impl SegmentWriter {
             shared,
             lock_checked_at: Instant::now(),
             lock_lost: false,
-            check: check.map(|cfg| WalCheck { cfg, v: None }),
+            check: check.map(|cfg| WalCheck {
+                cfg,
+                v: None,
+                closed: false,
+            }),
             _not_sync: PhantomData,
         }
     }
@@ -317,7 +325,11 @@ impl SegmentWriter {
         start: Lsn,
         data: &'d [u8],
     ) -> (&'d [u8], Option<ArchiveError>) {
-        let Some(v) = self.check.as_mut().and_then(|c| c.v.as_mut()) else {
+        let Some(c) = self.check.as_mut() else {
+            return (data, None);
+        };
+        c.closed = false;
+        let Some(v) = c.v.as_mut() else {
             return (data, None);
         };
         let end = start.0 + data.len() as u64;
@@ -386,12 +398,16 @@ impl SegmentWriter {
     /// End of the last byte known durable: `fdatasync`ed and, for completed segments,
     /// renamed with the directory `fsync`ed. With [`WriterOptions::validate`], never
     /// past the start of a record whose CRC has not been checked (the rest of it has
-    /// not arrived), nor past the last valid record after invalid WAL.
+    /// not arrived) until [`close`](Self::close) (the stream ends where the caller
+    /// chose, `--endpos` or shutdown, even inside a record), and never past the last
+    /// valid record after invalid WAL.
     pub fn flushed(&self) -> Lsn {
         let durable = self.durable();
-        match self.check.as_ref().and_then(|c| c.v.as_ref()) {
-            Some(v) => durable.min(v.checked_end()),
-            None => durable,
+        match &self.check {
+            Some(WalCheck {
+                v: Some(v), closed, ..
+            }) if !closed || v.failure().is_some() => durable.min(v.checked_end()),
+            _ => durable,
         }
     }
 
@@ -434,6 +450,9 @@ impl SegmentWriter {
         self.check_usable()?;
         self.settle_syncer()?;
         let Some(open) = &self.open else {
+            if let Some(c) = &mut self.check {
+                c.closed = true;
+            }
             return Ok(());
         };
         info!(
@@ -444,6 +463,9 @@ impl SegmentWriter {
         self.sync_open()?;
         self.open = None;
         self.flushed = self.written;
+        if let Some(c) = &mut self.check {
+            c.closed = true;
+        }
         Ok(())
     }
 
@@ -482,6 +504,7 @@ impl SegmentWriter {
         self.written = lsn;
         self.flushed = lsn;
         if let Some(c) = &mut self.check {
+            c.closed = false;
             match &mut c.v {
                 Some(v) => v.reset(tli.get(), lsn),
                 None => c.v = Some(WalValidator::new(c.cfg, tli.get(), lsn)),

@@ -95,10 +95,30 @@ fn the_flush_position_never_passes_a_record_not_yet_complete() {
     w.flush().unwrap();
     assert_eq!(w.flushed(), record_start, "not inside the record");
     assert_eq!(w.unflushed_bytes(), 0, "everything written is durable");
-    w.write(tli(1), Lsn(S3.0 + cut as u64), &data[cut..])
+    // A stream that ends there (--endpos, shutdown) reports all of it once closed.
+    w.close().unwrap();
+    assert_eq!(w.flushed(), Lsn(S3.0 + cut as u64));
+    w.write(tli(1), Lsn(S3.0 + cut as u64), &data[cut..cut + 100])
+        .unwrap();
+    w.flush().unwrap();
+    assert_eq!(w.flushed(), record_start, "writing again caps again");
+    w.write(tli(1), Lsn(S3.0 + cut as u64 + 100), &data[cut + 100..])
         .unwrap();
     w.flush().unwrap();
     assert_eq!(w.flushed(), Lsn(S3.0 + data.len() as u64));
+}
+
+#[test]
+fn after_invalid_wal_even_a_close_reports_only_the_valid_part() {
+    let (_d, _a, mut w) = setup(Some(PG18));
+    let mut data = wal();
+    data[3000] ^= 1;
+    let e = write_in(&mut w, &data, 8192).unwrap_err();
+    let ArchiveError::InvalidWal { invalid, .. } = e else {
+        panic!("{e}")
+    };
+    let _ = w.close();
+    assert_eq!(w.flushed(), invalid.valid_end);
 }
 
 #[test]
