@@ -29,6 +29,8 @@ mod failover;
 mod protocol_faults;
 // WAL validation at ingest: real WAL split at every message size; invalid WAL from a fake server (exit 21).
 mod validation;
+// walsink verify: real archives valid, corrupted copies refused naming the problem (exit 20).
+mod verify;
 // No silent gaps (exit 14 naming the missing range, --allow-gap and its record) and disk-full pauses.
 mod gaps;
 // walsink's protocol client against a real server byte by byte; the recordings are fuzz seeds.

@@ -264,15 +264,15 @@ pub(crate) fn sources(list: &[(u32, &PgCluster)]) -> BTreeMap<u32, Vec<PathBuf>>
 
 /// The first scenario, shared by the restart test: walsink streams from a standby through its own slot;
 /// the primary stops, the standby is promoted, and walsink follows it to timeline 2 until `-E`.
-struct Promoted {
+pub(crate) struct Promoted {
     primary: PgCluster,
     standby: PgCluster,
-    dir: TempDir,
+    pub(crate) dir: TempDir,
     end: u64,
     stderr: String,
 }
 
-fn stream_through_promotion() -> Promoted {
+pub(crate) fn stream_through_promotion() -> Promoted {
     let primary = keeping_cluster();
     let standby = primary.make_standby();
     create_slot(&standby, SLOT);

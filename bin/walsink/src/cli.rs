@@ -30,6 +30,9 @@ pub enum Command {
     Restore(crate::restore::RestoreArgs),
     /// Show what the archive holds per timeline, and with -d how far behind the server it is.
     Status(crate::status::StatusArgs),
+    /// Check the archive: file names and sizes, continuity per timeline, every page header and
+    /// record CRC.
+    Verify(crate::verify::VerifyArgs),
 }
 
 /// walsink called as `pg_receivewal` (a symbolic link, say): the flags of `walsink receive`, no
@@ -193,7 +196,7 @@ pub enum Action {
 #[derive(Debug)]
 pub struct UsageError(pub String);
 
-fn parse_lsn(s: &str) -> Result<Lsn, String> {
+pub(crate) fn parse_lsn(s: &str) -> Result<Lsn, String> {
     s.parse::<Lsn>().map_err(|_| {
         format!("could not parse end position \"{s}\": expected an LSN like 0/16B3748")
     })

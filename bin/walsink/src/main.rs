@@ -10,6 +10,7 @@ mod restore;
 mod run;
 mod service;
 mod status;
+mod verify;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -37,6 +38,7 @@ pub(crate) mod exit {
     pub const ARCHIVE_ERROR: u8 = 17;
     pub const ARCHIVE_LOCK_LOST: u8 = 18;
     pub const TLS: u8 = 19;
+    pub const VERIFY_PROBLEMS: u8 = 20;
     pub const INVALID_WAL: u8 = 21;
 }
 
@@ -154,6 +156,7 @@ fn run_tool(command: Command) -> u8 {
     match command {
         Command::Restore(args) => restore::run(args),
         Command::Status(args) => status::run(args),
+        Command::Verify(args) => verify::main(args),
         Command::Receive(_) | Command::Run(_) => unreachable!("handled by parse_receive_args"),
     }
 }

@@ -88,6 +88,7 @@ pub mod status;
 mod syncer;
 #[cfg(test)]
 mod testutil;
+pub mod verify;
 mod writeback;
 mod writer;
 
