@@ -133,6 +133,9 @@ struct WalFile {
     size: u64,
 }
 
+/// The files of one segment: the completed one and the `.partial`, if any.
+type SegmentFiles = (Option<WalFile>, Option<WalFile>);
+
 /// A planned check: the directory listed, the identity and histories read.
 #[derive(Debug)]
 pub struct Verifier {
@@ -142,7 +145,7 @@ pub struct Verifier {
     format: Option<walsink_wal::validate::WalFormat>,
     seg: Option<WalSegSize>,
     /// Per timeline, per segment: the completed file and the `.partial`, if any.
-    files: BTreeMap<TimelineId, BTreeMap<SegNo, (Option<WalFile>, Option<WalFile>)>>,
+    files: BTreeMap<TimelineId, BTreeMap<SegNo, SegmentFiles>>,
     histories: BTreeMap<TimelineId, Option<TimelineHistory>>,
 }
 
@@ -401,9 +404,8 @@ impl Verifier {
                     chain = h.ancestors.iter().map(|e| (e.tli, None)).collect();
                     chain.push((newest, None));
                     // Each timeline begins at its parent's switch point.
-                    for i in 1..chain.len() {
-                        let sp = h.ancestors[i - 1].switchpoint;
-                        chain[i].1 = Some(seg.segno(sp));
+                    for (c, e) in chain.iter_mut().skip(1).zip(&h.ancestors) {
+                        c.1 = Some(seg.segno(e.switchpoint));
                     }
                 }
                 Some(None) => return, // reported: invalid history file
