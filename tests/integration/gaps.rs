@@ -311,8 +311,8 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
 // ---- disk full ----------------------------------------------------------------------------------------------
 
 /// A small filesystem mounted for the test; unmounted (lazily if busy) on drop.
-struct SmallFs {
-    mount_point: PathBuf,
+pub(crate) struct SmallFs {
+    pub(crate) mount_point: PathBuf,
     _root: tempfile::TempDir,
 }
 
@@ -320,7 +320,7 @@ struct SmallFs {
 /// (the suite runs as root, where tmpfs or a loop mount works), unless
 /// `WALSINK_SKIP_MOUNT_TESTS=1` says this machine cannot: then `None` and the test is
 /// skipped with a message, never passed silently.
-fn small_fs_or_skip(mib: u64) -> Option<SmallFs> {
+pub(crate) fn small_fs_or_skip(mib: u64) -> Option<SmallFs> {
     match SmallFs::mount(mib) {
         Ok(m) => Some(m),
         Err(e) if std::env::var("WALSINK_SKIP_MOUNT_TESTS").as_deref() == Ok("1") => {
@@ -416,7 +416,7 @@ impl Drop for SmallFs {
 }
 
 /// Fills the filesystem of `path`'s directory with `path` until ENOSPC. Returns the bytes written.
-fn fill(path: &Path) -> u64 {
+pub(crate) fn fill(path: &Path) -> u64 {
     let mut f = fs::File::create(path).unwrap();
     let mut total = 0u64;
     for chunk in [256 << 10, 4 << 10, 512] {

@@ -490,6 +490,95 @@ fn systemd_notify_ready_status_watchdog_only_while_healthy_and_stopping() {
     drop(proxy);
 }
 
+/// A full disk fails the health check but does not stop the watchdog: the writer waits for space and
+/// resumes by itself (a restart would find the disk as full).
+#[test]
+fn a_full_disk_fails_health_but_the_watchdog_keeps_pinging() {
+    let Some(small) = crate::gaps::small_fs_or_skip(12) else {
+        return;
+    };
+    let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
+    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let dir = small.mount_point.join("archive");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let sockdir = tempfile::Builder::new()
+        .prefix("wsk-sd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let socket = sockdir.path().join("notify");
+    let notes = Notes::listen(&socket);
+    let conn = pg.conninfo();
+    let mut args = receive_args(&conn, &dir, "10s");
+    args.extend(["--metrics-listen", "127.0.0.1:0"]);
+    let mut cmd = Walsink::cmd(args);
+    cmd.env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "500000");
+    let mut w = WalsinkProcess::spawn_command(cmd);
+    assert!(
+        w.wait_for_stderr("serving metrics at http://", WAIT),
+        "{}",
+        w.stderr_text()
+    );
+    let addr = w
+        .stderr_text()
+        .split("serving metrics at http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    notes.wait(&w, 0, "READY=1", |l| l == "READY=1");
+
+    let filler = small.mount_point.join("filler");
+    assert!(crate::gaps::fill(&filler) > 0);
+    pg.generate_wal(4 << 20);
+    assert!(
+        w.wait_for_stderr("disk full: pausing WAL writes", WAIT),
+        "{}",
+        w.stderr_text()
+    );
+    let mut last = (0, String::new());
+    assert!(
+        wait_for(
+            || {
+                last = http_get(&addr, "/health");
+                last.0 == 503
+            },
+            WAIT
+        ),
+        "health stayed {last:?}"
+    );
+    assert_eq!(last.1, "archive: disk full: WAL writes paused\n");
+    // Pings go on, with the status saying why the source is not healthy.
+    let paused = notes.count();
+    let disk_full_ping = |d: &str| {
+        has_watchdog(d)
+            && d.lines().any(|l| {
+                l.starts_with("STATUS=archive: streaming, flushed ")
+                    && l.ends_with("(disk full: WAL writes paused)")
+            })
+    };
+    assert!(
+        wait_for(
+            || notes.all()[paused..].iter().any(|(_, d)| disk_full_ping(d)),
+            WAIT
+        ),
+        "no ping while the disk is full: {:#?}",
+        notes.all()[paused..]
+            .iter()
+            .map(|(_, d)| d)
+            .collect::<Vec<_>>()
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_for(|| http_get(&addr, "/health").0 == 200, WAIT),
+        "{}",
+        w.stderr_text()
+    );
+    assert!(w.interrupt_and_wait(WAIT).success(), "{}", w.stderr_text());
+}
+
 /// The units shipped in contrib/systemd pass `systemd-analyze verify`, with the binary and the
 /// files they name present in a root directory made for it.
 #[test]
