@@ -214,9 +214,9 @@ fn to_text(
             id.system_identifier,
             mib(id.seg.bytes()),
             if id.pinned {
-                "pinned in walsink.meta"
+                format!("pinned in {}", walsink_archive::META_FILE)
             } else {
-                "from the newest WAL file's header; not pinned yet"
+                "from the newest WAL file's header; not pinned yet".to_owned()
             }
         )),
         None => out.push_str("  no WAL (no walsink.meta, no WAL file with a valid first page)\n"),
