@@ -351,3 +351,121 @@ fn restore_exit_codes_tell_absent_from_broken() {
     assert!(!dest.exists());
     assert_eq!(fs::read_dir(dest_dir.path()).unwrap().count(), 0);
 }
+
+/// After a failover the archive holds the old timeline's last segment as a `.partial` and the new timeline's
+/// WAL. The new primary is lost as well. Recovery of a base backup taken on timeline 1, with `--partial` and
+/// `recovery_target_timeline = 'latest'`, follows the history file to timeline 2 and replays its newest
+/// `.partial`: every row written on either timeline is back. The old timeline's `.partial` is never served.
+#[test]
+fn restore_partial_after_a_failover_follows_the_new_timeline_to_its_newest_partial() {
+    let primary = PgCluster::start_default();
+    let standby = primary.make_standby();
+    let (bin_dir, bin) = walsink_for_server();
+    primary.execute("CREATE TABLE t (id bigint PRIMARY KEY, filler text)");
+    let mut backup = primary.base_backup_without_wal();
+
+    let dir = archive_dir();
+    PgCluster::give_to_server_user(dir.path());
+    let conninfo = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let mut cmd = Walsink::cmd(["receive", "-D"]);
+    cmd.arg(dir.path()).args([
+        "-d",
+        &conninfo,
+        "-S",
+        "walsink",
+        "--create-slot-if-missing",
+        "-s",
+        "1",
+    ]);
+    PgCluster::run_as_server_user(&mut cmd);
+    let mut ws = WalsinkProcess::spawn_command(cmd);
+    let flushed_on = |server: &PgCluster| {
+        let lsn = parse_lsn(&server.current_lsn());
+        let done = wait_for(
+            || {
+                server
+                    .sql_one(
+                        "SELECT coalesce(max(flush_lsn)::text, '0/0') FROM pg_stat_replication \
+                         WHERE application_name = 'walsink'",
+                    )
+                    .is_some_and(|l| parse_lsn(&l) >= lsn)
+            },
+            WAIT,
+        );
+        assert!(
+            done,
+            "walsink did not flush up to {lsn:#x}:\n{}",
+            ws.stderr_text()
+        );
+    };
+    let insert = |server: &PgCluster, ids: std::ops::RangeInclusive<i64>| {
+        for id in ids {
+            server.execute(&format!(
+                "INSERT INTO t SELECT {id}, string_agg(md5(random()::text), '') FROM generate_series(1, 60)"
+            ));
+        }
+    };
+
+    // Timeline 1: three segments' worth of rows, in the archive and on the standby.
+    insert(&primary, 1..=1500);
+    flushed_on(&primary);
+    let end1 = parse_lsn(&primary.current_lsn());
+    assert!(
+        wait_for(
+            || parse_lsn(
+                &standby
+                    .sql_one("SELECT pg_last_wal_replay_lsn()::text")
+                    .unwrap()
+            ) >= end1,
+            WAIT
+        ),
+        "the standby did not replay up to {end1:#x}"
+    );
+    primary.stop(crate::harness::StopMode::Fast);
+    standby.promote();
+    // Timeline 2: more rows, then the new primary is lost too.
+    insert(&standby, 1501..=2500);
+    flushed_on(&standby);
+    standby.kill9_and_delete_data();
+    ws.interrupt_and_wait(WAIT);
+
+    let partials = archive::partial_segments(dir.path());
+    let old: Vec<_> = partials
+        .iter()
+        .filter(|n| n.starts_with("00000001"))
+        .collect();
+    let new: Vec<_> = partials
+        .iter()
+        .filter(|n| n.starts_with("00000002"))
+        .collect();
+    assert!(
+        old.len() == 1 && new.len() == 1 && dir.path().join("00000002.history").exists(),
+        "{:?}",
+        archive::list(dir.path())
+    );
+
+    backup.start_archive_recovery(&[
+        ("restore_command", &restore_command(&bin, dir.path(), true)),
+        ("recovery_target_timeline", "latest"),
+    ]);
+    assert_eq!(ids(&backup), (1..=2500).collect::<BTreeSet<_>>());
+    let messages = restore_messages(&backup);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&format!("from \"{}\"", new[0]))),
+        "the new timeline's .partial was not served: {messages:#?}"
+    );
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.contains(&format!("from \"{}\"", old[0]))),
+        "the old timeline's .partial was served: {messages:#?}"
+    );
+    assert_eq!(backup.timeline(), 3);
+    drop(bin_dir);
+}
