@@ -2,9 +2,12 @@
 //!
 //! Read-only and lock-free: it runs next to a streaming walsink. It lists the directory
 //! once, `stat`s each WAL file (without following links) and reads only the newest
-//! `.partial` of each timeline, page by page (memory stays at one chunk), to find how far
-//! it is filled: the whole pages from the segment start whose headers carry their own
-//! address. A page is the granularity: the last valid page may be partly filled.
+//! `.partial` of each timeline to find how far it is filled: first the whole pages from
+//! the segment start whose headers carry their own address (read in 1 MiB chunks), then,
+//! in those pages, where the last record ends by its page and record headers
+//! ([`walsink_wal::tail::written_end`]; no CRC is checked). The second step holds those
+//! pages in memory, at most [`EXACT_FILL_LIMIT`]; a larger fill (segments over 64 MiB)
+//! stays page-granular.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
@@ -38,8 +41,8 @@ pub struct PartialStatus {
     pub name: String,
     /// Its size in bytes (normally the segment size: it is preallocated).
     pub size: u64,
-    /// Bytes from the segment start in whole pages with valid headers: how far WAL was
-    /// written into it.
+    /// Bytes from the segment start to where its last record ends: how far WAL was
+    /// written into it (see the module docs).
     pub filled: u64,
     /// The LSN `filled` reaches.
     pub end: Lsn,
@@ -248,9 +251,36 @@ struct FileFacts {
     modified: Option<SystemTime>,
 }
 
+/// The most of a `.partial` read into memory to find the exact end of its last record.
+pub const EXACT_FILL_LIMIT: u64 = 64 << 20;
+
+/// How far the `.partial` `name` (segment start `start`) is filled: where its last record
+/// ends (see the module docs), or the end of its valid pages.
+fn filled_bytes(dir: &Dir, name: &str, start: Lsn, seg: WalSegSize) -> Result<u64, ArchiveError> {
+    let pages = valid_pages(dir, name, start, seg)?;
+    if pages == 0 || pages > EXACT_FILL_LIMIT {
+        return Ok(pages);
+    }
+    let f = match dir.open_file(name, OFlags::RDONLY) {
+        Ok(f) => f,
+        Err(ArchiveError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut image = Vec::with_capacity(usize::try_from(pages).unwrap_or(0));
+    f.take(pages)
+        .read_to_end(&mut image)
+        .map_err(|e| ArchiveError::io(dir.join(name), "read", e))?;
+    Ok(match walsink_wal::tail::written_end(&image, start) {
+        Some(end) => end.0.saturating_sub(start.0).min(pages),
+        None => pages,
+    })
+}
+
 /// How many bytes from the start of the `.partial` `name` (segment start `start`) are
 /// whole pages with headers that carry their own address; read in 1 MiB chunks.
-fn filled_bytes(dir: &Dir, name: &str, start: Lsn, seg: WalSegSize) -> Result<u64, ArchiveError> {
+fn valid_pages(dir: &Dir, name: &str, start: Lsn, seg: WalSegSize) -> Result<u64, ArchiveError> {
     let f = match dir.open_file(name, OFlags::RDONLY) {
         Ok(f) => f,
         Err(ArchiveError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
@@ -303,10 +333,22 @@ mod tests {
     use crate::testutil::*;
     use std::fs;
 
-    /// A `.partial` of segment `segno` whose first `pages` pages carry valid headers.
-    fn put_partial(dir: &Path, name: &str, segno: u64, pages: usize) {
+    /// A `.partial` of segment `segno` whose first `pages` pages carry valid headers and
+    /// whose first page holds `records` records of 48 bytes after its long header.
+    fn put_partial(dir: &Path, name: &str, segno: u64, pages: usize, records: usize) {
         let mut img = first_page(segno, 42, SEG);
         img.resize(SEG as usize, 0);
+        for r in 0..records {
+            let at = 40 + r * 48;
+            img[at..at + 4].copy_from_slice(&48u32.to_le_bytes()); // xl_tot_len
+            let prev = if r == 0 {
+                0
+            } else {
+                segno * SEG + at as u64 - 48
+            };
+            img[at + 8..at + 16].copy_from_slice(&prev.to_le_bytes()); // xl_prev
+            img[at + 17] = 21; // xl_rmid: not XLOG (so never a switch record)
+        }
         for i in 1..pages {
             let p = &mut img[i * 8192..];
             p[0..2].copy_from_slice(&0xD118u16.to_le_bytes());
@@ -335,9 +377,9 @@ mod tests {
                 SEG,
             );
         }
-        put_partial(d.path(), "000000010000000000000009.partial", 9, 5);
+        put_partial(d.path(), "000000010000000000000009.partial", 9, 5, 3);
         put_segment(d.path(), "000000020000000000000009", 9, 42, SEG);
-        put_partial(d.path(), "00000002000000000000000A.partial", 10, 1);
+        put_partial(d.path(), "00000002000000000000000A.partial", 10, 1, 0);
         fs::write(d.path().join("00000002.history"), "1\t0/9000100\tx\n").unwrap();
         fs::write(d.path().join("00000003.history"), "2\t0/A000100\tx\n").unwrap();
         put(d.path(), "000000010000000000000007", 10); // wrong size: not a segment
@@ -366,14 +408,19 @@ mod tests {
         );
         let p = t1.partial.as_ref().unwrap();
         assert_eq!(p.name, "000000010000000000000009.partial");
-        assert_eq!(p.filled, 5 * 8192);
-        assert_eq!(t1.end, Lsn(9 * SEG + 5 * 8192));
+        // Five valid pages; the WAL in them ends after the third record.
+        let dir = Dir::open(d.path()).unwrap();
+        let valid = valid_pages(&dir, &p.name, Lsn(9 * SEG), seg1m()).unwrap();
+        assert_eq!(valid, 5 * 8192);
+        assert_eq!(p.filled, 40 + 3 * 48);
+        assert_eq!(t1.end, Lsn(9 * SEG + 40 + 3 * 48));
         assert!(t1.bytes_on_disk > 0);
         let t2 = s.newest().unwrap();
         assert_eq!(t2.tli, tli(2));
         assert!(t2.history_file);
         assert_eq!((t2.first, t2.segments), (Lsn(9 * SEG), 1));
-        assert_eq!(t2.end, Lsn(10 * SEG + 8192));
+        // Nothing after the long header.
+        assert_eq!(t2.end, Lsn(10 * SEG + 40));
         assert!(t2.missing.is_empty());
     }
 
