@@ -11,6 +11,8 @@
 #
 # usage: benches/throughput.sh            (4 GiB, 3 repetitions, modes "default synchronous")
 #   GIB=1 REPS=1 MODES="default synchronous no-sync" benches/throughput.sh
+#   NOVALIDATE=1 benches/throughput.sh     adds walsink with WAL validation off (WALSINK_BENCH_VALIDATE=0)
+#                                          as a third receiver: the cost of validation, side by side
 #   TLS=1 benches/throughput.sh            both receivers over TLS (ssl = on with a certificate made
 #                                          here by openssl, sslmode=verify-full for both)
 # Needs: PostgreSQL server binaries (scripts/install-deps.sh), GNU time, cargo; openssl for TLS=1.
@@ -21,6 +23,9 @@ GIB=${GIB:-4}
 REPS=${REPS:-3}
 TLS=${TLS:-0}
 MODES=${MODES:-"default synchronous"}
+NOVALIDATE=${NOVALIDATE:-0}
+TOOLS="walsink pg_receivewal"
+[ "$NOVALIDATE" = 1 ] && TOOLS="walsink walsink-novalidate pg_receivewal"
 source benches/lib.sh
 [ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required: apt-get install time" >&2; exit 1; }
 
@@ -76,7 +81,7 @@ results="$ROOT/results.tsv"
 run=0
 for rep in $(seq 1 "$REPS"); do
     for mode in $MODES; do
-        for tool in walsink pg_receivewal; do
+        for tool in $TOOLS; do
             run=$((run + 1))
             slot="run_$run"
             dir="$ROOT/recv_$run"
@@ -88,7 +93,9 @@ for rep in $(seq 1 "$REPS"); do
                 synchronous) flags=(--synchronous) ;;
                 no-sync) flags=(--no-sync) ;;
             esac
-            if [ "$tool" = walsink ]; then
+            envs=()
+            [ "$tool" = walsink-novalidate ] && envs=(WALSINK_BENCH_VALIDATE=0)
+            if [ "$tool" != pg_receivewal ]; then
                 # WALSINK_WRAP, e.g. "perf record -g -o /tmp/walsink.perf", profiles walsink's runs.
                 read -r -a wrap <<<"${WALSINK_WRAP:-}"
                 # WALSINK_FLAGS, e.g. "--flush-bytes 16MB", adds flags to walsink's runs.
@@ -98,7 +105,7 @@ for rep in $(seq 1 "$REPS"); do
                 cmd=("$PGBIN/pg_receivewal")
             fi
             sync
-            /usr/bin/time -f "%e %U %S %M" -o "$ROOT/time_$run" \
+            env "${envs[@]}" /usr/bin/time -f "%e %U %S %M" -o "$ROOT/time_$run" \
                 "${cmd[@]}" -D "$dir" -d "host=127.0.0.1 port=$PORT user=postgres application_name=bench_$tool$conn_extra" \
                 -S "$slot" -E "$END" --no-loop "${flags[@]}" >"$ROOT/out_$run" 2>&1 || {
                 echo "run $run ($tool $mode) failed:" >&2
@@ -152,4 +159,9 @@ for mode in dict.fromkeys(m for m, _ in stats):
     if w and p:
         print(f"{mode}: walsink/pg_receivewal throughput {med(w['mibs'])/med(p['mibs']):.2f}x, "
               f"CPU per GiB {med(w['cpu'])/med(p['cpu']):.2f}x, peak RSS {med(w['rss']):.1f} vs {med(p['rss']):.1f} MiB")
+    n = stats.get((mode, "walsink-novalidate"))
+    if w and n:
+        print(f"{mode}: WAL validation costs {med(w['cpu']) - med(n['cpu']):+.3f} CPU-s/GiB (median with minus median "
+              f"without; runs [{min(w['cpu']):.2f}-{max(w['cpu']):.2f}] vs [{min(n['cpu']):.2f}-{max(n['cpu']):.2f}]), "
+              f"throughput {med(w['mibs'])/med(n['mibs']):.2f}x")
 PY

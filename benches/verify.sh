@@ -32,7 +32,8 @@ chmod 755 "$ROOT"
 PORT=$(free_port)
 cleanup() {
     stop_cluster "$ROOT" immediate
-    rm -rf "$ROOT"
+    # KEEP=1 keeps the archive (for profiling: perf record target/release/walsink verify -D ROOT/archive).
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $ROOT/archive"; else rm -rf "$ROOT"; fi
 }
 trap cleanup EXIT
 

@@ -19,16 +19,26 @@ fn main() {
         system_id: 1,
         tli: 1,
     };
+    let only: Option<usize> = std::env::var("VALIDATE_SPEED_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for sizes in [
         &[40usize, 60, 120][..],
         &[100, 300, 2000][..],
         &[8000, 8200][..],
         &[1 << 20][..],
     ] {
+        if only.is_some_and(|o| o != sizes[0]) {
+            continue;
+        }
         let mut w = SynthWal::new(p, Lsn(seg.bytes()));
         w.fill(Lsn(seg.bytes() * 5 - 100_000), sizes);
         let data = w.bytes();
-        let reps = 5;
+        // VALIDATE_SPEED_REPS=50 for profiling (perf record).
+        let reps: usize = std::env::var("VALIDATE_SPEED_REPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
         let t = Instant::now();
         let c0 = cpu_ns();
         for _ in 0..reps {
