@@ -1,6 +1,5 @@
 //! CRC-32C per call and per byte, crc-fast (as walsink_wal::crc uses it) against the crc32c crate:
 //! `cargo run --release -p walsink-wal --example crc_speed`.
-use std::time::Instant;
 
 /// This thread's time on a CPU, in nanoseconds (the machine is shared: wall time says little).
 fn cpu_ns() -> u64 {
