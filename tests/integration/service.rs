@@ -490,6 +490,88 @@ fn systemd_notify_ready_status_watchdog_only_while_healthy_and_stopping() {
     drop(proxy);
 }
 
+/// `walsink run`: READY=1 once every source has made its first attempt, STATUS= and /health name each
+/// source, metrics carry every source's label, STOPPING=1 on SIGTERM.
+#[test]
+fn the_daemon_notifies_and_serves_metrics_for_every_source() {
+    let pg = PgCluster::start_default();
+    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let (good, dead) = (archive_dir(), archive_dir());
+    let dead_port = crate::harness::pg::free_port();
+    let conf = tempfile::Builder::new()
+        .prefix("wsk-conf")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let path = conf.path().join("walsink.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "metrics_listen = \"127.0.0.1:0\"\n\
+             [[source]]\nname = \"good\"\nconninfo = \"{}\"\ndirectory = \"{}\"\nslot = \"svc\"\nstatus_interval = \"1s\"\n\
+             [[source]]\nname = \"dead\"\nconninfo = \"host=127.0.0.1 port={dead_port} user=postgres\"\ndirectory = \"{}\"\n",
+            pg.conninfo(),
+            good.path().display(),
+            dead.path().display()
+        ),
+    )
+    .unwrap();
+    let sockdir = tempfile::Builder::new()
+        .prefix("wsk-sd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let socket = sockdir.path().join("notify");
+    let notes = Notes::listen(&socket);
+    let mut cmd = Walsink::cmd(["run", "-c", path.to_str().unwrap()]);
+    cmd.env("NOTIFY_SOCKET", &socket);
+    let mut w = WalsinkProcess::spawn_command(cmd);
+    let ready = notes.wait(&w, 0, "READY=1", |l| l == "READY=1");
+    let status = notes.all()[..=ready]
+        .iter()
+        .rev()
+        .find_map(|(_, d)| {
+            d.lines()
+                .find(|l| l.starts_with("STATUS="))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    assert!(
+        status.starts_with("STATUS=dead: reconnecting, flushed 0/0 (")
+            && !status.contains("good: connecting"),
+        "READY=1 once both made their first attempt: {status:?}"
+    );
+    assert!(
+        w.wait_for_stderr("serving metrics at http://", WAIT),
+        "{}",
+        w.stderr_text()
+    );
+    let addr = w
+        .stderr_text()
+        .split("serving metrics at http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    let target = parse_lsn(&pg.generate_wal(1 << 20));
+    assert!(wait_for(
+        || server_view(&pg).is_some_and(|(_, f)| f >= target),
+        WAIT
+    ));
+    let (code, body) = http_get(&addr, "/health");
+    assert_eq!(code, 503);
+    assert!(
+        body.starts_with("dead: reconnecting: ") && body.lines().count() == 1,
+        "only the dead source fails: {body:?}"
+    );
+    let (_, text) = http_get(&addr, "/metrics");
+    assert_eq!(metric(&text, "walsink_up", "good"), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "walsink_up", "dead"), Some(0.0), "{text}");
+    assert!(metric(&text, "walsink_flushed_lsn", "good").unwrap() as u64 >= target);
+    let before_stop = notes.count();
+    w.terminate();
+    assert!(w.wait_timeout(WAIT).success(), "{}", w.stderr_text());
+    notes.wait(&w, before_stop, "STOPPING=1", |l| l == "STOPPING=1");
+}
+
 /// A full disk fails the health check but does not stop the watchdog: the writer waits for space and
 /// resumes by itself (a restart would find the disk as full).
 #[test]

@@ -56,21 +56,38 @@ pub fn stopping() {
     }
 }
 
-/// The one-line `STATUS=` text: `NAME: PHASE, flushed LSN` per source.
+/// One source in `STATUS=`: `NAME: PHASE, flushed LSN`, with why it is not healthy.
+fn source_status(name: &str, st: &walsink_receiver::SourceState) -> (bool, String) {
+    let snap = st.snapshot();
+    let mut s = format!("{name}: {}, flushed {}", snap.phase, snap.flushed);
+    if !snap.health.is_ok() && !matches!(snap.health, Health::NotStreaming { .. } | Health::Stopped)
+    {
+        s.push_str(&format!(" ({})", snap.health));
+    } else if let Some(r) = snap.reason.filter(|_| snap.phase != Phase::Streaming) {
+        s.push_str(&format!(" ({r})"));
+    }
+    (snap.health.is_ok(), s)
+}
+
+/// The one-line `STATUS=` text: `NAME: PHASE, flushed LSN` per source. When that is
+/// longer than systemd shows, how many are healthy, then the others.
 pub fn status_line(sources: &Sources) -> String {
-    let mut s = String::new();
-    for (name, st) in sources.list() {
-        if !s.is_empty() {
+    let all: Vec<(bool, String)> = sources
+        .list()
+        .iter()
+        .map(|(n, st)| source_status(n, st))
+        .collect();
+    let mut s = all
+        .iter()
+        .map(|(_, s)| s.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if s.len() > STATUS_MAX {
+        let healthy = all.iter().filter(|(ok, _)| *ok).count();
+        s = format!("{healthy} of {} sources healthy", all.len());
+        for (_, one) in all.iter().filter(|(ok, _)| !ok) {
             s.push_str("; ");
-        }
-        let snap = st.snapshot();
-        s.push_str(&format!("{name}: {}, flushed {}", snap.phase, snap.flushed));
-        if !snap.health.is_ok()
-            && !matches!(snap.health, Health::NotStreaming { .. } | Health::Stopped)
-        {
-            s.push_str(&format!(" ({})", snap.health));
-        } else if let Some(r) = snap.reason.filter(|_| snap.phase != Phase::Streaming) {
-            s.push_str(&format!(" ({r})"));
+            s.push_str(one);
         }
     }
     let mut s = s.replace(['\n', '\r'], " ");
@@ -84,19 +101,20 @@ pub fn status_line(sources: &Sources) -> String {
     s
 }
 
-/// Whether the watchdog may be pinged now: every source healthy, or failed/stopped.
+/// Whether the watchdog may be pinged now: every source healthy, or failed/stopped (a
+/// daemon without sources is healthy: there is nothing to be stuck).
 pub fn watchdog_healthy(sources: &Sources) -> bool {
-    let list = sources.list();
-    !list.is_empty() && list.iter().all(|(_, s)| !s.health().stops_watchdog())
+    sources
+        .list()
+        .iter()
+        .all(|(_, s)| !s.health().stops_watchdog())
 }
 
 fn is_ready(sources: &Sources, ready: Ready) -> bool {
     let list = sources.list();
     match ready {
         Ready::FirstStream => list.iter().any(|(_, s)| s.phase() == Phase::Streaming),
-        Ready::AllAttempted => {
-            !list.is_empty() && list.iter().all(|(_, s)| s.phase() != Phase::Connecting)
-        }
+        Ready::AllAttempted => list.iter().all(|(_, s)| s.phase() != Phase::Connecting),
     }
 }
 
@@ -154,4 +172,42 @@ async fn run(sources: Sources, ready: Ready, cancel: CancellationToken) {
         NotifyState::Stopping,
         NotifyState::Status(&status_line(&sources)),
     ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walsink_receiver::SourceState;
+
+    #[test]
+    fn status_names_every_source_or_summarizes_many() {
+        let sources = Sources::new();
+        let ok = SourceState::new();
+        ok.set_phase(Phase::Streaming, None);
+        sources.insert("db1", ok);
+        let down = SourceState::new();
+        down.set_phase(
+            Phase::Reconnecting,
+            Some("connection refused\nagain".into()),
+        );
+        sources.insert("db2", down);
+        assert_eq!(
+            status_line(&sources),
+            "db1: streaming, flushed 0/0; db2: reconnecting, flushed 0/0 (connection refused again)"
+        );
+        assert!(!watchdog_healthy(&sources));
+        assert!(is_ready(&sources, Ready::AllAttempted));
+        assert!(is_ready(&sources, Ready::FirstStream));
+        for i in 0..100 {
+            let s = SourceState::new();
+            s.set_phase(Phase::Streaming, None);
+            sources.insert(format!("a-long-source-name-{i:03}"), s);
+        }
+        assert_eq!(
+            status_line(&sources),
+            "101 of 102 sources healthy; db2: reconnecting, flushed 0/0 (connection refused again)"
+        );
+        let empty = Sources::new();
+        assert!(watchdog_healthy(&empty), "nothing to be stuck");
+    }
 }

@@ -34,6 +34,16 @@ impl Sources {
         self.lock().remove(name);
     }
 
+    /// The state of `name`, a fresh one added if it has none.
+    pub fn get_or_insert(&self, name: &str) -> SourceState {
+        self.lock().entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Keeps only the sources `keep` says yes to.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.lock().retain(|n, _| keep(n));
+    }
+
     /// The sources now, by name.
     pub fn list(&self) -> Vec<(String, SourceState)> {
         self.lock()

@@ -15,8 +15,11 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use walsink_receiver::daemon::{Supervisor, TaskState};
+use walsink_monitor::Sources;
+use walsink_monitor::notify::{self, Ready};
+use walsink_receiver::daemon::{SourceDef, Supervisor, TaskState};
 
 use crate::log::{self, LogFormat};
 
@@ -76,14 +79,24 @@ pub fn main(args: RunArgs) -> u8 {
         .build()
         .expect("building the tokio runtime");
     let path = args.config.clone();
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let (Ok(mut hup), Ok(mut int), Ok(mut term)) = (
             signal(SignalKind::hangup()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) else {
             error!("cannot install the signal handlers");
-            return;
+            return crate::exit::ERROR;
+        };
+        // Metrics, health and systemd notification watch every running source by name.
+        let sources = Sources::new();
+        let stop = CancellationToken::new();
+        let server = match running_metrics(cfg.metrics_listen).await {
+            Ok(m) => m.map(|m| tokio::spawn(m.serve(sources.clone(), stop.clone()))),
+            Err(e) => {
+                error!("{e}");
+                return crate::exit::ERROR;
+            }
         };
         let mut supervisor = Supervisor::new();
         let mut running = cfg;
@@ -92,7 +105,11 @@ pub fn main(args: RunArgs) -> u8 {
             running.sources.len(),
             path.display()
         );
-        supervisor.apply(running.sources.clone()).await;
+        supervisor
+            .apply(observed(&sources, running.sources.clone()))
+            .await;
+        // After the first apply: READY=1 waits for every configured source's first attempt.
+        let notifier = notify::spawn(sources.clone(), Ready::AllAttempted, stop.clone());
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -105,7 +122,9 @@ pub fn main(args: RunArgs) -> u8 {
                             if new.log_format != running.log_format {
                                 warn!("log_format changed; it takes effect when walsink restarts");
                             }
-                            let applied = supervisor.apply(new.sources.clone()).await;
+                            let applied = supervisor
+                                .apply(observed(&sources, new.sources.clone()))
+                                .await;
                             info!(
                                 "reloaded: {} started, {} stopped, {} restarted, {} unchanged",
                                 applied.started.len(),
@@ -136,13 +155,45 @@ pub fn main(args: RunArgs) -> u8 {
             warn!("{failed} source(s) had stopped with an error");
         }
         info!("stopping every source");
+        // STOPPING=1 (and the metrics server's end) as the shutdown begins.
+        stop.cancel();
+        if let Some(n) = notifier {
+            let _ = n.await;
+        }
+        if let Some(s) = server {
+            let _ = s.await;
+        }
         // A second signal while shutting down: stop waiting.
         tokio::select! {
             () = supervisor.shutdown() => {}
             _ = int.recv() => std::process::exit(crate::exit::ERROR.into()),
             _ = term.recv() => std::process::exit(crate::exit::ERROR.into()),
         }
+        crate::exit::OK
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    crate::exit::OK
+    code
+}
+
+/// The metrics server of `metrics_listen`, bound before any source starts (a busy or
+/// forbidden address is an error at startup).
+async fn running_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<walsink_monitor::MetricsServer>, String> {
+    let Some(addr) = addr else { return Ok(None) };
+    walsink_monitor::MetricsServer::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| format!("cannot serve metrics on {addr} (metrics_listen): {e}"))
+}
+
+/// `defs` with each source's observer: the one it already has in `sources` (an unchanged
+/// or restarted source keeps its counters), else a new one; sources no longer configured
+/// leave `sources`.
+fn observed(sources: &Sources, mut defs: Vec<SourceDef>) -> Vec<SourceDef> {
+    sources.retain(|n| defs.iter().any(|d| d.name == n));
+    for d in &mut defs {
+        d.config.observer = sources.get_or_insert(&d.name);
+    }
+    defs
 }
