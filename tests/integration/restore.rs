@@ -361,8 +361,6 @@ fn restore_partial_after_a_failover_follows_the_new_timeline_to_its_newest_parti
     let primary = PgCluster::start_default();
     let standby = primary.make_standby();
     let (bin_dir, bin) = walsink_for_server();
-    primary.execute("CREATE TABLE t (id bigint PRIMARY KEY, filler text)");
-    let mut backup = primary.base_backup_without_wal();
 
     let dir = archive_dir();
     PgCluster::give_to_server_user(dir.path());
@@ -383,6 +381,23 @@ fn restore_partial_after_a_failover_follows_the_new_timeline_to_its_newest_parti
     ]);
     PgCluster::run_as_server_user(&mut cmd);
     let mut ws = WalsinkProcess::spawn_command(cmd);
+    // walsink streams before the base backup starts, so the archive has the backup's WAL on every major
+    // (before 15 an empty archive starts at the server's position when walsink connects).
+    assert!(
+        wait_for(
+            || {
+                primary
+                .sql("SELECT 1 FROM pg_stat_replication WHERE application_name = 'walsink' AND state = 'streaming'")
+                .len()
+                == 1
+            },
+            WAIT
+        ),
+        "walsink is not streaming:\n{}",
+        ws.stderr_text()
+    );
+    primary.execute("CREATE TABLE t (id bigint PRIMARY KEY, filler text)");
+    let mut backup = primary.base_backup_without_wal();
     let flushed_on = |server: &PgCluster| {
         let lsn = parse_lsn(&server.current_lsn());
         let done = wait_for(
