@@ -92,6 +92,7 @@ replay_tests!(
     query_collector,
     meta,
     session,
+    wal_validate,
 );
 
 /// Every `[[bin]]` in fuzz/Cargo.toml is a target here and is replayed, and every corpus
@@ -818,6 +819,37 @@ mod seeds {
         ] {
             v.push(("meta", name, s.into_bytes()));
         }
+        v.extend(wal_validate());
         v
+    }
+
+    /// Made-up valid WAL of system 7 from 0/300000 on timeline 2 (`fuzz_validate`'s
+    /// layout: size byte, flags byte, WAL), whole and damaged.
+    fn wal_validate() -> Vec<Seed> {
+        use walsink_wal::synth::{PG18, SynthParams, SynthWal};
+        use walsink_wal::{Lsn, WalSegSize};
+        let p = SynthParams {
+            seg: WalSegSize::new(1 << 20).unwrap(),
+            format: PG18,
+            system_id: 7,
+            tli: 2,
+        };
+        let mut small = SynthWal::new(p, Lsn(3 << 20));
+        small.fill(Lsn((3 << 20) + 20_000), &[0, 10, 100, 3000, 8150]);
+        let mut long = SynthWal::new(p, Lsn(3 << 20));
+        long.record(10, 0, &[5u8; 30_000]);
+        long.fill(Lsn((3 << 20) + 33_000), &[60]);
+        let seed = |size: u8, flags: u8, wal: &[u8]| [&[size, flags][..], wal].concat();
+        let mut bad = small.bytes().to_vec();
+        bad[5000] ^= 1;
+        vec![
+            ("wal_validate", "small-records", seed(23, 1, small.bytes())),
+            (
+                "wal_validate",
+                "long-record-learned",
+                seed(200, 0, long.bytes()),
+            ),
+            ("wal_validate", "bad-crc-whole", seed(255, 1, &bad)),
+        ]
     }
 }

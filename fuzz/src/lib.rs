@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("query_collector", query_collector),
     ("meta", meta),
     ("session", session),
+    ("wal_validate", wal_validate),
 ];
 
 /// The backend byte stream split into messages (`frame::decode`).
@@ -227,6 +228,11 @@ fn parse_every_way(rs: &ResultSet) {
 /// The content of `walsink.meta`.
 pub fn meta(data: &[u8]) {
     walsink_archive::fuzz_meta(data);
+}
+
+/// WAL through the validator (`walsink_wal::validate`), whole and split into messages.
+pub fn wal_validate(data: &[u8]) {
+    walsink_wal::validate::fuzz_validate(data);
 }
 
 /// Where the `session` target's stream starts, and its `--endpos` when the flags ask for one.

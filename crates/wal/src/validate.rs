@@ -947,5 +947,58 @@ impl WalValidator {
     }
 }
 
+/// Fuzzing entry point: `data[0]` picks the message size (1 to 256 bytes, or all at once),
+/// `data[1]` bit 0 whether the format and system identifier are pinned (PostgreSQL 18's,
+/// system 7), the rest is WAL from 0/300000 of timeline 2 (1 MiB segments). Never panics on
+/// its own account; it panics only if an invariant breaks: the known-good end never passes
+/// the position nor falls behind the last valid record, a failure is sticky and leaves the
+/// known-good end at the last valid record, and the verdict does not depend on how the WAL
+/// is split into messages.
+pub fn fuzz_validate(data: &[u8]) {
+    let [size, flags, wal @ ..] = data else {
+        return;
+    };
+    let cfg = ValidatorConfig {
+        seg: WalSegSize::new(1 << 20).expect("valid"),
+        system_id: (flags & 1 != 0).then_some(7),
+        format: (flags & 1 != 0).then_some(WalFormat {
+            magic: 0xD118,
+            blcksz: 8192,
+        }),
+    };
+    let start = Lsn(3 << 20);
+    let mut whole = WalValidator::new(cfg, 2, start);
+    let whole_result = whole.feed(wal);
+    let mut v = WalValidator::new(cfg, 2, start);
+    let piece = if *size == 255 {
+        wal.len().max(1)
+    } else {
+        usize::from(*size) + 1
+    };
+    let mut result = Ok(());
+    for chunk in wal.chunks(piece) {
+        result = v.feed(chunk);
+        assert!(
+            v.checked_end() <= v.position(),
+            "checked end past the position"
+        );
+        assert!(
+            v.valid_end() <= v.checked_end(),
+            "checked end before the valid end"
+        );
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(result, whole_result, "the verdict depends on the split");
+    assert_eq!(v.checked_end(), whole.checked_end());
+    assert_eq!(v.records(), whole.records());
+    if let Err(e) = result {
+        assert_eq!(v.feed(&[0]), Err(e.clone()), "a failure is sticky");
+        assert_eq!(v.checked_end(), e.valid_end);
+        let _ = e.to_string();
+    }
+}
+
 #[cfg(test)]
 mod tests;
