@@ -271,3 +271,39 @@ fn a_partial_may_end_inside_a_record_but_a_damaged_last_record_is_found() {
     assert_eq!(r.problems.len(), 1, "{:#?}", r.problems);
     assert!(r.problems[0].what.contains("CRC"), "{:#?}", r.problems);
 }
+
+#[test]
+fn an_archive_without_walsink_meta_is_read_from_its_wal() {
+    let d = archive();
+    fs::remove_file(d.path().join(META_FILE)).unwrap();
+    let r = verify(d.path());
+    assert!(r.is_valid(), "{:#?}", r.problems);
+    assert_eq!(
+        r.system_identifier,
+        Some(SYSID),
+        "from the newest long page header"
+    );
+    assert_eq!(r.files, 4);
+}
+
+#[test]
+fn duplicates_and_compressed_files_are_problems() {
+    let d = archive();
+    fs::copy(
+        d.path().join(name(1, 4)),
+        d.path().join(format!("{}.partial", name(1, 4))),
+    )
+    .unwrap();
+    fs::write(d.path().join(format!("{}.gz", name(1, 7))), b"x").unwrap();
+    let r = verify(d.path());
+    assert!(
+        r.problems.iter().any(|p| p.what.contains("there twice")),
+        "{:#?}",
+        r.problems
+    );
+    assert!(
+        r.problems.iter().any(|p| p.what.contains("compressed")),
+        "{:#?}",
+        r.problems
+    );
+}
