@@ -225,7 +225,7 @@ fn parse_every_way(rs: &ResultSet) {
     }
 }
 
-/// The content of `walsink.meta`.
+/// The content of `.walsink.meta`.
 pub fn meta(data: &[u8]) {
     walsink_archive::fuzz_meta(data);
 }

@@ -1,7 +1,7 @@
 //! A start that fails leaves the archive directory as it was: walsink changes nothing in it before the server,
 //! the timeline and the slot have been checked.
 //!
-//! The one exception is `walsink.lock`: taking the lock may create it and writes walsink's pid into it (it is
+//! The one exception is `.walsink.lock`: taking the lock may create it and writes walsink's pid into it (it is
 //! lock state, not archive data; README "Archive layout"). Everything else (every name, type, mode and byte)
 //! is compared.
 
@@ -19,7 +19,7 @@ use crate::harness::{
 };
 
 const PASSWORD: &str = "pw";
-const LOCK_FILE: &str = "walsink.lock";
+const LOCK_FILE: &str = ".walsink.lock";
 
 /// One entry of a directory tree: its type and mode, and a file's bytes or a link's target.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,11 +34,11 @@ enum Entry {
     Link {
         target: String,
     },
-    /// `walsink.lock`, compared by presence only.
+    /// `.walsink.lock`, compared by presence only.
     Lock,
 }
 
-/// Every entry below `dir`, by relative path, with its type, mode and content; `walsink.lock` only by its
+/// Every entry below `dir`, by relative path, with its type, mode and content; `.walsink.lock` only by its
 /// presence.
 fn snapshot(dir: &Path) -> BTreeMap<String, Entry> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
@@ -75,7 +75,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Entry> {
     out
 }
 
-/// Asserts that running `cmd` exits with `code` and leaves `dir` as it was (but for a `walsink.lock` it may
+/// Asserts that running `cmd` exits with `code` and leaves `dir` as it was (but for a `.walsink.lock` it may
 /// create).
 fn assert_untouched(what: &str, dir: &Path, cmd: Command, code: i32) {
     let mut before = snapshot(dir);
@@ -96,8 +96,8 @@ fn assert_untouched(what: &str, dir: &Path, cmd: Command, code: i32) {
 
 /// Proves that starts failing because the slot is missing (exit 12), the archive belongs to another
 /// database system (15), the password is wrong (10) or the server is unreachable (3) change nothing in the
-/// archive directory: not a fresh one (only `walsink.lock` may appear), not one walsink archived into
-/// before, and not one written by another tool that walsink has not pinned yet (no `walsink.meta`: the
+/// archive directory: not a fresh one (only `.walsink.lock` may appear), not one walsink archived into
+/// before, and not one written by another tool that walsink has not pinned yet (no `.walsink.meta`: the
 /// failed start must not pin it).
 #[test]
 fn a_failed_start_leaves_the_archive_directory_as_it_was() {
@@ -107,7 +107,7 @@ fn a_failed_start_leaves_the_archive_directory_as_it_was() {
     let other = PgCluster::start_default();
     assert_ne!(pg.system_identifier(), other.system_identifier());
 
-    // A directory walsink archived into (segments, a .partial, walsink.meta), one without walsink.meta (as
+    // A directory walsink archived into (segments, a .partial, .walsink.meta), one without .walsink.meta (as
     // pg_receivewal leaves it), and a fresh one.
     let used = archive_dir();
     // Twice: the first run starts at the server's position, the second from the archive's end, past which
@@ -127,10 +127,10 @@ fn a_failed_start_leaves_the_archive_directory_as_it_was() {
         run(seed).expect("seeding the archive", 0, &[]);
     }
     assert!(!archive::completed_segments(used.path()).is_empty());
-    assert!(used.path().join("walsink.meta").exists());
+    assert!(used.path().join(".walsink.meta").exists());
     let foreign = archive_dir();
     for name in archive::list(used.path()) {
-        if name != "walsink.meta" && name != LOCK_FILE {
+        if name != ".walsink.meta" && name != LOCK_FILE {
             fs::copy(used.path().join(&name), foreign.path().join(&name)).unwrap();
         }
     }
@@ -186,7 +186,7 @@ fn a_failed_start_leaves_the_archive_directory_as_it_was() {
 
 /// Proves that the failures only START_REPLICATION itself reveals change nothing either: a slot another
 /// receiver streams from (exit 13), and WAL the server has already removed (exit 14), for a fresh directory
-/// and for one another tool wrote (no `walsink.meta`). Before, walsink pinned `walsink.meta` (and wrote the
+/// and for one another tool wrote (no `.walsink.meta`). Before, walsink pinned `.walsink.meta` (and wrote the
 /// timeline's history file) just before START_REPLICATION; now both wait until the server has accepted it.
 #[test]
 fn a_start_refused_by_start_replication_leaves_the_archive_directory_as_it_was() {
@@ -197,13 +197,13 @@ fn a_start_refused_by_start_replication_leaves_the_archive_directory_as_it_was()
         cmd
     };
 
-    // A directory as pg_receivewal leaves it: segments and a .partial, no walsink.meta.
+    // A directory as pg_receivewal leaves it: segments and a .partial, no .walsink.meta.
     let seeded = archive_dir();
     let end = parse_lsn(&pg.generate_wal(3 << 20));
     run(cmd(seeded.path(), &["-n", "-E", &format_lsn(end)])).expect("seeding", 0, &[]);
     let foreign = archive_dir();
     for name in archive::list(seeded.path()) {
-        if name != "walsink.meta" && name != LOCK_FILE {
+        if name != ".walsink.meta" && name != LOCK_FILE {
             fs::copy(seeded.path().join(&name), foreign.path().join(&name)).unwrap();
         }
     }

@@ -194,7 +194,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
     }
     let no_gap_recorded = |why: &str| {
         assert!(
-            !fs::read_to_string(dir.path().join("walsink.meta"))
+            !fs::read_to_string(dir.path().join(".walsink.meta"))
                 .unwrap()
                 .contains("gap"),
             "{why}"
@@ -260,7 +260,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
         warn_line.contains("the oldest WAL the server still has"),
         "the log says which position it continues from and why: {warn_line}"
     );
-    let meta = fs::read_to_string(dir.path().join("walsink.meta")).unwrap();
+    let meta = fs::read_to_string(dir.path().join(".walsink.meta")).unwrap();
     let gap_lines: Vec<&str> = meta.lines().filter(|l| l.starts_with("gap = ")).collect();
     assert_eq!(gap_lines.len(), 1, "{meta}");
     let prefix = format!("gap = {} {} ", format_lsn(from), format_lsn(oldest));
@@ -278,7 +278,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
         )),
         "{meta}"
     );
-    assert!(!dir.path().join("walsink.meta.tmp").exists());
+    assert!(!dir.path().join(".walsink.meta.tmp").exists());
     let compared = assert_gapless_from(dir.path(), &pg, oldest);
     assert!(compared >= 2, "{:?}", archive::list(dir.path()));
     // The segment before the gap is kept as it was.
@@ -298,7 +298,7 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
     assert!(report_lines[0].contains("WARN"), "{}", report_lines[0]);
     assert!(!stderr.contains("accepting a gap"), "{stderr}");
     assert_eq!(
-        fs::read_to_string(dir.path().join("walsink.meta")).unwrap(),
+        fs::read_to_string(dir.path().join(".walsink.meta")).unwrap(),
         meta,
         "nothing new recorded"
     );

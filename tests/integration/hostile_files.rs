@@ -1,5 +1,5 @@
 //! Hostile and careless neighbours of the archive directory (issue 9): links planted by an unprivileged user,
-//! a FIFO or an endless `walsink.meta`, a lock file deleted under a running walsink. Real PostgreSQL; walsink
+//! a FIFO or an endless `.walsink.meta`, a lock file deleted under a running walsink. Real PostgreSQL; walsink
 //! runs as the test's user (root in CI) and the "attacker" is the harness's unprivileged [`SERVER_USER`].
 
 use std::fs;
@@ -120,7 +120,7 @@ fn a_lock_file_link_planted_by_another_user_is_refused_and_its_target_untouched(
     let outside = archive_dir();
     let target = precious_file(&outside);
     give_to_other_user(dir.path());
-    let link = dir.path().join("walsink.lock");
+    let link = dir.path().join(".walsink.lock");
     run_as_other_user(&["ln", "-s", target.to_str().unwrap(), link.to_str().unwrap()]);
     // A dangling one would have been created as the target.
     let missing = outside.path().join("created-by-walsink");
@@ -211,7 +211,7 @@ fn a_partial_link_planted_by_another_user_is_refused_and_its_target_untouched() 
 fn a_fifo_metadata_file_fails_at_once_instead_of_hanging() {
     let pg = PgCluster::start_default();
     let dir = archive_dir();
-    let meta = dir.path().join("walsink.meta");
+    let meta = dir.path().join(".walsink.meta");
     rustix::fs::mknodat(
         rustix::fs::CWD,
         &meta,
@@ -241,10 +241,10 @@ fn a_fifo_metadata_file_fails_at_once_instead_of_hanging() {
 fn an_endless_or_huge_metadata_file_is_refused_without_reading_it() {
     let pg = PgCluster::start_default();
     let dir = archive_dir();
-    let meta = dir.path().join("walsink.meta");
+    let meta = dir.path().join(".walsink.meta");
     symlink("/dev/zero", &meta).unwrap();
     RunOutcome::of(receive(&pg, dir.path(), &["-n"]), PROMPT).expect(
-        "walsink.meta -> /dev/zero",
+        ".walsink.meta -> /dev/zero",
         EXIT_ARCHIVE,
         &[&format!("\"{}\" is a symbolic link", meta.display())],
     );
@@ -253,7 +253,7 @@ fn an_endless_or_huge_metadata_file_is_refused_without_reading_it() {
     fs::File::create(&meta).unwrap().set_len(64 << 30).unwrap();
     let out = RunOutcome::of(receive(&pg, dir.path(), &["-n"]), PROMPT);
     out.expect(
-        "huge walsink.meta",
+        "huge .walsink.meta",
         EXIT_ARCHIVE,
         &[&format!(
             "\"{}\" is larger than 1048576 bytes",
@@ -274,7 +274,7 @@ fn a_deleted_lock_stops_a_synchronous_walsink_too() {
     deleted_lock_scenario(&["--synchronous"]);
 }
 
-/// walsink streams through a slot; `walsink.lock` is removed; a second walsink is refused (16); the first
+/// walsink streams through a slot; `.walsink.lock` is removed; a second walsink is refused (16); the first
 /// notices within seconds although no WAL arrives, exits 18, and everything it reported flushed is in the
 /// archive; a successor then continues the archive without a gap.
 fn deleted_lock_scenario(mode: &[&str]) {
@@ -315,7 +315,7 @@ fn deleted_lock_scenario(mode: &[&str]) {
     assert!(first.is_running(), "{}", tail(&first.stderr_text(), 40));
 
     // Another tool removes the lock file; a second walsink is still kept out.
-    fs::remove_file(dir.path().join("walsink.lock")).unwrap();
+    fs::remove_file(dir.path().join(".walsink.lock")).unwrap();
     let removed_at = Instant::now();
     let second = RunOutcome::of(receive(&pg, dir.path(), &["-n", "-S", SLOT]), PROMPT);
     second.expect(
@@ -340,7 +340,7 @@ fn deleted_lock_scenario(mode: &[&str]) {
     assert!(
         stderr.contains(&format!(
             "lock file \"{}\" was removed while walsink was running",
-            dir.path().join("walsink.lock").display()
+            dir.path().join(".walsink.lock").display()
         )),
         "{}",
         tail(&stderr, 40)

@@ -200,7 +200,7 @@ fn stopped_at(stderr: &str) -> u64 {
 ///   none missing at either end, each byte-identical to `pg_wal`'s;
 /// - if `end` is inside a segment, that segment is the one `.partial`: full size, identical to `pg_wal` up
 ///   to `end`, and (with `zeros_after_end`, when walsink wrote it) all zeros after `end`;
-/// - nothing else but `walsink.meta` / `walsink.lock` (no leftover temp files, no `.replaced-*`).
+/// - nothing else but `.walsink.meta` / `.walsink.lock` (no leftover temp files, no `.replaced-*`).
 fn assert_archive(pg: &PgCluster, dir: &Path, first: u64, end: u64, zeros_after_end: bool) {
     let seg = Seg::of(pg);
     let files = archive::list(dir);
@@ -253,19 +253,19 @@ fn assert_archive(pg: &PgCluster, dir: &Path, first: u64, end: u64, zeros_after_
             || name
                 .strip_suffix(".partial")
                 .is_some_and(archive::is_segment_name)
-            || name == "walsink.meta"
-            || name == "walsink.lock";
+            || name == ".walsink.meta"
+            || name == ".walsink.lock";
         assert!(known, "unexpected file {name:?} in the archive: {files:?}");
     }
 }
 
-/// Every file of a directory with its content, except `walsink.lock` (whose content is the pid of the last
+/// Every file of a directory with its content, except `.walsink.lock` (whose content is the pid of the last
 /// walsink that opened the directory, by design).
 fn snapshot(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
     archive::list(dir)
         .into_iter()
         .map(|name| {
-            let content = (name != "walsink.lock")
+            let content = (name != ".walsink.lock")
                 .then(|| fs::read(dir.join(&name)).expect("read archive file"));
             (name, content)
         })
@@ -422,7 +422,7 @@ fn pg_receivewal_and_walsink_continue_each_others_partial_segments() {
     expect_exit(&mut theirs, EXIT_TIMEOUT, 0);
     assert_archive(&pg, dir.path(), first, target, false);
     let their_partial = seg.name(seg.no(target));
-    assert!(!dir.path().join("walsink.meta").exists());
+    assert!(!dir.path().join(".walsink.meta").exists());
 
     // walsink resumes on the same directory (adopting it: same cluster), completes pg_receivewal's
     // .partial and stops mid-segment at an end position.
@@ -432,7 +432,7 @@ fn pg_receivewal_and_walsink_continue_each_others_partial_segments() {
     expect_exit(&mut ours, EXIT_TIMEOUT, 0);
     assert_archive(&pg, dir.path(), first, end, true);
     assert!(archive::completed_segments(dir.path()).contains(&their_partial));
-    assert!(dir.path().join("walsink.meta").exists());
+    assert!(dir.path().join(".walsink.meta").exists());
 
     // And back: pg_receivewal resumes on walsink's directory and completes walsink's .partial.
     let our_partial = seg.name(seg.no(end));
@@ -682,8 +682,8 @@ fn second_walsink_on_a_directory_is_refused_at_once_and_the_first_keeps_streamin
         "walsink did not start streaming:\n{}",
         w.stderr_text()
     );
-    let lock = dir.path().join("walsink.lock");
-    let lock_before = fs::read_to_string(&lock).expect("read walsink.lock");
+    let lock = dir.path().join(".walsink.lock");
+    let lock_before = fs::read_to_string(&lock).expect("read .walsink.lock");
     assert_eq!(lock_before.trim(), w.pid().to_string());
 
     // The second one needs no slot of its own to be refused: the directory lock comes first.
@@ -707,9 +707,9 @@ fn second_walsink_on_a_directory_is_refused_at_once_and_the_first_keeps_streamin
         "expected {expected:?} in:\n{stderr}"
     );
     assert_eq!(
-        fs::read_to_string(&lock).expect("read walsink.lock"),
+        fs::read_to_string(&lock).expect("read .walsink.lock"),
         lock_before,
-        "the refused walsink changed walsink.lock"
+        "the refused walsink changed .walsink.lock"
     );
 
     // The first one was not disturbed.
@@ -741,9 +741,9 @@ fn assert_refused_for_other_cluster(dir: &Path, a_sysid: u64, b: &PgCluster) {
         "expected {expected:?} in:\n{stderr}"
     );
     let mut after = snapshot(dir);
-    // walsink.lock is the one file a refused walsink may leave (it is created before the server is asked).
-    if !before.iter().any(|(n, _)| n == "walsink.lock") {
-        after.retain(|(n, _)| n != "walsink.lock");
+    // .walsink.lock is the one file a refused walsink may leave (it is created before the server is asked).
+    if !before.iter().any(|(n, _)| n == ".walsink.lock") {
+        after.retain(|(n, _)| n != ".walsink.lock");
     }
     assert!(
         before == after,
@@ -761,17 +761,17 @@ fn archive_of_another_cluster_is_refused_and_left_untouched() {
     let a_sysid = a.system_identifier();
     let first = create_slot(&a);
 
-    // Archived by walsink: pinned by walsink.meta.
+    // Archived by walsink: pinned by .walsink.meta.
     let dir = archive_dir();
     let end = end_position(seg, first, 1);
     let mut w = spawn_walsink(&a, dir.path(), &["-E", &format_lsn(end)]);
     generate_past(&a, end);
     expect_exit(&mut w, EXIT_TIMEOUT, 0);
-    assert!(dir.path().join("walsink.meta").exists());
+    assert!(dir.path().join(".walsink.meta").exists());
     assert_refused_for_other_cluster(dir.path(), a_sysid, &b);
     assert_archive(&a, dir.path(), first, end, true);
 
-    // Archived by pg_receivewal: no walsink.meta, walsink reads the segments' page headers.
+    // Archived by pg_receivewal: no .walsink.meta, walsink reads the segments' page headers.
     let dir = archive_dir();
     let start = current_lsn(&a);
     let end = end_position(seg, start, 1);
@@ -785,7 +785,84 @@ fn archive_of_another_cluster_is_refused_and_left_untouched() {
         archive::list(dir.path())
     );
     assert_refused_for_other_cluster(dir.path(), a_sysid, &b);
-    assert!(!dir.path().join("walsink.meta").exists());
+    assert!(!dir.path().join(".walsink.meta").exists());
+}
+
+/// A directory written by walsink before its own files got dot-names (up to commit 7285866): the pin
+/// `walsink.meta`, `walsink.lock` holding the pid of the walsink that last ran, the prepared next segment
+/// `walsink.prepared.tmp` and a `walsink.meta.tmp` left by a crash, and a segment moved aside as
+/// `NAME.replaced-<time>`. Started on it, walsink moves them to their dot-names (which Barman's archiver
+/// skips), keeps the pin (another cluster is refused with exit 15, the same message as before) and streams on
+/// from the archive's end: contiguous and byte-identical.
+#[test]
+fn an_archive_of_the_older_layout_is_migrated_keeping_its_pin_and_its_wal() {
+    let a = cluster(1);
+    let b = cluster(1);
+    let seg = Seg::of(&a);
+    let first = create_slot(&a);
+    let dir = archive_dir();
+    let d = dir.path();
+    let end = end_position(seg, first, 2);
+    let mut w = spawn_walsink(&a, d, &["-E", &format_lsn(end)]);
+    generate_past(&a, end);
+    expect_exit(&mut w, EXIT_TIMEOUT, 0);
+
+    // The older layout's names, as that version left them.
+    fs::rename(d.join(".walsink.meta"), d.join("walsink.meta")).unwrap();
+    fs::rename(d.join(".walsink.lock"), d.join("walsink.lock")).unwrap();
+    fs::write(
+        d.join("walsink.prepared.tmp"),
+        vec![0u8; seg.bytes() as usize],
+    )
+    .unwrap();
+    fs::write(d.join("walsink.meta.tmp"), "system_identifier = 1\n").unwrap();
+    let aside = format!("{}.replaced-1700000000", seg.name(seg.no(first)));
+    fs::write(d.join(&aside), b"an older copy of the segment").unwrap();
+    let pin = fs::read(d.join("walsink.meta")).unwrap();
+
+    // Another cluster is still refused by the pin.
+    let mut cmd = Walsink::cmd(["receive", "-d", &b.conninfo(), "-D"]);
+    cmd.arg(d);
+    let stderr = expect_exit(&mut WalsinkProcess::spawn_command(cmd), EXIT_TIMEOUT, 15);
+    let expected = format!(
+        "holds WAL of database system {}, but the server is database system {}",
+        a.system_identifier(),
+        b.system_identifier()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+    // ... and the directory was migrated: WAL under WAL names, walsink's files under dot-names only.
+    assert_eq!(fs::read(d.join(".walsink.meta")).unwrap(), pin);
+    assert_eq!(
+        fs::read(d.join(format!(".{aside}"))).unwrap(),
+        b"an older copy of the segment"
+    );
+    let files = archive::list(d);
+    for name in &files {
+        assert!(
+            name.starts_with('.')
+                || archive::is_segment_name(name)
+                || name
+                    .strip_suffix(".partial")
+                    .is_some_and(archive::is_segment_name),
+            "{name:?} left in the WAL namespace: {files:?}"
+        );
+    }
+    assert!(
+        stderr.contains("out of the WAL file names (older layout)"),
+        "{stderr}"
+    );
+
+    // The same cluster streams on from where the archive ended, with nothing to migrate any more.
+    let end2 = end_position(seg, end, 2);
+    let mut w = spawn_walsink(&a, d, &["-E", &format_lsn(end2)]);
+    generate_past(&a, end2);
+    let stderr = expect_exit(&mut w, EXIT_TIMEOUT, 0);
+    assert!(!stderr.contains("older layout"), "{stderr}");
+    fs::remove_file(d.join(format!(".{aside}"))).unwrap();
+    assert_archive(&a, d, first, end2, true);
 }
 
 // ---- 8. missing directory ---------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ fn bogus_wal(start: u64, len: usize) -> Step {
 fn assert_archive_ends_at(dir: &Path, tli: u32, good_end: u64) {
     let names = archive::list(dir);
     for name in &names {
-        if name == "walsink.meta" || name == "walsink.lock" {
+        if name == ".walsink.meta" || name == ".walsink.lock" {
             continue;
         }
         let base = name.trim_end_matches(".partial");
@@ -839,10 +839,10 @@ fn other_system_on_reconnect_exits_15_and_leaves_the_archive_untouched() {
         !second.iter().any(|q| q.starts_with("START_REPLICATION")),
         "walsink streamed from the other system: {second:?}"
     );
-    let meta = fs::read_to_string(dir.path().join("walsink.meta")).unwrap();
+    let meta = fs::read_to_string(dir.path().join(".walsink.meta")).unwrap();
     assert!(
         meta.contains(&format!("system_identifier = {SYSID}")),
-        "walsink.meta changed: {meta}"
+        ".walsink.meta changed: {meta}"
     );
 }
 
@@ -864,7 +864,7 @@ fn invalid_wal_segment_size_is_refused() {
     );
     let names: Vec<String> = archive::list(dir.path())
         .into_iter()
-        .filter(|n| n != "walsink.lock")
+        .filter(|n| n != ".walsink.lock")
         .collect();
     assert!(names.is_empty(), "the archive was written to: {names:?}");
     assert!(fake.statuses().is_empty());

@@ -120,7 +120,7 @@ pub struct ReceiveArgs {
     pub flush_interval: Duration,
 
     /// If the server no longer has WAL the archive needs, continue from the oldest WAL it
-    /// still has instead of exiting (code 14), and record the gap in walsink.meta.
+    /// still has instead of exiting (code 14), and record the gap in .walsink.meta.
     #[arg(long = "allow-gap")]
     pub allow_gap: bool,
 

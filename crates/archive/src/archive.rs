@@ -14,20 +14,23 @@ use crate::dir::Dir;
 use crate::fsops::{RealFs, SegmentFs};
 use crate::lock::Shared;
 use crate::meta::{Gap, Meta};
+use crate::migrate;
 use crate::writer::SegmentWriter;
 use crate::{ArchiveError, StartPoint, SyncMode, WriterOptions, fsops, scan};
 
 /// Name of the lock file in the archive directory. It holds the pid of the walsink
-/// that has the directory open.
-pub const LOCK_FILE: &str = "walsink.lock";
+/// that has the directory open. A dot-name, like all of walsink's own files there:
+/// programs that manage WAL directories (Barman) skip those.
+pub const LOCK_FILE: &str = ".walsink.lock";
 
-/// Name of the metadata file that pins the directory to one database system.
-pub const META_FILE: &str = "walsink.meta";
+/// Name of the metadata file that pins the directory to one database system (it was
+/// `walsink.meta`: [`LEGACY_META_FILE`](crate::LEGACY_META_FILE)).
+pub const META_FILE: &str = ".walsink.meta";
 
 /// Name of the file created and removed at open to prove the directory is writable.
-const PROBE_FILE: &str = "walsink.probe";
+const PROBE_FILE: &str = ".walsink.probe";
 
-/// The largest `walsink.meta` read (it holds two lines and one per recorded gap).
+/// The largest `.walsink.meta` read (it holds two lines and one per recorded gap).
 pub(crate) const META_LIMIT: u64 = 1 << 20;
 
 /// The largest timeline history file read (one line per timeline).
@@ -54,10 +57,10 @@ pub struct Archive {
     /// The segment size of the cluster the directory was pinned to by
     /// [`Archive::check_identity`], once it was called.
     pinned_seg: Option<WalSegSize>,
-    /// What `walsink.meta` holds, once [`Archive::verify_identity`] has read it (or,
+    /// What `.walsink.meta` holds, once [`Archive::verify_identity`] has read it (or,
     /// for a directory without one, what [`Archive::pin_identity`] is to write).
     meta: Option<Meta>,
-    /// Whether `meta` is not in `walsink.meta` yet: verified, not pinned.
+    /// Whether `meta` is not in `.walsink.meta` yet: verified, not pinned.
     pin_pending: bool,
     /// Whether the recorded gaps were reported (once per process).
     gaps_reported: bool,
@@ -69,12 +72,15 @@ impl Archive {
     /// The directory is never created: a missing one is [`ArchiveError::NoDirectory`].
     /// It must be a directory ([`ArchiveError::NotADirectory`]) that this process can
     /// create files in ([`ArchiveError::NotWritable`]). The lock is an exclusive
-    /// `flock` on the directory and on `walsink.lock` (created with mode 0600), into
+    /// `flock` on the directory and on [`LOCK_FILE`] (created with mode 0600), into
     /// which our pid is written; if another process holds either the result is
-    /// [`ArchiveError::Locked`] with that process's pid if `walsink.lock` still has it.
-    /// A `walsink.lock` that is not a regular file (a symbolic link, say) is
+    /// [`ArchiveError::Locked`] with that process's pid if the lock file still has it.
+    /// A lock file that is not a regular file (a symbolic link, say) is
     /// [`ArchiveError::NotARegularFile`]. pg_receivewal takes no lock, so it is not
     /// kept out.
+    ///
+    /// Once locked, a directory of the older layout (`walsink.meta`, `walsink.lock`,
+    /// `NAME.replaced-*`) is migrated to the dot-names, durably (see `migrate.rs`).
     ///
     /// Logs a warning if the directory is writable by its group or by others, or
     /// belongs to another user than the one walsink runs as: they can put files there.
@@ -92,6 +98,7 @@ impl Archive {
         let handle = Dir::open(dir)?;
         warn_if_others_can_write(&handle)?;
         let shared = Shared::acquire(&handle)?;
+        migrate::migrate(&handle, sync)?;
 
         // The lock file may predate a chmod or a read-only remount; only creating a
         // file proves that segments can be created.
@@ -124,7 +131,7 @@ impl Archive {
         })
     }
 
-    /// Checks that `walsink.lock` is still the file this process locked (two `stat`s).
+    /// Checks that `.walsink.lock` is still the file this process locked (two `stat`s).
     /// [`ArchiveError::LockLost`] if it was removed or replaced: another program is
     /// changing the directory, and walsink must stop writing. The
     /// [`SegmentWriter`] checks on its own while it writes
@@ -153,14 +160,14 @@ impl Archive {
     /// Checks that the archive belongs to this database system, without writing
     /// anything. Call it after every `IDENTIFY_SYSTEM`, before streaming.
     ///
-    /// If `walsink.meta` exists, its system identifier and segment size must equal the
+    /// If `.walsink.meta` exists, its system identifier and segment size must equal the
     /// server's ([`ArchiveError::SystemIdMismatch`], [`ArchiveError::SegSizeMismatch`]).
     /// If it does not, but the directory already holds WAL files (for example written
     /// by pg_receivewal), the long page header of the newest file with a plausible one
     /// must match instead; then [`pin_identity`](Self::pin_identity) is to write
-    /// `walsink.meta`, once every other check of the server has passed.
+    /// `.walsink.meta`, once every other check of the server has passed.
     ///
-    /// The first call that reads a `walsink.meta` with recorded gaps logs them (warn):
+    /// The first call that reads a `.walsink.meta` with recorded gaps logs them (warn):
     /// see [`Archive::gap_report`].
     pub fn verify_identity(&mut self, system_id: u64, seg: WalSegSize) -> Result<(), ArchiveError> {
         let meta_path = self.path.join(META_FILE);
@@ -214,7 +221,7 @@ impl Archive {
         Ok(())
     }
 
-    /// Writes `walsink.meta` durably (0600) for the identity
+    /// Writes `.walsink.meta` durably (0600) for the identity
     /// [`verify_identity`](Self::verify_identity) accepted, if the directory had none;
     /// otherwise does nothing. Call it once the server has been checked completely, so
     /// that a start that fails leaves the directory as it was.
@@ -238,12 +245,12 @@ impl Archive {
         Ok(())
     }
 
-    /// The WAL format (page magic and block size) pinned in `walsink.meta`, if any.
+    /// The WAL format (page magic and block size) pinned in `.walsink.meta`, if any.
     pub fn wal_format(&self) -> Option<WalFormat> {
         self.meta.as_ref().and_then(|m| m.format)
     }
 
-    /// Pins the WAL format learned from the first page received in `walsink.meta`
+    /// Pins the WAL format learned from the first page received in `.walsink.meta`
     /// (durably and atomically, as [`record_gap`](Self::record_gap)), if it has none
     /// yet; later WAL must have the same. Does nothing before the identity is known or
     /// when the same format is pinned already.
@@ -274,7 +281,7 @@ impl Archive {
         Ok(())
     }
 
-    /// The gaps recorded in `walsink.meta` (WAL the archive does not have, accepted
+    /// The gaps recorded in `.walsink.meta` (WAL the archive does not have, accepted
     /// with `--allow-gap`), oldest first. Empty until [`Archive::check_identity`] ran.
     pub fn gaps(&self) -> &[Gap] {
         self.meta.as_ref().map_or(&[], |m| &m.gaps)
@@ -312,7 +319,7 @@ impl Archive {
             .find(|g| seg.segment_start(g.from) <= start && start < g.to)
     }
 
-    /// Records a gap in `walsink.meta`, durably and atomically (`walsink.meta.tmp`,
+    /// Records a gap in `.walsink.meta`, durably and atomically (`.walsink.meta.tmp`,
     /// fsync, rename, directory fsync with [`SyncMode::Sync`]): afterwards the file
     /// holds the old content plus the gap, or, if this fails, the old content. Needs
     /// the identity pinned by [`Archive::check_identity`] first.
@@ -667,7 +674,7 @@ mod tests {
         let text = fs::read_to_string(&meta).unwrap();
         assert!(text.contains("system_identifier = 111\n"), "{text}");
         assert!(text.contains("wal_segment_size = 1048576\n"), "{text}");
-        assert!(!d.path().join("walsink.meta.tmp").exists());
+        assert!(!d.path().join(".walsink.meta.tmp").exists());
         // Same identity again: fine, also from a new process.
         a.check_identity(111, seg1m()).unwrap();
         drop(a);
@@ -844,7 +851,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(mode(&meta), 0o600);
-        assert!(!d.path().join("walsink.meta.tmp").exists());
+        assert!(!d.path().join(".walsink.meta.tmp").exists());
 
         let g2 = Gap::new(Lsn(0x70_0000), Lsn(0x90_0000), 1_700_000_100, "again");
         a.record_gap(g2.clone()).unwrap();
@@ -890,7 +897,7 @@ mod tests {
         let meta = d.path().join(META_FILE);
         let before = fs::read_to_string(&meta).unwrap();
         // Something the temporary file cannot replace.
-        fs::create_dir(d.path().join("walsink.meta.tmp")).unwrap();
+        fs::create_dir(d.path().join(".walsink.meta.tmp")).unwrap();
         let e = a
             .record_gap(Gap::new(Lsn(0x30_0000), Lsn(0x50_0000), 1, "r"))
             .unwrap_err();
@@ -906,7 +913,7 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(&meta).unwrap(), before);
         assert!(a.gaps().is_empty(), "not recorded in memory either");
-        fs::remove_dir(d.path().join("walsink.meta.tmp")).unwrap();
+        fs::remove_dir(d.path().join(".walsink.meta.tmp")).unwrap();
         a.record_gap(Gap::new(Lsn(0x30_0000), Lsn(0x50_0000), 1, "r"))
             .unwrap();
         assert_eq!(a.gaps().len(), 1);

@@ -53,7 +53,7 @@ pub enum ArchiveError {
     Locked {
         /// The archive directory.
         path: PathBuf,
-        /// The pid the holder wrote into `walsink.lock`, if it could be read.
+        /// The pid the holder wrote into `.walsink.lock`, if it could be read.
         pid: Option<u32>,
     },
 
@@ -72,7 +72,7 @@ pub enum ArchiveError {
         kind: &'static str,
     },
 
-    /// A file walsink reads from the archive directory (`walsink.meta`, a timeline
+    /// A file walsink reads from the archive directory (`.walsink.meta`, a timeline
     /// history file) is far larger than any file walsink writes there.
     #[error(
         "\"{}\" is larger than {limit} bytes, which no file walsink writes ever is; it is not walsink's: move it out of the archive directory",
@@ -159,7 +159,7 @@ pub enum ArchiveError {
         server: WalSegSize,
     },
 
-    /// `walsink.meta` exists but cannot be understood.
+    /// `.walsink.meta` exists but cannot be understood.
     #[error(
         "archive metadata file \"{}\" is invalid: {reason}; check the directory and remove the file only if it belongs to this cluster",
         .path.display()

@@ -116,7 +116,7 @@ fn a_removed_or_replaced_lock_file_is_noticed() {
         );
         assert!(
             e.to_string().contains(&format!(
-                "walsink.lock\" was {how} while walsink was running"
+                ".walsink.lock\" was {how} while walsink was running"
             )),
             "{e}"
         );
@@ -223,7 +223,7 @@ fn metadata_that_is_a_link_fifo_or_huge_is_refused_without_hanging() {
     assert!(matches!(e, ArchiveError::FileTooLarge { .. }), "{e:?}");
     assert!(
         e.to_string()
-            .contains("walsink.meta\" is larger than 1048576 bytes"),
+            .contains(".walsink.meta\" is larger than 1048576 bytes"),
         "{e}"
     );
 }
@@ -254,7 +254,7 @@ fn a_temporary_file_link_is_refused_not_followed() {
     let outside = tempdir();
     let target = outside.path().join("victim");
     fs::write(&target, "precious").unwrap();
-    symlink(&target, d.path().join("walsink.meta.tmp")).unwrap();
+    symlink(&target, d.path().join(".walsink.meta.tmp")).unwrap();
     let mut a = Archive::open(d.path(), SyncMode::NoSync).unwrap();
     let e = a.check_identity(1, seg1m()).unwrap_err();
     assert!(matches!(e, ArchiveError::NotARegularFile { .. }), "{e:?}");

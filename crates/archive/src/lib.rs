@@ -1,8 +1,8 @@
 //! The walsink archive directory: the files WAL is streamed into.
 //!
 //! This crate owns everything on disk under the archive directory: the lock that
-//! keeps a second walsink out (`walsink.lock`), the file that pins the directory to
-//! one database cluster (`walsink.meta`), the scan that finds where to resume
+//! keeps a second walsink out (`.walsink.lock`), the file that pins the directory to
+//! one database cluster (`.walsink.meta`), the scan that finds where to resume
 //! streaming, timeline history files, and the segment files themselves, written as
 //! `NAME.partial` and renamed to `NAME` once complete. It must not touch the network,
 //! know about the replication protocol or use async I/O: callers hand it bytes at
@@ -24,8 +24,20 @@
 //! through a symbolic link, and must be a regular file ([`ArchiveError::NotARegularFile`]);
 //! files walsink reads whole are size-capped ([`ArchiveError::FileTooLarge`]); a renamed
 //! file must be the one walsink wrote ([`ArchiveError::FileReplaced`]); the directory
-//! itself is `flock`ed, and a removed or replaced `walsink.lock` stops the writer
+//! itself is `flock`ed, and a removed or replaced `.walsink.lock` stops the writer
 //! ([`ArchiveError::LockLost`], [`LockWatch`]).
+//!
+//! # Layout
+//!
+//! WAL under its own names (`NAME`, `NAME.partial`, `NNNNNNNN.history`), walsink's files
+//! under dot-names, which programs that manage WAL directories skip (Barman's archiver
+//! moves every other unknown name away): [`LOCK_FILE`] (`.walsink.lock`), [`META_FILE`]
+//! (`.walsink.meta`, written through `.walsink.meta.tmp`), [`PREPARED_FILE`]
+//! (`.walsink.prepared`), `.walsink.probe` (created and removed at open), and moved-aside
+//! segments `.NAME.replaced-<unix time>[-N]`. Readers of an archive that do not open it as
+//! an [`Archive`] (which migrates the older layout, see `migrate.rs`) should read
+//! [`META_FILE`] and fall back to [`LEGACY_META_FILE`] (`walsink.meta`), and skip dot-names
+//! when listing WAL.
 //!
 //! # Overview
 //!
@@ -41,11 +53,11 @@
 //!
 //! With [`SyncMode::Sync`]:
 //! * new segment: a helper thread prepares the file ahead of time under the neutral
-//!   name `walsink.prepared.tmp` (0600): pre-filled to the full size ([`Prefill`]),
+//!   name `.walsink.prepared` (0600): pre-filled to the full size ([`Prefill`]),
 //!   `fdatasync`ed. When the segment starts the writer renames it to `NAME.partial`;
 //!   the directory `fsync` that makes the rename durable is done with the next flush
 //!   (or the segment's completion), before any of its bytes is reported flushed. A
-//!   leftover `walsink.prepared.tmp` is never taken for WAL; it is replaced by the
+//!   leftover `.walsink.prepared` is never taken for WAL; it is replaced by the
 //!   next preparation and removed when the writer is dropped;
 //! * optionally ([`WriterOptions::direct_io`]) new segment files are written with
 //!   `O_DIRECT` where the filesystem allows it: whole 4 KiB blocks from an aligned
@@ -58,8 +70,8 @@
 //! * segment end: `fdatasync` `NAME.partial`, rename it to `NAME` (moving a differing
 //!   existing `NAME` aside first), `fsync` the directory; only then does `flushed()`
 //!   move to the segment end;
-//! * `walsink.meta` and history files: write `*.tmp`, `fsync`, rename, `fsync` the
-//!   directory. `walsink.meta` also records the gaps an operator accepted
+//! * `.walsink.meta` and history files: write `*.tmp`, `fsync`, rename, `fsync` the
+//!   directory. `.walsink.meta` also records the gaps an operator accepted
 //!   ([`Archive::record_gap`], [`Gap`]): WAL the server had removed before walsink
 //!   could archive it.
 //!
@@ -77,6 +89,7 @@ mod hostile;
 mod lock;
 mod meta;
 mod observe;
+mod migrate;
 mod prepare;
 mod readonly;
 #[cfg(test)]
@@ -97,6 +110,7 @@ pub use error::ArchiveError;
 pub use lock::LockWatch;
 pub use meta::{Gap, fuzz_meta};
 pub use observe::WriteObserver;
+pub use migrate::{LEGACY_LOCK_FILE, LEGACY_META_FILE};
 pub use prepare::PREPARED_FILE;
 pub use syncer::FlushListener;
 pub use writer::SegmentWriter;

@@ -5,9 +5,9 @@
 //! lives:
 //! * on the directory itself (its open handle). Nothing can delete or replace it
 //!   while walsink runs, so a second walsink is kept out even after another tool
-//!   removed `walsink.lock` (Barman, for one, moves unknown files out of its
+//!   removed `.walsink.lock` (Barman, for one, moves unknown files out of its
 //!   directories);
-//! * on `walsink.lock`, which also holds our pid for the operator (and keeps out an
+//! * on `.walsink.lock`, which also holds our pid for the operator (and keeps out an
 //!   older walsink, which only knew this lock).
 //!
 //! Like the PostgreSQL postmaster with its `postmaster.pid`, walsink rechecks its lock
@@ -33,9 +33,9 @@ pub(crate) struct Shared {
     /// The archive directory, `flock`ed: the lock lives as long as this handle (and
     /// its duplicates) is open.
     _dir: Dir,
-    /// The locked `walsink.lock`.
+    /// The locked `.walsink.lock`.
     _lock: File,
-    /// Which file `walsink.lock` was when it was locked.
+    /// Which file `.walsink.lock` was when it was locked.
     lock_id: FileId,
     /// Set when the lock file was found removed or replaced ("removed", "replaced").
     lost: OnceLock<&'static str>,
@@ -44,7 +44,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Locks the directory `dir` and its `walsink.lock` (created with mode 0600 if
+    /// Locks the directory `dir` and its `.walsink.lock` (created with mode 0600 if
     /// missing; refused if it is not a regular file), and writes our pid into it.
     pub(crate) fn acquire(dir: &Dir) -> Result<Shared, ArchiveError> {
         // A handle of its own: the lock must end with the archive and its writer, not
@@ -52,7 +52,7 @@ impl Shared {
         let dir_lock = dir.reopen()?;
         match rustix::fs::flock(&dir_lock, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Err(locked(dir)),
+            Err(Errno::WOULDBLOCK) => return Err(locked(dir, LOCK_FILE)),
             Err(e) => return Err(ArchiveError::io(dir.path(), "lock", e.into())),
         }
         let lock_path = dir.join(LOCK_FILE);
@@ -97,7 +97,7 @@ impl Shared {
         dir.refuse_special(LOCK_FILE, &st)?;
         match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Err(locked(dir)),
+            Err(Errno::WOULDBLOCK) => return Err(locked(dir, LOCK_FILE)),
             Err(e) => return Err(ArchiveError::io(lock_path, "lock", e.into())),
         }
         fsops::set_len(&lock, &lock_path, 0)?;
@@ -118,7 +118,7 @@ impl Shared {
         self.lost.get().is_some()
     }
 
-    /// Checks that `walsink.lock` in `dir` is still the file this process locked: two
+    /// Checks that `.walsink.lock` in `dir` is still the file this process locked: two
     /// `fstatat`s' worth of work. Once it was found removed or replaced, every later
     /// check fails too.
     pub(crate) fn check(&self, dir: &Dir) -> Result<(), ArchiveError> {
@@ -162,7 +162,7 @@ impl LockWatch {
         }
     }
 
-    /// [`ArchiveError::LockLost`] if `walsink.lock` was removed or replaced (one
+    /// [`ArchiveError::LockLost`] if `.walsink.lock` was removed or replaced (one
     /// `fstatat`). The writer itself refuses further writes from its next one on.
     pub fn check(&self) -> Result<(), ArchiveError> {
         match self.shared.upgrade() {
@@ -173,10 +173,10 @@ impl LockWatch {
 }
 
 /// The error for a directory another process has locked, with the pid it wrote into
-/// `walsink.lock` if that can be read (a small regular file).
-fn locked(dir: &Dir) -> ArchiveError {
+/// the lock file `name` if that can be read (a small regular file).
+pub(crate) fn locked(dir: &Dir, name: &str) -> ArchiveError {
     let pid = dir
-        .read_capped(LOCK_FILE, 64)
+        .read_capped(name, 64)
         .ok()
         .flatten()
         .and_then(|b| String::from_utf8(b).ok())

@@ -1,4 +1,4 @@
-//! `walsink.meta`: the cluster an archive directory is pinned to, and the gaps it has.
+//! `.walsink.meta`: the cluster an archive directory is pinned to, and the gaps it has.
 //!
 //! A text file of `key = value` lines. Blank lines and lines starting with `#` are
 //! ignored, and so are unknown keys (a newer walsink may add some). Both identity keys
@@ -19,7 +19,7 @@ use walsink_wal::validate::WalFormat;
 use walsink_wal::{Lsn, WalSegSize};
 
 /// WAL the archive does not have: the server had removed it when walsink needed it,
-/// and the operator accepted the loss (`--allow-gap`). Recorded in `walsink.meta`.
+/// and the operator accepted the loss (`--allow-gap`). Recorded in `.walsink.meta`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gap {
     /// The first position missing: where the archive's WAL ended.
@@ -129,7 +129,7 @@ fn utc(secs: u64) -> String {
     )
 }
 
-/// What `walsink.meta` records.
+/// What `.walsink.meta` records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Meta {
     /// The database system identifier (`IDENTIFY_SYSTEM` systemid).
@@ -248,7 +248,7 @@ impl Meta {
     }
 }
 
-/// Fuzzing entry point: `data` as the content of `walsink.meta`, read as the archive
+/// Fuzzing entry point: `data` as the content of `.walsink.meta`, read as the archive
 /// reads it (UTF-8 or refused). Never panics on its own account; it panics only if a
 /// file that parses does not render to one that parses back to the same metadata.
 pub fn fuzz_meta(data: &[u8]) {
@@ -260,7 +260,7 @@ pub fn fuzz_meta(data: &[u8]) {
         assert_eq!(
             Meta::parse(&rendered).as_ref(),
             Ok(&meta),
-            "walsink.meta does not round-trip: {rendered:?}"
+            ".walsink.meta does not round-trip: {rendered:?}"
         );
         for g in &meta.gaps {
             let _ = g.to_string();

@@ -25,7 +25,7 @@ use crate::stage::AlignedBuf;
 use crate::{ArchiveError, Prefill, SyncMode};
 
 /// Name of the segment file being prepared, in the archive directory.
-pub const PREPARED_FILE: &str = "walsink.prepared.tmp";
+pub const PREPARED_FILE: &str = ".walsink.prepared";
 
 /// Size of the zero blocks written to pre-fill a file.
 const ZERO_BLOCK: usize = 1 << 20;

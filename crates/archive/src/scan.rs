@@ -126,7 +126,7 @@ pub(crate) fn partial_written_end(
 /// whose header is plausible, and that file's path (`None` if no file has one), and
 /// the number of uncompressed WAL files there are.
 ///
-/// Used when the directory has no `walsink.meta` (for example it was written by
+/// Used when the directory has no `.walsink.meta` (for example it was written by
 /// pg_receivewal) to learn which cluster and segment size its WAL belongs to. The
 /// segment size is not known yet, so names are ordered at the smallest segment size,
 /// which orders them the same way as any other size would.
@@ -364,9 +364,13 @@ mod tests {
     fn non_wal_files_are_ignored() {
         let d = tempdir();
         for name in [
+            ".walsink.lock",
+            ".walsink.meta",
+            ".walsink.meta.tmp",
+            ".walsink.prepared",
+            ".000000010000000000000009.replaced-1700000000",
             "walsink.lock",
             "walsink.meta",
-            "walsink.meta.tmp",
             "00000002.history",
             "00000002.history.tmp",
             "000000010000000000000009.gz",

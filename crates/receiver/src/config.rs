@@ -43,7 +43,7 @@ pub struct ReceiveConfig {
     /// Flush once the oldest unsynced byte is this old.
     pub flush_interval: Duration,
     /// `--allow-gap`: when the server no longer has the WAL the archive needs, record
-    /// the gap in `walsink.meta` and continue from the oldest WAL it still has.
+    /// the gap in `.walsink.meta` and continue from the oldest WAL it still has.
     pub allow_gap: bool,
     /// How long "slot in use" is retried before it counts as needing a human (after a
     /// crash of a previous walsink, its walsender may hold the slot for a moment longer).

@@ -295,7 +295,7 @@ pub enum ReceiverError {
         #[from]
         source: ArchiveError,
     },
-    /// The writer could not write `walsink.meta` or a history file (the writer writes
+    /// The writer could not write `.walsink.meta` or a history file (the writer writes
     /// every file in the archive directory, and shares its errors).
     #[error("{source}")]
     ArchiveWrite {

@@ -9,7 +9,7 @@
 //!
 //! * without `--allow-gap` it stops with [`ErrorKind::WalRemoved`] (exit 14) and a
 //!   message naming the missing range;
-//! * with `--allow-gap` it records the gap in `walsink.meta`
+//! * with `--allow-gap` it records the gap in `.walsink.meta`
 //!   (by the writer, [`Writer::record_gap`]) and the caller restarts: the start position
 //!   then skips to the gap's end ([`walsink_archive::Archive::gap_containing`]). The record is written before any WAL
 //!   past the gap, so a crash in between cannot leave an unrecorded gap.
@@ -406,7 +406,7 @@ fn missing_error(
     if allow_gap {
         msg.push_str("--allow-gap was given, but no position after the missing WAL is known to be on the server; start again later or start a new archive directory");
     } else {
-        msg.push_str("start a new archive directory, or run again with --allow-gap to continue from the oldest WAL the server still has and record the gap in walsink.meta; to keep this from happening, stream through a replication slot (-S) and give max_slot_wal_keep_size room for walsink's downtime");
+        msg.push_str("start a new archive directory, or run again with --allow-gap to continue from the oldest WAL the server still has and record the gap in .walsink.meta; to keep this from happening, stream through a replication slot (-S) and give max_slot_wal_keep_size room for walsink's downtime");
     }
     ReceiverError::new(ErrorKind::WalRemoved, msg)
 }
@@ -420,9 +420,9 @@ fn invalidated_slot_error(missing: &ReceiverError, slot: &str, allow_gap: bool) 
         missing.summary()
     );
     if allow_gap {
-        msg.push_str("run again with --allow-gap; --allow-gap cannot continue through the invalidated slot, so no gap was recorded in walsink.meta");
+        msg.push_str("run again with --allow-gap; --allow-gap cannot continue through the invalidated slot, so no gap was recorded in .walsink.meta");
     } else {
-        msg.push_str("start a new archive directory, or run again with --allow-gap to continue from the oldest WAL the server still has and record the gap in walsink.meta; to keep this from happening, give max_slot_wal_keep_size room for walsink's downtime");
+        msg.push_str("start a new archive directory, or run again with --allow-gap to continue from the oldest WAL the server still has and record the gap in .walsink.meta; to keep this from happening, give max_slot_wal_keep_size room for walsink's downtime");
     }
     ReceiverError::new(ErrorKind::WalRemoved, msg)
 }

@@ -7,7 +7,7 @@
 //! * [`env`]: the process facts the connection options take (environment, password
 //!   database, the password file);
 //! * [`writer`]: the writer thread, which owns every file in the archive directory
-//!   (segments, `walsink.meta`, history files), runs fdatasync by policy and is the one
+//!   (segments, `.walsink.meta`, history files), runs fdatasync by policy and is the one
 //!   publisher of the durable position; it meets the network side through one queue in
 //!   and one `watch` channel out (see its docs for why these two, and the
 //!   `--synchronous` exception);

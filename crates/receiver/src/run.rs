@@ -155,7 +155,7 @@ async fn receive_loop(cfg: ReceiveConfig, cancel: CancellationToken) -> Result<(
     }
 }
 
-/// Runs `f` on the archive on a blocking thread (it reads files: `walsink.meta`, history
+/// Runs `f` on the archive on a blocking thread (it reads files: `.walsink.meta`, history
 /// files), so the runtime thread keeps handling signals and timers whatever the file
 /// system does. `None` when cancelled first (the archive is then not given back, and is
 /// opened again if needed).
@@ -221,7 +221,7 @@ async fn run_once(
         *archive = Some(Archive::open(&cfg.dir, sync)?);
     }
     // Read-only: nothing in the archive changes until the server, the timeline and the
-    // slot have all been checked (the writer's pin below). Reading `walsink.meta` runs
+    // slot have all been checked (the writer's pin below). Reading `.walsink.meta` runs
     // on a blocking thread, so signals are handled even if the file system hangs.
     let system_id = id.system_id;
     let Some(verified) =

@@ -100,7 +100,7 @@ pub enum StreamEnd {
 /// archive directory as it was.
 #[derive(Debug, Default)]
 pub struct FirstWrites {
-    /// Pin the directory to the server's system (`walsink.meta`), if not pinned yet.
+    /// Pin the directory to the server's system (`.walsink.meta`), if not pinned yet.
     pub pin: bool,
     /// The history file of the session's timeline, fetched before the session.
     pub history: Option<(TimelineId, Vec<u8>)>,

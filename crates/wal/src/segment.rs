@@ -239,7 +239,7 @@ mod tests {
             "00000000000000000000000A", // timeline 0
             "000000010000000000000100", // segment 0x100 >= 256 per xlogid at 16 MiB
             "00000001.history",
-            "walsink.lock",
+            ".walsink.lock",
         ] {
             assert_eq!(SegmentName::parse_file_name(bad, s), None, "{bad}");
         }

@@ -128,15 +128,16 @@ fn finish_segment(
     Ok(())
 }
 
-/// A free name `NAME.replaced-<unix seconds>[-N]` to move an old `NAME` to.
+/// A free name `.NAME.replaced-<unix seconds>[-N]` to move an old `NAME` to: a
+/// dot-name, so that programs that manage WAL directories (Barman) leave it alone.
 fn aside_name(dir: &Dir, complete: &str) -> Result<String, ArchiveError> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut candidate = format!("{complete}.replaced-{secs}");
+    let mut candidate = format!(".{complete}.replaced-{secs}");
     let mut n = 1;
     while fsops::exists(dir, &candidate)? {
-        candidate = format!("{complete}.replaced-{secs}-{n}");
+        candidate = format!(".{complete}.replaced-{secs}-{n}");
         n += 1;
     }
     Ok(candidate)

@@ -563,7 +563,7 @@ impl SegmentWriter {
         LockWatch::new(&self.shared, &self.dir)
     }
 
-    /// Checks that `walsink.lock` is still the file the archive locked. If it was
+    /// Checks that `.walsink.lock` is still the file the archive locked. If it was
     /// removed or replaced ([`ArchiveError::LockLost`]), another program is changing
     /// the directory: the writer makes what it has written durable (through the files
     /// it has open, without looking up or creating a name) and refuses every later

@@ -28,7 +28,7 @@ fn files(d: &tempfile::TempDir) -> Vec<String> {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         // The lock, and the next segment being prepared ahead (never WAL).
-        .filter(|n| n != "walsink.lock" && n != crate::PREPARED_FILE)
+        .filter(|n| n != ".walsink.lock" && n != crate::PREPARED_FILE)
         .collect();
     v.sort();
     v
@@ -272,7 +272,7 @@ fn differing_completed_segment_is_moved_aside_not_lost() {
     assert_eq!(read(&d, &name(1, 3)), data);
     let aside: Vec<String> = files(&d)
         .into_iter()
-        .filter(|f| f.starts_with(&format!("{}.replaced-", name(1, 3))))
+        .filter(|f| f.starts_with(&format!(".{}.replaced-", name(1, 3))))
         .collect();
     assert_eq!(aside.len(), 1, "{:?}", files(&d));
     assert_eq!(read(&d, &aside[0]), old);

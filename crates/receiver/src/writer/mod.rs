@@ -1,7 +1,7 @@
 //! The writer: the one owner of the archive directory's files.
 //!
 //! Every file in the archive directory is written by the writer: the segment files,
-//! `walsink.meta` ([`Writer::pin`], [`Writer::record_gap`]) and timeline history files
+//! `.walsink.meta` ([`Writer::pin`], [`Writer::record_gap`]) and timeline history files
 //! ([`Writer::write_history`]). The network side only reads the directory (where to
 //! start, which history files exist) and, once the writer exists, only through it.
 //!
@@ -27,7 +27,7 @@
 //!
 //! * **in: one bounded `mpsc` queue of commands** into the writer thread: WAL to write,
 //!   "flush soon", "continue at this position", "close the segment", the archive's
-//!   other writes (pin `walsink.meta`, a history file, a gap), and "the sync thread made
+//!   other writes (pin `.walsink.meta`, a history file, a gap), and "the sync thread made
 //!   more durable". Bounded, because its fullness is the backpressure that stops the
 //!   network task reading the socket when the disk is slow or full. In order, because a
 //!   reset or a close must take effect after the WAL queued before it.
@@ -145,11 +145,11 @@ enum Request {
     Reset { tli: TimelineId, lsn: Lsn },
     /// Flush and close the open segment (kept as `.partial` when incomplete).
     Close,
-    /// Write `walsink.meta` if [`Archive::verify_identity`] found none.
+    /// Write `.walsink.meta` if [`Archive::verify_identity`] found none.
     Pin,
     /// Write the history file of `tli`.
     History { tli: TimelineId, content: Vec<u8> },
-    /// Record a gap in `walsink.meta`.
+    /// Record a gap in `.walsink.meta`.
     Gap(Gap),
 }
 
@@ -412,7 +412,7 @@ impl Writer {
         Ok(self.state.borrow().flushed)
     }
 
-    /// Writes `walsink.meta` if [`Archive::verify_identity`] found none (before the
+    /// Writes `.walsink.meta` if [`Archive::verify_identity`] found none (before the
     /// writer was started): the directory is pinned to the server's system.
     pub async fn pin(&self) -> Result<(), Arc<ArchiveError>> {
         self.request(Request::Pin).await
@@ -427,7 +427,7 @@ impl Writer {
         self.request(Request::History { tli, content }).await
     }
 
-    /// Records a gap in `walsink.meta` durably ([`Archive::record_gap`]).
+    /// Records a gap in `.walsink.meta` durably ([`Archive::record_gap`]).
     pub async fn record_gap(&self, gap: Gap) -> Result<(), Arc<ArchiveError>> {
         self.request(Request::Gap(gap)).await
     }

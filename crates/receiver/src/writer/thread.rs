@@ -1,4 +1,4 @@
-//! The writer thread: owns the archive (segment files, `walsink.meta`, history files)
+//! The writer thread: owns the archive (segment files, `.walsink.meta`, history files)
 //! and is the one place that publishes the durable position (see the module docs).
 
 use std::time::Instant;
