@@ -7,7 +7,9 @@
 //!   interval, never past write, and never backwards across a SIGKILL and restart;
 //! - `--synchronous`: walsink is a synchronous standby; commits wait for its flush;
 //! - `--no-sync`: flush is never reported, so a slot does not advance;
-//! - `-s N`: a status update at least every N seconds, also while idle.
+//! - `-s N`: a status update at least every N seconds, also while idle;
+//! - with a slot, the start position is reported flushed right after START_REPLICATION, so an idle
+//!   server's slot gets its restart_lsn at once (Barman's `barman check` needs it set).
 
 use std::fs;
 use std::path::Path;
@@ -661,4 +663,71 @@ fn status_interval_one_second_updates_while_idle() {
     );
     stop(&mut fast);
     stop(&mut slow);
+}
+
+/// An idle server, and a slot that has reserved nothing yet (restart_lsn NULL, as pg_receivewal's
+/// `--create-slot` and Barman's `create_slot = auto` leave it): within a second of walsink starting to
+/// stream, the slot's restart_lsn is set, to exactly walsink's start position. The first status update,
+/// right after START_REPLICATION, reports the start as flushed, as pg_receivewal's does (everything before
+/// it is in the archive, or not wanted). Nothing else can have set it: periodic updates are an hour apart
+/// (`-s 3600`) and the WAL the server sends from the start on is not flushed for an hour either
+/// (`--flush-interval 60min --flush-bytes 1GB`), so a flush report would also be past the start.
+#[test]
+fn an_idle_servers_slot_gets_its_restart_lsn_within_a_second_of_the_start() {
+    let pg = PgCluster::start_default();
+    let slot = "idle_slot";
+    pg.execute(&format!(
+        "SELECT pg_create_physical_replication_slot('{slot}')"
+    ));
+    assert_eq!(
+        restart_lsn(&pg, slot),
+        None,
+        "the slot reserved WAL at creation"
+    );
+    let dir = archive_dir();
+    let d = dir.path().to_str().expect("UTF-8 temp path");
+    let conninfo = pg.conninfo();
+    let mut ws = Walsink::spawn([
+        "receive",
+        "-D",
+        d,
+        "-d",
+        &conninfo,
+        "-S",
+        slot,
+        "-s",
+        "3600",
+        "--flush-interval",
+        "60min",
+        "--flush-bytes",
+        "1GB",
+        "-v",
+    ]);
+    let marker = "starting log streaming at ";
+    assert!(
+        ws.wait_for_stderr(marker, WAIT),
+        "walsink did not start streaming:\n{}",
+        ws.stderr_text()
+    );
+    let streaming = Instant::now();
+    let set = wait_for(|| restart_lsn(&pg, slot).is_some(), Duration::from_secs(1));
+    let waited = streaming.elapsed();
+    let stderr = ws.stderr_text();
+    assert!(
+        set,
+        "the slot's restart_lsn is still NULL {waited:?} after walsink started streaming:\n{stderr}"
+    );
+    let start = stderr
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(parse_lsn)
+        .expect("the start position in walsink's log");
+    assert_eq!(
+        restart_lsn(&pg, slot),
+        Some(start),
+        "restart_lsn is not walsink's start position {}:\n{stderr}",
+        format_lsn(start)
+    );
+    stop(&mut ws);
 }

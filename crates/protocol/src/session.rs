@@ -706,12 +706,16 @@ impl ReplicationSession {
 
     // ---- rules ------------------------------------------------------------------------------
 
-    /// The flush position a status update may carry: what the writer says is durable (never
-    /// past what was received), only when flush reporting is on, past this session's start
-    /// and not below what the server already has; else invalid (not reported).
+    /// The flush position a status update may carry: what the writer says is durable, and at
+    /// least this session's start (everything before it is in the archive already, or not
+    /// wanted: that is how the start was chosen), never past what was received; only when
+    /// flush reporting is on and not below what the server already has; else invalid (not
+    /// reported). So the first status update, right after `START_REPLICATION`, reports the
+    /// start as flushed, as pg_receivewal's does: a slot gets its `restart_lsn` at once, even
+    /// from an idle server.
     fn flush_to_report(&self) -> Lsn {
-        let flushed = self.durable.min(self.received);
-        if self.cfg.report_flush && flushed > self.cfg.start && flushed >= self.cfg.confirmed {
+        let flushed = self.durable.max(self.cfg.start).min(self.received);
+        if self.cfg.report_flush && flushed >= self.cfg.confirmed {
             flushed
         } else {
             Lsn::INVALID

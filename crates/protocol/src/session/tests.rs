@@ -247,7 +247,8 @@ fn start_replication_is_sent_first_and_copy_mode_sends_a_status_at_once() {
     assert_eq!(st.len(), 1);
     assert_eq!(st[0].0, 3 * SEC);
     assert_eq!(st[0].1.write, Lsn(START));
-    assert_eq!(st[0].1.flush, Lsn::INVALID);
+    // The start is reported flushed at once: everything before it is in the archive.
+    assert_eq!(st[0].1.flush, Lsn(START));
     assert_eq!(st[0].1.apply, Lsn::INVALID);
     assert!(!st[0].1.reply_requested);
     assert_eq!(
@@ -471,8 +472,59 @@ fn flush_is_never_reported_above_durable_nor_write_above_written() {
     assert_eq!(st[0].1.write, Lsn(START + 16384));
 }
 
+/// An idle server sends no WAL: the start position is reported written and flushed in the first status
+/// update, at the moment copy mode begins (so the slot's restart_lsn is set at once, as with
+/// pg_receivewal), and in every periodic one after it; it moves on only with a durable flush. Without flush
+/// reporting (no slot, no --synchronous, or --no-sync) it stays invalid; below the position the server
+/// already has (a re-streamed .partial) it is not reported.
 #[test]
-fn flush_is_not_reported_at_or_before_the_start_or_below_the_confirmed_position() {
+fn on_an_idle_server_the_start_is_reported_flushed_at_once() {
+    let mut sim = Sim::new(config());
+    sim.take();
+    sim.run_until(SEC / 2);
+    sim.feed(&copy_both());
+    let st = Sim::statuses(&sim.take().1);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].0, SEC / 2, "sent the moment copy mode began");
+    assert_eq!((st[0].1.write, st[0].1.flush), (Lsn(START), Lsn(START)));
+    // Nothing arrives; the periodic updates say the same.
+    sim.run_until(35 * SEC);
+    let st = Sim::statuses(&sim.take().1);
+    assert_eq!(
+        st.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [10 * SEC + SEC / 2, 20 * SEC + SEC / 2, 30 * SEC + SEC / 2]
+    );
+    assert!(st.iter().all(|s| s.1.flush == Lsn(START)), "{st:?}");
+    // A writer that has not flushed anything of this session yet does not pull it back.
+    sim.flushed(0);
+    assert!(sim.take().1.is_empty());
+    sim.feed(&xlog(START, 100));
+    sim.s.handle_written(Lsn(START + 100));
+    sim.flushed(START + 100);
+    let st = Sim::statuses(&sim.take().1);
+    assert_eq!(st[0].1.flush, Lsn(START + 100));
+
+    // No flush reporting: invalid from the start.
+    let mut sim = Sim::new(SessionConfig {
+        report_flush: false,
+        ..config()
+    });
+    sim.feed(&copy_both());
+    let st = Sim::statuses(&sim.take().1);
+    assert_eq!((st[0].1.write, st[0].1.flush), (Lsn(START), Lsn::INVALID));
+
+    // The server already has more than the start: not reported until the flush passes it.
+    let mut sim = Sim::new(SessionConfig {
+        confirmed: Lsn(START + 10),
+        ..config()
+    });
+    sim.feed(&copy_both());
+    let st = Sim::statuses(&sim.take().1);
+    assert_eq!(st[0].1.flush, Lsn::INVALID);
+}
+
+#[test]
+fn flush_is_not_reported_below_the_confirmed_position() {
     let mut sim = Sim::streaming(SessionConfig {
         confirmed: Lsn(START + 6000),
         ..config()
