@@ -6,6 +6,8 @@
 #     pgbench) if no /usr/lib/postgresql/*/bin/initdb exists: postgresql, postgresql-contrib
 #   - the de_DE.UTF-8 locale (for the translated-server test) if missing: locales, localedef
 #   - the rustfmt and clippy components of the active Rust toolchain
+#   - Barman 3.19.1 from PyPI in a venv of the system Python ($WALSINK_BARMAN_VENV, default /opt/walsink-barman;
+#     python3-venv) and rsync, for the Barman test (tests/integration/barman.rs)
 # cargo-nextest is optional: scripts/test.sh falls back to `cargo test` without it.
 # Uses sudo for apt-get when not root (and sudo exists).
 set -euo pipefail
@@ -104,7 +106,34 @@ for component in rustfmt clippy; do
     rustup component add "$component"
 done
 
-# 6. cargo-nextest (optional; not installed here because `cargo install` takes minutes).
+# 6. Barman, for tests/integration/barman.rs: a venv of the system Python (a Python under /root, e.g. pyenv's,
+#    is not usable by Barman's own OS user), barman from PyPI, and rsync (barman recover copies with it).
+#    psycopg2-binary provides the psycopg2 module barman imports (the psycopg2 package would be compiled).
+BARMAN_VERSION=3.19.1
+BARMAN_VENV=${WALSINK_BARMAN_VENV:-/opt/walsink-barman}
+if [ -x "$BARMAN_VENV/bin/barman" ] && [ "$("$BARMAN_VENV/bin/barman" --version 2>/dev/null | head -n 1 | cut -d" " -f1)" = "$BARMAN_VERSION" ]; then
+    say "Barman $BARMAN_VERSION found: $BARMAN_VENV/bin/barman"
+else
+    if [ ! -x /usr/bin/python3 ] || ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    if [ "$(id -u)" -ne 0 ] && [ ! -w "$(dirname "$BARMAN_VENV")" ]; then
+        die "cannot create $BARMAN_VENV: run as root or set WALSINK_BARMAN_VENV to a writable path"
+    fi
+    say "Barman $BARMAN_VERSION into $BARMAN_VENV"
+    /usr/bin/python3 -m venv "$BARMAN_VENV"
+    "$BARMAN_VENV/bin/pip" install -q --disable-pip-version-check psycopg2-binary python-dateutil
+    "$BARMAN_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "barman==$BARMAN_VERSION"
+    [ "$("$BARMAN_VENV/bin/barman" --version 2>/dev/null | head -n 1 | cut -d" " -f1)" = "$BARMAN_VERSION" ] \
+        || die "installed barman into $BARMAN_VENV but '$BARMAN_VENV/bin/barman --version' does not say $BARMAN_VERSION"
+    # Barman runs as its own OS user in the test: the venv must be readable and runnable by everyone.
+    chmod -R a+rX "$BARMAN_VENV"
+fi
+if ! command -v rsync >/dev/null 2>&1; then
+    apt_install rsync
+fi
+
+# 7. cargo-nextest (optional; not installed here because `cargo install` takes minutes).
 if cargo nextest --version >/dev/null 2>&1; then
     say "cargo-nextest found: $(cargo nextest --version 2>/dev/null | head -n 1)"
 else

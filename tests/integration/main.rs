@@ -13,6 +13,8 @@ mod harness_selftest;
 // Scenario modules (added by their owners):
 // pg_receivewal's own TAP scenarios (020_pg_receivewal.pl), run with walsink.
 mod tap;
+// Barman (from PyPI, its own OS user) driving walsink as its pg_receivewal: check, cron, backup, recover.
+mod barman;
 // Archive integrity: byte-identical segments, pg_receivewal interchange, crashes, signals, partial recovery, locking.
 mod integrity;
 // Timeline switches and promotions walsink streams through.

@@ -492,7 +492,7 @@ fn channel_binding_require_refuses_a_server_without_tls() {
             fs::read_dir(dir.path())
                 .unwrap()
                 .filter_map(Result::ok)
-                .all(|e| e.file_name() == "walsink.lock"),
+                .all(|e| e.file_name() == ".walsink.lock"),
             "nothing may be written"
         );
     }

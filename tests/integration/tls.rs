@@ -53,7 +53,7 @@ fn connect_env(conninfo: &str, home: &Path, vars: &[(&str, &str)]) -> RunOutcome
         fs::read_dir(dir.path())
             .unwrap()
             .filter_map(Result::ok)
-            .all(|e| e.file_name() == "walsink.lock"),
+            .all(|e| e.file_name() == ".walsink.lock"),
         "a connection that stops at once writes nothing"
     );
     out

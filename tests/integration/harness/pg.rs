@@ -25,7 +25,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, chown};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -552,6 +552,39 @@ impl PgCluster {
             );
         }
         standby
+    }
+
+    /// A new cluster from a data directory another program fills, e.g. `barman recover`: `fill` gets the
+    /// empty data directory (mode 0700), owned by `owner` (uid, gid; `None`: the tests' user) while it runs.
+    /// The directory then goes to the server user, and the server starts with this cluster's binaries and
+    /// the harness's settings (its own port and socket directory; the data directory's `postgresql.conf`
+    /// must include the harness's settings file, as every cluster's and its backups' does). Returns once the
+    /// server accepts connections and has left recovery.
+    pub fn start_recovered(
+        &self,
+        owner: Option<(u32, u32)>,
+        fill: impl FnOnce(&Path),
+    ) -> PgCluster {
+        let mut c = PgCluster::new_layout(self.config.clone(), "recovered");
+        c.bindir = self.bindir.clone();
+        if let Some((uid, gid)) = owner {
+            chown(&c.data_dir, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", c.data_dir.display()));
+        }
+        fill(&c.data_dir);
+        if let Some(u) = c.user {
+            chown_tree(&c.data_dir, u.uid, u.gid);
+        }
+        c.first_start();
+        let promoted = wait_for(|| !c.is_in_recovery(), START_TIMEOUT);
+        if !promoted {
+            panic!(
+                "the recovered server on port {} is still in recovery\n--- log tail ---\n{}",
+                c.port,
+                c.log_tail(30)
+            );
+        }
+        c
     }
 
     /// Replaces the `primary_conninfo` that `pg_basebackup -R` wrote into `postgresql.auto.conf` with a
@@ -1283,6 +1316,39 @@ pub fn tool_major(program: &Path) -> Option<u32> {
 /// pg_receivewal from the default bindir, for interchange tests (it runs fine as root).
 pub fn pg_receivewal() -> PathBuf {
     pg_bin("pg_receivewal")
+}
+
+/// Gives `dir` and everything under it (not following links) to `uid`:`gid`.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            chown_tree(&entry.expect("read dir entry").path(), uid, gid);
+        }
+    }
+}
+
+/// An OS user for a tool the tests run as another user (Barman), created on first use, as (uid, gid);
+/// `None` when the tests do not run as root (the tool then runs as the tests' user).
+pub fn os_user(name: &str) -> Option<(u32, u32)> {
+    server_user()?;
+    let u = ensure_os_user(name);
+    Some((u.uid, u.gid))
+}
+
+/// A temp directory (mode 0700) under the temp base, owned by `owner` (uid, gid) when given.
+pub fn temp_dir_for(prefix: &str, owner: Option<(u32, u32)>) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(temp_base())
+        .expect("create temp dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).expect("chmod temp dir");
+    if let Some((uid, gid)) = owner {
+        chown(dir.path(), Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", dir.path().display()));
+    }
+    dir
 }
 
 // ---- the server OS user ---------------------------------------------------------------------------------

@@ -102,6 +102,21 @@ impl PgReceivewalLink {
         PgReceivewalLink { dir }
     }
 
+    /// Like [`new`](Self::new), but the link points to a copy of walsink in the same directory (mode 0755),
+    /// so that another OS user can run it wherever the build is (a checkout under `/root` is not traversable
+    /// by other users).
+    pub fn with_copy() -> PgReceivewalLink {
+        use std::os::unix::fs::PermissionsExt;
+        let link = PgReceivewalLink::new();
+        let copy = link.dir().join("walsink");
+        fs::copy(Walsink::bin(), &copy).expect("copy walsink next to the link");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod walsink copy");
+        let bin = link.bin();
+        fs::remove_file(&bin).expect("remove the link to the build");
+        std::os::unix::fs::symlink(&copy, &bin).expect("symlink pg_receivewal -> walsink copy");
+        link
+    }
+
     /// The directory holding the link.
     pub fn dir(&self) -> &Path {
         self.dir.path()
