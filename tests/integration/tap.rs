@@ -744,6 +744,12 @@ fn called_as_pg_receivewal_it_passes_the_tap_message_checks() {
             "{err}"
         );
     }
+    // walsink's advice follows as pg_receivewal's hint line.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("pg_receivewal: hint: create it with --create-slot")),
+        "no hint line:\n{err}"
+    );
     assert!(
         err.lines().all(|l| l.starts_with("pg_receivewal: ")),
         "a line not in pg_receivewal's form:\n{err}"
