@@ -219,7 +219,7 @@ fn to_text(
                 "from the newest WAL file's header; not pinned yet".to_owned()
             }
         )),
-        None => out.push_str("  no WAL (no walsink.meta, no WAL file with a valid first page)\n"),
+        None => out.push_str("  no WAL (no .walsink.meta, no WAL file with a valid first page)\n"),
     }
     for t in &s.timelines {
         out.push_str(&timeline_text(t, s.identity.map(|i| i.seg.bytes())));

@@ -2,22 +2,16 @@
 //! no lock, nothing written. For `walsink restore` and `walsink status`, which run
 //! while a walsink may be streaming into the directory.
 
-use crate::ArchiveError;
 use crate::archive::{META_FILE, META_LIMIT};
 use crate::dir::Dir;
 use crate::meta::Meta;
+use crate::{ArchiveError, LEGACY_META_FILE};
 
-/// Where walsink versions before `.walsink/` kept the metadata file.
-const LEGACY_META_FILE: &str = "walsink.meta";
-
-/// The archive's `walsink.meta` (the current location, else the legacy one), or
+/// The archive's metadata, from [`META_FILE`] (`.walsink.meta`), else from the older layout's
+/// [`LEGACY_META_FILE`] (`walsink.meta`, in a directory no walsink has opened since), or
 /// `None` if it has none (a directory written by pg_receivewal, or never streamed into).
 pub(crate) fn read_meta(dir: &Dir) -> Result<Option<Meta>, ArchiveError> {
-    let mut names = vec![META_FILE];
-    if META_FILE != LEGACY_META_FILE {
-        names.push(LEGACY_META_FILE);
-    }
-    for name in names {
+    for name in [META_FILE, LEGACY_META_FILE] {
         if let Some(bytes) = dir.read_capped(name, META_LIMIT)? {
             let bad = |reason: String| ArchiveError::BadMetadata {
                 path: dir.join(name),

@@ -29,7 +29,7 @@ pub struct Identity {
     pub system_identifier: u64,
     /// The WAL segment size.
     pub seg: WalSegSize,
-    /// Whether it is pinned in `walsink.meta` (otherwise it was read from the newest WAL
+    /// Whether it is pinned in `.walsink.meta` (otherwise it was read from the newest WAL
     /// file's long page header, as in a directory pg_receivewal wrote).
     pub pinned: bool,
 }
@@ -75,10 +75,10 @@ pub struct TimelineStatus {
 /// What [`archive_status`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArchiveStatus {
-    /// The database system, if the archive has `walsink.meta` or a WAL file with a long
+    /// The database system, if the archive has `.walsink.meta` or a WAL file with a long
     /// page header.
     pub identity: Option<Identity>,
-    /// Gaps recorded in `walsink.meta` (`--allow-gap`).
+    /// Gaps recorded in `.walsink.meta` (`--allow-gap`).
     pub gaps: Vec<Gap>,
     /// Per timeline, in timeline order.
     pub timelines: Vec<TimelineStatus>,
@@ -430,7 +430,7 @@ mod tests {
         let s = archive_status(d.path()).unwrap();
         assert_eq!(s.identity, None);
         assert!(s.timelines.is_empty());
-        // Without walsink.meta the identity comes from the newest WAL file's header.
+        // Without .walsink.meta the identity comes from the newest WAL file's header.
         put_segment(d.path(), "000000010000000000000003", 3, 77, SEG);
         let s = archive_status(d.path()).unwrap();
         assert_eq!(s.identity.unwrap().system_identifier, 77);
