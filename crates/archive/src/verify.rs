@@ -252,7 +252,7 @@ impl Verifier {
                         Some(&name),
                         None,
                         None,
-                        "no walsink.meta and no WAL file with a valid long page header: the segment size is unknown, nothing can be checked".into(),
+                        "no .walsink.meta and no WAL file with a valid long page header: the segment size is unknown, nothing can be checked".into(),
                     ));
                 }
                 continue;
