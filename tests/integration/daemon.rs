@@ -1,7 +1,7 @@
 //! `walsink run --config FILE`: many sources in one daemon against real PostgreSQL.
 //!
-//! - isolation: a source that cannot connect and one whose archive is refused neither stall nor stop a
-//!   good one, which streams byte-identical segments;
+//! - isolation: a source that cannot connect, one whose archive is refused and one whose disk is full neither
+//!   stall nor stop a good one, which streams byte-identical segments;
 //! - SIGHUP: new sources start, removed ones stop, changed ones restart, an unchanged one keeps its
 //!   walsender (same pid in `pg_stat_replication`), an invalid file is logged and the running one kept;
 //! - logs: JSON lines carrying each source's name, no timestamps under journald, never a password;
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
+use crate::gaps::{fill, small_fs_or_skip};
 use crate::harness::pg::free_port;
 use crate::harness::{
     HostAuth, PgCluster, WAIT, Walsink, WalsinkProcess, archive, archive_dir, create_slot,
@@ -187,6 +188,103 @@ fn a_dead_server_and_a_refused_archive_do_not_stall_the_good_source() {
     drop(held);
 }
 
+/// A source whose disk is full pauses (its walsender stays, its slot holds the WAL) while another source of the
+/// same daemon goes on archiving byte-identical segments; with space again it resumes by itself.
+#[test]
+fn a_full_disk_pauses_only_its_own_source() {
+    let Some(small) = small_fs_or_skip(12) else {
+        return;
+    };
+    let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
+    let seg = pg.wal_segsize_bytes();
+    create_slot(&pg, "good");
+    create_slot(&pg, "full");
+    let good = archive_dir();
+    let full = small.mount_point.join("archive");
+    fs::create_dir(&full).unwrap();
+    fs::set_permissions(&full, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let conf = ConfigFile::new(&format!(
+        "{}{}",
+        source(
+            "good",
+            &pg.conninfo(),
+            good.path(),
+            Some("good"),
+            "status_interval = \"1s\""
+        ),
+        source(
+            "full",
+            &pg.conninfo(),
+            &full,
+            Some("full"),
+            "status_interval = \"1s\""
+        ),
+    ));
+    let mut ws = conf.spawn(&[]);
+    wait_streaming(&pg, &mut ws, "good");
+    let full_pid = wait_streaming(&pg, &mut ws, "full");
+    let filler = small.mount_point.join("filler");
+    assert!(fill(&filler) > 0);
+    let wanted = parse_lsn(&pg.generate_wal(4 * seg));
+    pg.switch_wal();
+    assert!(
+        ws.wait_for_stderr("disk full: pausing WAL writes", WAIT),
+        "the full source did not report its disk\n{}",
+        ws.stderr_text()
+    );
+    let log = ws.stderr_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("source{source=full}")
+                && l.contains("disk full: pausing WAL writes")),
+        "{log}"
+    );
+    // The good source archives everything meanwhile.
+    let ok = wait_for(
+        || {
+            archive::completed_segments(good.path())
+                .last()
+                .is_some_and(|n| *n >= pg.walfile_name(&crate::harness::format_lsn(wanted - 1)))
+        },
+        WAIT,
+    );
+    assert!(
+        ok,
+        "the good source archived {:?}\n{}",
+        archive::list(good.path()),
+        ws.stderr_text()
+    );
+    assert!(archive::assert_completed_identical(good.path(), &pg.pg_wal_dir()) >= 4);
+    // The full one is paused, not reconnecting, and its slot keeps the WAL it has not written.
+    assert!(ws.is_running());
+    assert_eq!(
+        walsender_pid(&pg, "full").as_deref(),
+        Some(full_pid.as_str())
+    );
+    let held = crate::harness::restart_lsn(&pg, "full").expect("restart_lsn");
+    assert!(
+        held < wanted,
+        "the full source's slot moved past what it could write"
+    );
+
+    // Space again: it resumes and catches up on its own.
+    fs::remove_file(&filler).unwrap();
+    assert!(
+        ws.wait_for_stderr("disk space is available again", WAIT),
+        "{}",
+        ws.stderr_text()
+    );
+    assert!(
+        wait_for(
+            || crate::harness::restart_lsn(&pg, "full").is_some_and(|r| r >= wanted),
+            WAIT
+        ),
+        "the full source did not catch up\n{}",
+        ws.stderr_text()
+    );
+    stop_ok(&mut ws);
+}
+
 /// SIGHUP: added, removed, changed and unchanged sources; then an invalid file.
 #[test]
 fn sighup_applies_the_file_by_difference_and_keeps_it_when_invalid() {
@@ -318,9 +416,21 @@ fn logs_name_the_source_and_never_the_password() {
         "{}",
         ws.stderr_text()
     );
+    // A completed segment: its completion is logged (at debug level) by the archive's sync thread, and the
+    // next one's preparation by the preparation thread; both must carry the source too.
     pg.generate_wal(64 << 10);
+    pg.switch_wal();
+    assert!(
+        wait_for(
+            || !archive::completed_segments(ok_dir.path()).is_empty(),
+            WAIT
+        ),
+        "{}",
+        ws.stderr_text()
+    );
     stop_ok(&mut ws);
     let log = ws.stderr_text();
+    assert!(log.contains("completed segment"), "{log}");
     assert!(
         !log.contains(secret) && !log.contains(wrong),
         "a password in the log:\n{log}"

@@ -123,9 +123,12 @@ impl Syncer {
             cv: Condvar::new(),
         });
         let sh = Arc::clone(&shared);
+        // The caller's span (a daemon's source) goes with the thread's log lines.
+        let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("walsink-sync".into())
             .spawn(move || {
+                let _in_span = span.enter();
                 for task in rx {
                     let skip = sh.lock().failed;
                     let r = if skip {

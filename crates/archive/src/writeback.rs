@@ -124,9 +124,11 @@ impl Writeback {
         for i in 0..n {
             let (rx, done_tx, fs) = (Arc::clone(&rx), done_tx.clone(), Arc::clone(&fs));
             let progress = Arc::clone(&progress);
+            let span = tracing::Span::current();
             let t = std::thread::Builder::new()
                 .name(format!("walsink-io-{i}"))
                 .spawn(move || {
+                    let _in_span = span.enter();
                     // A panic while writing must not leave a sync task waiting for ever.
                     struct OnPanic(Arc<Progress>);
                     impl Drop for OnPanic {
