@@ -58,8 +58,10 @@
 //! unless the messages are tiny); the server's reply request it answers has been
 //! answered with the durable position already.
 //!
-//! While idle, the thread rechecks the archive's lock file every
-//! [`LOCK_CHECK_INTERVAL`] and stops with the error when it was removed or replaced.
+//! While idle, the thread rechecks the archive's lock file when the directory changes
+//! (inotify; `dirwatch`), at least every [`dirwatch::BACKSTOP_INTERVAL`], or without
+//! inotify every [`LOCK_CHECK_INTERVAL`], and stops with the error when it was removed
+//! or replaced.
 //!
 //! # A full disk
 //!
@@ -78,6 +80,7 @@
 //! `mod.rs` the handle, `thread.rs` the writer thread, `inline.rs` the `--synchronous`
 //! writer, `options.rs` the flush policy and write options.
 
+mod dirwatch;
 mod inline;
 mod options;
 mod thread;
@@ -259,11 +262,21 @@ impl Writer {
         // publishes its loss as the writer's failure.
         let lock_watch = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let (watch, state) = (seg.lock_watch(), state_tx.clone());
+            let mut dir = dirwatch::DirWatch::new(archive.path());
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(LOCK_CHECK_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
+                    match dir.as_mut() {
+                        Some(d) => {
+                            if d.changed().await.is_err() {
+                                dir = None;
+                            }
+                        }
+                        None => {
+                            tick.tick().await;
+                        }
+                    }
                     if let Err(e) = watch.check() {
                         let e = Arc::new(e);
                         state.send_modify(|s| {

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use walsink_archive::{Archive, ArchiveError, LOCK_CHECK_INTERVAL, SegmentWriter};
 use walsink_wal::Lsn;
 
+use super::dirwatch::DirWatch;
 use super::{
     Cmd, DISK_FULL_REMINDER, DISK_FULL_RETRY, Request, WriterConfig, WriterState, archive_request,
     publish, publish_failure, publish_reset,
@@ -29,6 +30,8 @@ struct Thread {
     abandoned: bool,
     /// Requests answered.
     answered: u64,
+    /// Wakes the idle thread when the directory changes (see `dirwatch`).
+    watch: Option<DirWatch>,
 }
 
 /// Runs the writer thread until the queue closes or the writer fails; returns the
@@ -46,6 +49,10 @@ pub(super) fn run(
         announced_at: None,
         observer: cfg.observer.clone(),
     };
+    let watch = {
+        let _in_runtime = rt.enter();
+        DirWatch::new(archive.path())
+    };
     let mut t = Thread {
         archive,
         seg,
@@ -57,6 +64,7 @@ pub(super) fn run(
         oldest_unflushed: None,
         abandoned: false,
         answered: 0,
+        watch,
     };
     loop {
         let cmd = match rx.try_recv() {
@@ -85,13 +93,29 @@ pub(super) fn run(
                         Err(_) => continue, // deadline passed: flush on the next turn
                     }
                 } else {
-                    // Idle: recheck the archive's lock file now and then (another
-                    // program may remove it while no WAL arrives).
-                    match t.rt.block_on(async {
-                        tokio::time::timeout(LOCK_CHECK_INTERVAL, rx.recv()).await
-                    }) {
+                    // Idle: recheck the archive's lock file (another program may
+                    // remove it while no WAL arrives) when the directory changes, else
+                    // now and then.
+                    let rt = t.rt.clone();
+                    let watch = &mut t.watch;
+                    let woke = rt.block_on(async {
+                        match watch.as_mut() {
+                            Some(w) => tokio::select! {
+                                c = rx.recv() => Ok(c),
+                                r = w.changed() => Err(r.is_err()),
+                            },
+                            None => tokio::time::timeout(LOCK_CHECK_INTERVAL, rx.recv())
+                                .await
+                                .map_err(|_| false),
+                        }
+                    });
+                    match woke {
                         Ok(c) => c,
-                        Err(_) => {
+                        Err(broken) => {
+                            if broken {
+                                debug!("the directory watch failed; polling the lock file");
+                                t.watch = None;
+                            }
                             if let Err(e) = t.seg.check_lock() {
                                 t.fail(e);
                                 break;
