@@ -129,7 +129,7 @@ fn a_dead_server_and_a_refused_archive_do_not_stall_the_good_source() {
         .expect("flock the refused archive");
     let dead_port = free_port();
     let conf = ConfigFile::new(&format!(
-        "{}{}{}",
+        "metrics_listen = \"127.0.0.1:0\"\n{}{}{}",
         source(
             "dead",
             &format!("host=127.0.0.1 port={dead_port} user=postgres"),
@@ -184,6 +184,41 @@ fn a_dead_server_and_a_refused_archive_do_not_stall_the_good_source() {
         "{:?}",
         archive::list(dead.path())
     );
+    // Metrics and health name each source: the good one streams and has its flush position; the other two
+    // fail the health check, each with its reason.
+    assert!(
+        ws.wait_for_stderr("serving metrics at http://", WAIT),
+        "{}",
+        ws.stderr_text()
+    );
+    let text = ws.stderr_text();
+    let addr = text
+        .split("serving metrics at http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("metrics address")
+        .to_string();
+    let (code, body) = crate::service::http_get(&addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        crate::service::metric(&body, "walsink_up", "good"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        crate::service::metric(&body, "walsink_up", "refused"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        crate::service::metric(&body, "walsink_flushed_lsn", "good").is_some_and(|v| v > 0.0),
+        "{body}"
+    );
+    let (code, body) = crate::service::http_get(&addr, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.lines().any(|l| l.starts_with("refused: ")), "{body}");
+    assert!(body.lines().any(|l| l.starts_with("dead: ")), "{body}");
+    assert!(!body.contains("good: "), "{body}");
     stop_ok(&mut ws);
     drop(held);
 }

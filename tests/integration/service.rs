@@ -18,7 +18,7 @@ use crate::harness::{
 };
 
 /// `GET path` from `addr`; the status code and the body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
 }
 
@@ -42,7 +42,7 @@ fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// The value of `metric{source="NAME"}` in Prometheus text.
-fn metric(text: &str, metric: &str, source: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, metric: &str, source: &str) -> Option<f64> {
     let prefix = format!("{metric}{{source=\"{source}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -88,6 +88,7 @@ pub fn main(args: RunArgs) -> u8 {
             error!("cannot install the signal handlers");
             return crate::exit::ERROR;
         };
+        let trim = tokio::spawn(trim_freed_memory());
         // Metrics, health and systemd notification watch every running source by name.
         let sources = Sources::new();
         let stop = CancellationToken::new();
@@ -169,10 +170,34 @@ pub fn main(args: RunArgs) -> u8 {
             _ = int.recv() => std::process::exit(crate::exit::ERROR.into()),
             _ = term.recv() => std::process::exit(crate::exit::ERROR.into()),
         }
+        trim.abort();
         crate::exit::OK
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     code
+}
+
+/// How often the daemon hands memory its allocator holds free back to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Glibc's allocator keeps freed blocks in its heaps (its mmap threshold rises as large
+/// blocks are freed, after which the connections' 1 MiB read buffers come from the
+/// heaps): what an idle source frees (`Connection::idle_tick`) could stay in the process.
+/// `malloc_trim` every [`TRIM_EVERY`] returns the free pages of every heap. A fixed mmap
+/// threshold would do it too, but costs busy sources their buffer reuse (measured
+/// slower, BENCHMARKS.md).
+async fn trim_freed_memory() {
+    let mut tick = tokio::time::interval(TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free memory to the system; no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// The metrics server of `metrics_listen`, bound before any source starts (a busy or
