@@ -216,6 +216,44 @@ impl WalsinkProcess {
         }
     }
 
+    /// Stops the process with SIGSTOP and returns once every thread of it is stopped: from then on it does
+    /// nothing (it keeps its open files and locks) until [`WalsinkProcess::resume`]. Lets a test order events
+    /// that a running process would react to at once. Panics if it exits instead.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.child.id()));
+        let all_stopped = || {
+            fs::read_dir(&tasks).is_ok_and(|d| {
+                d.flatten().all(|t| {
+                    fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                        // "pid (comm) S ...": the state follows the last ')'.
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                    })
+                })
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !all_stopped() {
+            assert!(
+                self.is_running(),
+                "{} exited instead of stopping",
+                self.description
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop",
+                self.description
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets a process stopped by [`WalsinkProcess::pause`] continue (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// The exit status if the process has exited (reaping it), else `None`.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
