@@ -147,21 +147,9 @@ pub struct ReceiveArgs {
     #[arg(long = "drop-slot")]
     pub drop_slot: bool,
 
-    /// Connection string (key=value or postgresql:// URI).
-    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
-    pub dbname: Option<String>,
-
-    /// Database server host or socket directory.
-    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
-    pub host: Option<String>,
-
-    /// Database server port number.
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
-    pub port: Option<String>,
-
-    /// Connect as this database user.
-    #[arg(short = 'U', long = "username", value_name = "NAME")]
-    pub username: Option<String>,
+    /// -d, -h, -p, -U.
+    #[command(flatten)]
+    pub conn: ConnArgs,
 
     /// Never prompt for a password.
     #[arg(short = 'w', long = "no-password")]
@@ -182,6 +170,28 @@ pub struct ReceiveArgs {
     /// Show this help, then exit.
     #[arg(short = '?', long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
+}
+
+/// The connection flags of `walsink receive` and `walsink status`: a connection string and the
+/// `-h`/`-p`/`-U` overrides, spelled as pg_receivewal spells them. The help texts are
+/// receive's; `status` rewords `-d` and `-h` with `mut_arg`.
+#[derive(Args, Debug)]
+pub struct ConnArgs {
+    /// Connection string (key=value or postgresql:// URI).
+    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    pub dbname: Option<String>,
+
+    /// Database server host or socket directory.
+    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
+    pub host: Option<String>,
+
+    /// Database server port number.
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<String>,
+
+    /// Connect as this database user.
+    #[arg(short = 'U', long = "username", value_name = "NAME")]
+    pub username: Option<String>,
 }
 
 /// What `receive` should do after validation.
@@ -316,12 +326,7 @@ impl ReceiveArgs {
             (None, _) => PathBuf::new(),
         };
 
-        let conn = conn_config(
-            self.dbname.as_deref(),
-            [&self.host, &self.port, &self.username],
-            env,
-            program,
-        )?;
+        let conn = self.conn.config(env, program)?;
         let config = ReceiveConfig {
             conn,
             password: None,
@@ -348,41 +353,38 @@ impl ReceiveArgs {
     }
 }
 
-/// The connection from `-d` and the `-h`/`-p`/`-U` overrides (in pg_receivewal's order:
-/// the flags come later and win), resolved against the environment and refused if it
-/// asks for what walsink cannot honour.
-pub fn conn_config(
-    dbname: Option<&str>,
-    [host, port, username]: [&Option<String>; 3],
-    env: &Env,
-    program: &str,
-) -> Result<ConnConfig, UsageError> {
-    let mut opts = match dbname {
-        Some(s) if ConnOptions::is_conninfo(s) => ConnOptions::parse(s)
-            .map_err(|e| UsageError(format!("invalid -d/--dbname connection string: {e}")))?,
-        Some(s) => {
-            let mut o = ConnOptions::default();
-            o.set("dbname", s).map_err(|e| UsageError(e.to_string()))?;
-            o
+impl ConnArgs {
+    /// The connection from `-d` and the `-h`/`-p`/`-U` overrides (in pg_receivewal's order:
+    /// the flags come later and win), resolved against the environment and refused if it
+    /// asks for what walsink cannot honour.
+    pub fn config(&self, env: &Env, program: &str) -> Result<ConnConfig, UsageError> {
+        let mut opts = match self.dbname.as_deref() {
+            Some(s) if ConnOptions::is_conninfo(s) => ConnOptions::parse(s)
+                .map_err(|e| UsageError(format!("invalid -d/--dbname connection string: {e}")))?,
+            Some(s) => {
+                let mut o = ConnOptions::default();
+                o.set("dbname", s).map_err(|e| UsageError(e.to_string()))?;
+                o
+            }
+            None => ConnOptions::default(),
+        };
+        for (key, val, flag) in [
+            ("host", &self.host, "-h/--host"),
+            ("port", &self.port, "-p/--port"),
+            ("user", &self.username, "-U/--username"),
+        ] {
+            if let Some(v) = val {
+                opts.set(key, v)
+                    .map_err(|e| UsageError(format!("invalid {flag}: {e}")))?;
+            }
         }
-        None => ConnOptions::default(),
-    };
-    for (key, val, flag) in [
-        ("host", host, "-h/--host"),
-        ("port", port, "-p/--port"),
-        ("user", username, "-U/--username"),
-    ] {
-        if let Some(v) = val {
-            opts.set(key, v)
-                .map_err(|e| UsageError(format!("invalid {flag}: {e}")))?;
+        let conn = ConnConfig::resolve(&opts, env, program)
+            .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
+        if let Some(e) = conn.unsupported() {
+            return Err(UsageError(e.to_string()));
         }
+        Ok(conn)
     }
-    let conn = ConnConfig::resolve(&opts, env, program)
-        .map_err(|e| UsageError(format!("invalid connection options: {e}")))?;
-    if let Some(e) = conn.unsupported() {
-        return Err(UsageError(e.to_string()));
-    }
-    Ok(conn)
 }
 
 /// For benchmark comparisons only (benches/*.sh, BENCHMARKS.md): the `WALSINK_BENCH_*`
@@ -451,5 +453,85 @@ mod bench_env_tests {
         })
         .expect("overridden");
         assert!(!o.validate);
+    }
+}
+
+#[cfg(test)]
+mod conn_args_tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The connection flags as `walsink <sub>` parses them, for `receive` and `status`.
+    fn conn_args(sub: &str, flags: &[&str]) -> ConnArgs {
+        let argv = ["walsink", sub, "-D", "/archive"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Receive(a) => a.conn,
+            Command::Status(a) => a.conn,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn receive_and_status_read_the_connection_flags_alike() {
+        let flags = [
+            "-d",
+            "host=from-d port=5433 user=d_user dbname=db",
+            "-h",
+            "from-h",
+            "-U",
+            "u_user",
+        ];
+        for sub in ["receive", "status"] {
+            let conn = conn_args(sub, &flags)
+                .config(&Env::default(), "walsink")
+                .expect("valid");
+            // The flags come after -d and win; what they leave alone stays from -d.
+            assert_eq!(conn.targets.len(), 1, "{sub}");
+            assert_eq!(conn.targets[0].display_host(), "from-h", "{sub}");
+            assert_eq!(conn.targets[0].port, 5433, "{sub}");
+            assert_eq!(conn.user, "u_user", "{sub}");
+            assert_eq!(conn.dbname, "db", "{sub}");
+
+            let err = |flags: &[&str]| {
+                conn_args(sub, flags)
+                    .config(&Env::default(), "walsink")
+                    .expect_err("refused")
+                    .0
+            };
+            let e = err(&["-d", "host='unterminated"]);
+            assert!(
+                e.starts_with("invalid -d/--dbname connection string: "),
+                "{sub}: {e}"
+            );
+            let e = err(&["-p", "not-a-port"]);
+            assert!(
+                e.starts_with("invalid connection options: invalid port"),
+                "{sub}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_words_its_connection_help_as_an_extra() {
+        let cmd = Cli::command();
+        let help = |sub: &str, id: &str| {
+            let sub = cmd.find_subcommand(sub).expect("subcommand");
+            let arg = sub.get_arguments().find(|a| a.get_id() == id);
+            arg.expect("argument").get_help().expect("help").to_string()
+        };
+        assert_eq!(
+            help("receive", "host"),
+            "Database server host or socket directory"
+        );
+        assert_eq!(
+            help("status", "host"),
+            "Database server host or socket directory (with -d)"
+        );
+        assert!(help("status", "dbname").starts_with("Also connect to this server"));
+        assert_eq!(help("status", "port"), help("receive", "port"));
+        assert_eq!(help("status", "username"), help("receive", "username"));
     }
 }

@@ -9,12 +9,19 @@ use serde_json::{Value, json};
 use walsink_archive::status::{ArchiveStatus, TimelineStatus, archive_status};
 use walsink_receiver::position::{ServerPosition, server_position};
 
-use crate::cli::conn_config;
+use crate::cli::ConnArgs;
 use crate::{exit, exit_code};
 
 /// `walsink status`.
 #[derive(Args, Debug)]
-#[command(disable_help_flag = true)]
+#[command(
+    disable_help_flag = true,
+    mut_arg("dbname", |a| a.help(
+        "Also connect to this server (connection string, as for receive) and show its \
+         position and how far the archive is behind it"
+    )),
+    mut_arg("host", |a| a.help("Database server host or socket directory (with -d)")),
+)]
 pub struct StatusArgs {
     /// The archive directory.
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
@@ -24,22 +31,9 @@ pub struct StatusArgs {
     #[arg(long = "json")]
     pub json: bool,
 
-    /// Also connect to this server (connection string, as for receive) and show its
-    /// position and how far the archive is behind it.
-    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
-    pub dbname: Option<String>,
-
-    /// Database server host or socket directory (with -d).
-    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
-    pub host: Option<String>,
-
-    /// Database server port number.
-    #[arg(short = 'p', long = "port", value_name = "PORT")]
-    pub port: Option<String>,
-
-    /// Connect as this database user.
-    #[arg(short = 'U', long = "username", value_name = "NAME")]
-    pub username: Option<String>,
+    /// -d, -h, -p, -U, as for receive.
+    #[command(flatten)]
+    pub conn: ConnArgs,
 
     /// More output (repeat for more).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
@@ -61,15 +55,11 @@ struct Lag {
 
 /// Runs `walsink status`.
 pub fn run(args: StatusArgs) -> u8 {
-    let live = args.dbname.is_some() || args.host.is_some() || args.port.is_some();
+    let c = &args.conn;
+    let live = c.dbname.is_some() || c.host.is_some() || c.port.is_some();
     let conn = if live {
         let env = walsink_receiver::process_env();
-        match conn_config(
-            args.dbname.as_deref(),
-            [&args.host, &args.port, &args.username],
-            &env,
-            "walsink",
-        ) {
+        match c.config(&env, "walsink") {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("walsink status: error: {}", e.0);
