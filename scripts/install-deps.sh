@@ -88,6 +88,8 @@ fi
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# /bin/kill (procps): the systemd-analyze test copies it into the root it verifies the units in (ExecReload=).
+[ -x /bin/kill ] || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

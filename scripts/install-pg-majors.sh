@@ -53,6 +53,14 @@ pip_download() { # requirement, extra pip args...
     local req=$1
     shift
     command -v python3 >/dev/null 2>&1 || die "python3 is needed (pip downloads the wheels)"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        # Debian's python3 comes without pip (package python3-pip); `pip download` needs no venv.
+        command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
+            || die "python3 has no pip: install python3-pip (apt-get install python3-pip)"
+        say "apt-get install python3-pip"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null \
+            || die "apt-get install python3-pip failed"
+    fi
     python3 -m pip download -q --no-deps --disable-pip-version-check -d "$DL" "$@" "$req" \
         || die "pip download $req failed"
 }
