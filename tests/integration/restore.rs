@@ -133,8 +133,9 @@ fn load(socket_dir: PathBuf, port: u16, committed: Arc<Mutex<Vec<i64>>>) {
 }
 
 /// A primary whose synchronous standby is walsink (`--synchronous`), a base backup without WAL, a load that
-/// records every commit the client saw; the primary killed with SIGKILL and its data directory deleted.
-/// Recovery of the base backup with `walsink restore --partial` and `recovery_target_timeline = 'latest'`
+/// records every commit the client saw; walsink killed with SIGKILL (so nothing a graceful stop would still
+/// write can hide an acknowledgement given too early), then the primary killed with SIGKILL and its data
+/// directory deleted. Recovery of the base backup with `walsink restore --partial` and `recovery_target_timeline = 'latest'`
 /// has every transaction the client saw committed. The same without `--partial` recovers exactly a prefix
 /// of them, ending in the last completed segment.
 #[test]
@@ -177,12 +178,23 @@ fn synchronous_walsink_and_restore_partial_lose_no_committed_transaction() {
         "the load committed only {} transactions",
         committed.lock().unwrap().len()
     );
+    // walsink dies first, with SIGKILL: no final flush, no clean close of the `.partial`. What the archive
+    // holds is exactly what walsink had written when it acknowledged its last flush position. From then on
+    // the primary waits for its synchronous standby, so no commit the client sees can come later; then the
+    // primary is lost as well.
+    ws.kill9();
+    let status = ws.wait_timeout(WAIT);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "walsink was not killed: {status:?}\n{}",
+        ws.stderr_text()
+    );
     pg.kill9_and_delete_data();
     loader.join().expect("load thread");
     let committed: Vec<i64> = committed.lock().unwrap().clone();
     let last = *committed.last().expect("commits");
     assert_eq!(committed, (1..=last).collect::<Vec<_>>());
-    ws.interrupt_and_wait(WAIT);
 
     let partials = archive::partial_segments(dir.path());
     assert_eq!(partials.len(), 1, "{:?}", archive::list(dir.path()));
