@@ -60,6 +60,11 @@ if command -v openssl >/dev/null 2>&1; then
 else
     apt_install openssl
 fi
+# 2c. util-linux's `script` (package bsdutils, essential on Debian, so normally present): the verify test
+#     (tests/integration/verify.rs) runs `walsink verify` on a pseudo-terminal to see its progress bar.
+if ! command -v script >/dev/null 2>&1; then
+    apt_install bsdutils
+fi
 
 # 3. The de_DE.UTF-8 locale: the translated-server test (tests/integration/translated.rs) runs PostgreSQL with
 #    lc_messages = 'de_DE.UTF-8' (the server's German messages come with the postgresql-NN package).

@@ -250,3 +250,54 @@ fn an_archive_across_a_promotion_is_valid_and_needs_its_history_file() {
     fs::write(&path, b).unwrap();
     assert_problem(c.path(), "later timeline", &[&tl2[0], "timeline 7"]);
 }
+
+/// On a terminal (a pseudo-terminal made by util-linux's `script`) `walsink verify` draws its progress bar
+/// on stderr, and still prints its verdict; with `--json`, even on a terminal, only the JSON report comes
+/// out (a machine reads it). Piped, stderr stays empty: every `assert_problem` above checks that.
+#[test]
+fn the_progress_bar_is_drawn_on_a_terminal_only() {
+    let (_pg, dir, _) = streamed_archive();
+    let on_a_terminal = |extra: &str| {
+        // `script -e` exits with the command's exit code; `-f` flushes every write. Everything the command
+        // writes to the terminal (stdout and stderr alike) comes out of script's stdout.
+        let shell = format!(
+            "'{}' verify -D '{}'{extra}",
+            Walsink::bin().display(),
+            dir.path().display()
+        );
+        let mut cmd = crate::harness::clean_command("script");
+        cmd.args(["-qfec", &shell, "/dev/null"])
+            .env("TERM", "xterm");
+        let out = Walsink::run_command(cmd, TIMEOUT);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    let (code, tty) = on_a_terminal("");
+    assert_eq!(code, Some(0), "{tty}");
+    assert!(
+        tty.contains("checking WAL"),
+        "no progress bar on a terminal: {tty:?}"
+    );
+    assert!(
+        tty.contains("OK: the archive is valid from its first to its last record"),
+        "{tty:?}"
+    );
+
+    let (code, tty) = on_a_terminal(" --json");
+    assert_eq!(code, Some(0), "{tty}");
+    assert!(
+        !tty.contains("checking WAL"),
+        "a progress bar with --json: {tty:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(tty.trim())
+        .unwrap_or_else(|e| panic!("not only JSON on a terminal ({e}): {tty:?}"));
+    assert_eq!(v["valid"], true, "{v:#}");
+
+    // The same run piped: the verdict, nothing on stderr.
+    let (code, stdout, stderr) = verify(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.is_empty(), "a progress bar when piped: {stderr:?}");
+}
