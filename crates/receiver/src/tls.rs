@@ -113,7 +113,10 @@ pub fn setup(cfg: &ConnConfig, target: &Target) -> Result<TlsSetup, ReceiverErro
         Roots::Missing(_) => (RootCertStore::empty(), String::new()),
     };
     let verifier: Arc<dyn ServerCertVerifier> = match check {
-        ServerCheck::None => Arc::new(NoServerCheck(provider.clone())),
+        ServerCheck::None => Arc::new(PartialCheck {
+            chain: None,
+            provider: provider.clone(),
+        }),
         ServerCheck::Chain | ServerCheck::ChainAndName => {
             let crls = crls(cfg)?;
             let mut builder =
@@ -127,7 +130,10 @@ pub fn setup(cfg: &ConnConfig, target: &Target) -> Result<TlsSetup, ReceiverErro
                 ))
             })?;
             if check == ServerCheck::Chain {
-                Arc::new(ChainOnly(webpki))
+                Arc::new(PartialCheck {
+                    chain: Some(webpki),
+                    provider: provider.clone(),
+                })
             } else {
                 webpki
             }
@@ -480,24 +486,40 @@ impl ResolvesClientCert for ClientCert {
     }
 }
 
-/// `require` (and `prefer`, `allow`) without roots: any certificate, but the handshake's
-/// signatures are still verified, so the peer holds the key of the certificate it sent
-/// (which channel binding relies on).
+/// The server checks short of `verify-full`: none (`require`, and `prefer`, `allow`
+/// without roots: any certificate) or, for `verify-ca`, everything webpki checks (chain,
+/// dates, usage, revocation) but the name. Either way the handshake's signatures are
+/// verified, so the peer holds the key of the certificate it sent (which channel binding
+/// relies on).
 #[derive(Debug)]
-struct NoServerCheck(Arc<CryptoProvider>);
+struct PartialCheck {
+    /// `verify-ca`'s verifier, whose name check is ignored; `None`: no check.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for NoServerCheck {
+impl ServerCertVerifier for PartialCheck {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // webpki checks the name last, after everything else passed.
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
+    // As webpki's own verifier does, with the same provider's algorithms.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
@@ -508,7 +530,7 @@ impl ServerCertVerifier for NoServerCheck {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -522,60 +544,14 @@ impl ServerCertVerifier for NoServerCheck {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: everything webpki checks (chain, dates, usage, revocation) but the name.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // webpki checks the name last, after everything else passed.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
