@@ -1,6 +1,7 @@
 # Shared helpers for the benchmark scripts (sourced, not run).
 # Provides: PGBIN, RUNAS (prefix to run server programs as an unprivileged user when root),
-# free_port, start_cluster DIR PORT [postgres -c options...], stop_cluster DIR, psql_at SOCKDIR PORT [psql args].
+# need_gnu_time, build_walsink, bench_root NAME, free_port, start_cluster DIR PORT [postgres -c options...],
+# stop_cluster DIR, psql_at SOCKDIR PORT [psql args], pregenerate_wal PSQL_FN GIB.
 
 PGBIN=${WALSINK_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 [ -x "$PGBIN/initdb" ] || { echo "no PostgreSQL binaries found; run scripts/install-deps.sh" >&2; exit 1; }
@@ -14,6 +15,26 @@ fi
 # A private directory owned by the server user.
 server_dir() {
     if [ ${#RUNAS[@]} -gt 0 ]; then install -d -o walsink_pg -m 700 "$@"; else install -d -m 700 "$@"; fi
+}
+
+# need_gnu_time: exits unless GNU time (for wall, CPU and peak RSS of a run) is installed.
+need_gnu_time() {
+    [ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required: apt-get install time" >&2; exit 1; }
+}
+
+# build_walsink: builds the release binary and sets WALSINK to it.
+build_walsink() {
+    echo "==> building walsink (release)"
+    cargo build --release -q -p walsink
+    WALSINK=$PWD/target/release/walsink
+}
+
+# bench_root NAME: sets ROOT to a new directory /tmp/NAME.XXXXXX (readable by the server user) and
+# PORT to a free port for its cluster. The caller removes ROOT (its own cleanup trap).
+bench_root() {
+    ROOT=$(mktemp -d "/tmp/$1.XXXXXX")
+    chmod 755 "$ROOT"
+    PORT=$(free_port)
 }
 
 free_port() {

@@ -20,13 +20,9 @@ CLIENTS=${CLIENTS:-8}
 CASES=${CASES:-"none pg_receivewal walsink standby"}
 source benches/lib.sh
 
-echo "==> building walsink (release)"
-cargo build --release -q -p walsink
-WALSINK=$PWD/target/release/walsink
+build_walsink
 
-ROOT=$(mktemp -d /tmp/walsyncrep.XXXXXX)
-chmod 755 "$ROOT"
-PORT=$(free_port)
+bench_root walsyncrep
 SPORT=$(free_port)
 RECEIVER_PID=
 cleanup() {

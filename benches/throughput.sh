@@ -27,15 +27,11 @@ NOVALIDATE=${NOVALIDATE:-0}
 TOOLS="walsink pg_receivewal"
 [ "$NOVALIDATE" = 1 ] && TOOLS="walsink walsink-novalidate pg_receivewal"
 source benches/lib.sh
-[ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required: apt-get install time" >&2; exit 1; }
+need_gnu_time
 
-echo "==> building walsink (release)"
-cargo build --release -q -p walsink
-WALSINK=$PWD/target/release/walsink
+build_walsink
 
-ROOT=$(mktemp -d /tmp/walbench.XXXXXX)
-chmod 755 "$ROOT"
-PORT=$(free_port)
+bench_root walbench
 cleanup() {
     stop_cluster "$ROOT" immediate
     rm -rf "$ROOT"

@@ -11,12 +11,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 GIB=${GIB:-0.5}; REPS=${REPS:-3}; MODE=${MODE:-default}
 source benches/lib.sh
-ROOT=$(mktemp -d /tmp/walab.XXXXXX); chmod 755 "$ROOT"; PORT=$(free_port)
+need_gnu_time
+bench_root walab
 cleanup() { stop_cluster "$ROOT" immediate; rm -rf "$ROOT"; }
 trap cleanup EXIT
 start_cluster "$ROOT" "$PORT" -c fsync=on -c shared_buffers=1GB -c wal_buffers=64MB -c max_wal_size=64GB \
     -c max_wal_senders=10 -c max_replication_slots=40 -c autovacuum=off
-[ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required" >&2; exit 1; }
 psql_() { psql_at "$ROOT/sock" "$PORT" "$@"; }
 pregenerate_wal psql_ "$GIB"
 echo "mode $MODE, $BYTES bytes"

@@ -21,15 +21,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 GIB=${GIB:-1}
 REPS=${REPS:-5}
 source benches/lib.sh
-[ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time) is required: apt-get install time" >&2; exit 1; }
+need_gnu_time
 
-echo "==> building walsink (release)"
-cargo build --release -q -p walsink
-WALSINK=$PWD/target/release/walsink
+build_walsink
 
-ROOT=$(mktemp -d /tmp/walverify.XXXXXX)
-chmod 755 "$ROOT"
-PORT=$(free_port)
+bench_root walverify
 cleanup() {
     stop_cluster "$ROOT" immediate
     # KEEP=1 keeps the archive (for profiling: perf record target/release/walsink verify -D ROOT/archive).
