@@ -49,24 +49,42 @@ pub(crate) fn metric(text: &str, metric: &str, source: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
-/// Starts walsink with `--metrics-listen 127.0.0.1:0` and returns it with the address it serves.
-fn spawn_with_metrics(args: &[&str]) -> (WalsinkProcess, String) {
-    let mut all = args.to_vec();
-    all.extend(["--metrics-listen", "127.0.0.1:0"]);
-    let mut w = Walsink::spawn(all);
+/// Starts `walsink receive` from `pg` (slot `svc`, see [`receive_args`]) into `dir` with
+/// `--metrics-listen 127.0.0.1:0` and returns it with the address it serves.
+fn receive_with_metrics(pg: &PgCluster, dir: &Path) -> (WalsinkProcess, String) {
+    let conn = pg.conninfo();
+    let mut args = receive_args(&conn, dir, "4s");
+    args.extend(["--metrics-listen", "127.0.0.1:0"]);
+    let mut w = Walsink::spawn(args);
+    let addr = metrics_addr(&mut w);
+    (w, addr)
+}
+
+/// The address walsink serves metrics at (host:port), once it has logged it.
+fn metrics_addr(w: &mut WalsinkProcess) -> String {
     assert!(
         w.wait_for_stderr("serving metrics at http://", WAIT),
         "no metrics address logged; stderr:\n{}",
         w.stderr_text()
     );
-    let text = w.stderr_text();
-    let addr = text
+    w.stderr_text()
         .split("serving metrics at http://")
         .nth(1)
         .and_then(|r| r.split('/').next())
         .unwrap()
-        .to_string();
-    (w, addr)
+        .to_string()
+}
+
+/// A server with the physical replication slot `svc` that [`receive_args`] names.
+fn server_with_slot(pg: PgCluster) -> PgCluster {
+    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    pg
+}
+
+/// The source name `walsink receive` gives an archive directory in metrics and statuses: its
+/// last component.
+fn source_name(dir: &Path) -> String {
+    dir.file_name().unwrap().to_str().unwrap().to_string()
 }
 
 fn receive_args<'a>(conn: &'a str, dir: &'a Path, receive_timeout: &'a str) -> Vec<&'a str> {
@@ -95,36 +113,33 @@ fn server_view(pg: &PgCluster) -> Option<(u64, u64)> {
     Some((parse_lsn(row[0].as_deref()?), parse_lsn(row[1].as_deref()?)))
 }
 
+/// Waits until the server sees everything it sent, up to at least its current position,
+/// reported flushed by a status update (and nothing more is coming); the flush position.
+fn wait_all_sent_reported_flushed(pg: &PgCluster, w: &WalsinkProcess) -> u64 {
+    let target = parse_lsn(&pg.current_lsn());
+    assert!(
+        wait_for(
+            || server_view(pg).is_some_and(|(sent, flush)| flush >= target && flush == sent),
+            WAIT
+        ),
+        "the server never saw the flush reach {target:X}: {:?}; stderr:\n{}",
+        server_view(pg),
+        w.stderr_text()
+    );
+    server_view(pg).unwrap().1
+}
+
 #[test]
 fn metrics_match_the_servers_view_promtool_accepts_them_and_health_follows_the_server() {
-    let pg = PgCluster::start_default();
-    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let pg = server_with_slot(PgCluster::start_default());
     let dir = archive_dir();
-    let name = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let conn = pg.conninfo();
-    let (mut w, addr) = spawn_with_metrics(&receive_args(&conn, dir.path(), "4s"));
+    let name = source_name(dir.path());
+    let (mut w, addr) = receive_with_metrics(&pg, dir.path());
 
     pg.generate_wal(3 << 20);
     pg.switch_wal();
     pg.generate_wal(100_000);
-    let target = parse_lsn(&pg.current_lsn());
-    // Everything sent has been reported flushed by a status update (and nothing more is coming).
-    assert!(
-        wait_for(
-            || server_view(&pg).is_some_and(|(sent, flush)| flush >= target && flush == sent),
-            WAIT
-        ),
-        "the server never saw the flush reach {target:X}: {:?}; stderr:\n{}",
-        server_view(&pg),
-        w.stderr_text()
-    );
-    let (_, server_flush) = server_view(&pg).unwrap();
+    let server_flush = wait_all_sent_reported_flushed(&pg, &w);
     let (code, text) = http_get(&addr, "/metrics");
     assert_eq!(code, 200, "{text}");
     let m = |k: &str| {
@@ -204,11 +219,9 @@ fn metrics_match_the_servers_view_promtool_accepts_them_and_health_follows_the_s
 
 #[test]
 fn hostile_metrics_clients_do_not_stall_streaming() {
-    let pg = PgCluster::start_default();
-    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let pg = server_with_slot(PgCluster::start_default());
     let dir = archive_dir();
-    let conn = pg.conninfo();
-    let (mut w, addr) = spawn_with_metrics(&receive_args(&conn, dir.path(), "4s"));
+    let (mut w, addr) = receive_with_metrics(&pg, dir.path());
     assert!(wait_for(|| server_view(&pg).is_some(), WAIT));
 
     // More silent connections than are served at once, and one with an endless header.
@@ -256,25 +269,12 @@ fn hostile_metrics_clients_do_not_stall_streaming() {
 
 #[test]
 fn a_real_prometheus_server_scrapes_walsink() {
-    let pg = PgCluster::start_default();
-    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let pg = server_with_slot(PgCluster::start_default());
     let dir = archive_dir();
-    let name = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let conn = pg.conninfo();
-    let (mut w, addr) = spawn_with_metrics(&receive_args(&conn, dir.path(), "4s"));
+    let name = source_name(dir.path());
+    let (mut w, addr) = receive_with_metrics(&pg, dir.path());
     pg.generate_wal(1 << 20);
-    let target = parse_lsn(&pg.current_lsn());
-    assert!(wait_for(
-        || server_view(&pg).is_some_and(|(s, f)| f >= target && f == s),
-        WAIT
-    ));
-    let (_, flush) = server_view(&pg).unwrap();
+    let flush = wait_all_sent_reported_flushed(&pg, &w);
 
     let prom = tempfile::Builder::new()
         .prefix("wsk-prom")
@@ -386,17 +386,10 @@ fn has_watchdog(d: &str) -> bool {
 
 #[test]
 fn systemd_notify_ready_status_watchdog_only_while_healthy_and_stopping() {
-    let pg = PgCluster::start_default();
-    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let pg = server_with_slot(PgCluster::start_default());
     let proxy = FaultProxy::start(pg.port());
     let dir = archive_dir();
-    let name = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let name = source_name(dir.path());
     let sockdir = tempfile::Builder::new()
         .prefix("wsk-sd")
         .tempdir_in("/tmp")
@@ -494,8 +487,7 @@ fn systemd_notify_ready_status_watchdog_only_while_healthy_and_stopping() {
 /// source, metrics carry every source's label, STOPPING=1 on SIGTERM.
 #[test]
 fn the_daemon_notifies_and_serves_metrics_for_every_source() {
-    let pg = PgCluster::start_default();
-    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let pg = server_with_slot(PgCluster::start_default());
     let (good, dead) = (archive_dir(), archive_dir());
     let dead_port = crate::harness::pg::free_port();
     let conf = tempfile::Builder::new()
@@ -539,18 +531,7 @@ fn the_daemon_notifies_and_serves_metrics_for_every_source() {
             && !status.contains("good: connecting"),
         "READY=1 once both made their first attempt: {status:?}"
     );
-    assert!(
-        w.wait_for_stderr("serving metrics at http://", WAIT),
-        "{}",
-        w.stderr_text()
-    );
-    let addr = w
-        .stderr_text()
-        .split("serving metrics at http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_string();
+    let addr = metrics_addr(&mut w);
     let target = parse_lsn(&pg.generate_wal(1 << 20));
     assert!(wait_for(
         || server_view(&pg).is_some_and(|(_, f)| f >= target),
@@ -579,8 +560,7 @@ fn a_full_disk_fails_health_but_the_watchdog_keeps_pinging() {
     let Some(small) = crate::gaps::small_fs_or_skip(12) else {
         return;
     };
-    let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
-    pg.execute("SELECT pg_create_physical_replication_slot('svc', true)");
+    let pg = server_with_slot(PgCluster::builder().setting("wal_keep_size", "1GB").start());
     let dir = small.mount_point.join("archive");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -597,18 +577,7 @@ fn a_full_disk_fails_health_but_the_watchdog_keeps_pinging() {
     cmd.env("NOTIFY_SOCKET", &socket)
         .env("WATCHDOG_USEC", "500000");
     let mut w = WalsinkProcess::spawn_command(cmd);
-    assert!(
-        w.wait_for_stderr("serving metrics at http://", WAIT),
-        "{}",
-        w.stderr_text()
-    );
-    let addr = w
-        .stderr_text()
-        .split("serving metrics at http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_string();
+    let addr = metrics_addr(&mut w);
     notes.wait(&w, 0, "READY=1", |l| l == "READY=1");
 
     let filler = small.mount_point.join("filler");
