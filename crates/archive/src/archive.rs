@@ -229,12 +229,7 @@ impl Archive {
         let Some(meta) = self.meta.as_ref().filter(|_| self.pin_pending) else {
             return Ok(());
         };
-        fsops::write_file_atomically(
-            &self.dir,
-            META_FILE,
-            meta.render().as_bytes(),
-            self.sync == SyncMode::Sync,
-        )?;
+        self.write_meta(meta)?;
         info!(
             "pinned archive directory \"{}\" to database system {} (WAL segment size {})",
             self.path.display(),
@@ -264,12 +259,7 @@ impl Archive {
         let mut updated = meta.clone();
         updated.format = Some(format);
         if !self.pin_pending {
-            fsops::write_file_atomically(
-                &self.dir,
-                META_FILE,
-                updated.render().as_bytes(),
-                self.sync == SyncMode::Sync,
-            )?;
+            self.write_meta(&updated)?;
             info!(
                 "pinned archive directory \"{}\" to WAL page magic {:04X} and block size {}",
                 self.path.display(),
@@ -333,15 +323,20 @@ impl Archive {
         };
         let mut updated = meta.clone();
         updated.gaps.push(gap);
-        fsops::write_file_atomically(
-            &self.dir,
-            META_FILE,
-            updated.render().as_bytes(),
-            self.sync == SyncMode::Sync,
-        )?;
+        self.write_meta(&updated)?;
         self.meta = Some(updated);
         self.pin_pending = false;
         Ok(())
+    }
+
+    /// Replaces `.walsink.meta` with `meta`, atomically and (unless `--no-sync`) durably.
+    fn write_meta(&self, meta: &Meta) -> Result<(), ArchiveError> {
+        fsops::write_file_atomically(
+            &self.dir,
+            META_FILE,
+            meta.render().as_bytes(),
+            self.sync == SyncMode::Sync,
+        )
     }
 
     fn compare(
