@@ -200,88 +200,70 @@ enum Hash {
     Sha512,
 }
 
-/// Signature algorithm OIDs (DER content bytes) and the hash channel binding uses.
-const SIGNATURE_HASHES: &[(&[u8], Hash)] = &[
+// OID arcs (DER content bytes) that the algorithms below extend by one last byte.
+
+/// 1.2.840.113549.1.1 (PKCS #1): RSA signatures.
+const PKCS1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+/// 1.2.840.10045.4: ECDSA signatures.
+const X962_SIGNATURES: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+/// 1.2.840.10045.4.3: ECDSA with SHA-2.
+const ECDSA_WITH_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+/// 1.2.840.10040.4: DSA.
+const X957: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04];
+/// 2.16.840.1.101.3.4.3 (NIST): DSA with SHA-2.
+const NIST_SIG_ALGS: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03];
+/// 2.16.840.1.101.3.4.2 (NIST): the SHA-2 hashes.
+const NIST_HASH_ALGS: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02];
+/// 1.3.14.3.2 (OIW): SHA-1.
+const OIW_SECSIG_ALGS: &[u8] = &[0x2b, 0x0e, 0x03, 0x02];
+
+/// Signature algorithm OIDs (arc and last byte) and the hash channel binding uses.
+const SIGNATURE_HASHES: &[(&[u8], u8, Hash)] = &[
     // md5WithRSAEncryption, sha1WithRSAEncryption: upgraded to SHA-256.
-    (
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04],
-        Hash::Sha256,
-    ),
-    (
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05],
-        Hash::Sha256,
-    ),
+    (PKCS1, 0x04, Hash::Sha256),
+    (PKCS1, 0x05, Hash::Sha256),
     // sha256/384/512/224WithRSAEncryption.
-    (
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b],
-        Hash::Sha256,
-    ),
-    (
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
-        Hash::Sha384,
-    ),
-    (
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
-        Hash::Sha512,
-    ),
-    (
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0e],
-        Hash::Sha224,
-    ),
+    (PKCS1, 0x0b, Hash::Sha256),
+    (PKCS1, 0x0c, Hash::Sha384),
+    (PKCS1, 0x0d, Hash::Sha512),
+    (PKCS1, 0x0e, Hash::Sha224),
     // ecdsa-with-SHA1 (upgraded), ecdsa-with-SHA224/256/384/512.
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01], Hash::Sha256),
-    (
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x01],
-        Hash::Sha224,
-    ),
-    (
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
-        Hash::Sha256,
-    ),
-    (
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
-        Hash::Sha384,
-    ),
-    (
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
-        Hash::Sha512,
-    ),
+    (X962_SIGNATURES, 0x01, Hash::Sha256),
+    (ECDSA_WITH_SHA2, 0x01, Hash::Sha224),
+    (ECDSA_WITH_SHA2, 0x02, Hash::Sha256),
+    (ECDSA_WITH_SHA2, 0x03, Hash::Sha384),
+    (ECDSA_WITH_SHA2, 0x04, Hash::Sha512),
     // dsa-with-sha1 (upgraded), dsa-with-sha224/256.
-    (&[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x03], Hash::Sha256),
-    (
-        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x01],
-        Hash::Sha224,
-    ),
-    (
-        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x02],
-        Hash::Sha256,
-    ),
+    (X957, 0x03, Hash::Sha256),
+    (NIST_SIG_ALGS, 0x01, Hash::Sha224),
+    (NIST_SIG_ALGS, 0x02, Hash::Sha256),
 ];
 
-/// RSASSA-PSS: the hash is in the parameters.
-const RSASSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+/// RSASSA-PSS (PKCS #1, last byte 10): the hash is in the parameters.
+const RSASSA_PSS: u8 = 0x0a;
 
-/// Hash algorithm OIDs in RSASSA-PSS parameters.
-const DIGESTS: &[(&[u8], Hash)] = &[
+/// Hash algorithm OIDs (arc and last byte) in RSASSA-PSS parameters.
+const DIGESTS: &[(&[u8], u8, Hash)] = &[
     // sha1 (upgraded).
-    (&[0x2b, 0x0e, 0x03, 0x02, 0x1a], Hash::Sha256),
-    (
-        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01],
-        Hash::Sha256,
-    ),
-    (
-        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02],
-        Hash::Sha384,
-    ),
-    (
-        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03],
-        Hash::Sha512,
-    ),
-    (
-        &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04],
-        Hash::Sha224,
-    ),
+    (OIW_SECSIG_ALGS, 0x1a, Hash::Sha256),
+    (NIST_HASH_ALGS, 0x01, Hash::Sha256),
+    (NIST_HASH_ALGS, 0x02, Hash::Sha384),
+    (NIST_HASH_ALGS, 0x03, Hash::Sha512),
+    (NIST_HASH_ALGS, 0x04, Hash::Sha224),
 ];
+
+/// Whether `oid` is `arc` extended by `last`.
+fn is_oid(oid: &[u8], arc: &[u8], last: u8) -> bool {
+    oid.split_last() == Some((&last, arc))
+}
+
+/// The hash `table` gives `oid`.
+fn hash_of(table: &[(&[u8], u8, Hash)], oid: &[u8]) -> Option<Hash> {
+    table
+        .iter()
+        .find(|(arc, last, _)| is_oid(oid, arc, *last))
+        .map(|&(_, _, h)| h)
+}
 
 const SEQUENCE: u8 = 0x30;
 const OID: u8 = 0x06;
@@ -295,10 +277,10 @@ fn signature_hash(cert: &[u8]) -> Result<Hash, TlsError> {
     let (_tbs, rest) = tlv(body, SEQUENCE).ok_or(bad.clone())?;
     let (alg, _) = tlv(rest, SEQUENCE).ok_or(bad.clone())?;
     let (oid, params) = tlv(alg, OID).ok_or(bad.clone())?;
-    if let Some(&(_, h)) = SIGNATURE_HASHES.iter().find(|(o, _)| *o == oid) {
+    if let Some(h) = hash_of(SIGNATURE_HASHES, oid) {
         return Ok(h);
     }
-    if oid == RSASSA_PSS {
+    if is_oid(oid, PKCS1, RSASSA_PSS) {
         // RSASSA-PSS-params ::= SEQUENCE { hashAlgorithm [0] AlgorithmIdentifier DEFAULT sha1, ... }
         let (seq, _) = tlv(params, SEQUENCE).ok_or(bad.clone())?;
         let Some((explicit, _)) = tlv(seq, CONTEXT_0) else {
@@ -306,13 +288,9 @@ fn signature_hash(cert: &[u8]) -> Result<Hash, TlsError> {
         };
         let (hash_alg, _) = tlv(explicit, SEQUENCE).ok_or(bad.clone())?;
         let (hash_oid, _) = tlv(hash_alg, OID).ok_or(bad)?;
-        return DIGESTS
-            .iter()
-            .find(|(o, _)| *o == hash_oid)
-            .map(|&(_, h)| h)
-            .ok_or(TlsError::CertificateHash(
-                "the RSASSA-PSS signature uses an unknown hash",
-            ));
+        return hash_of(DIGESTS, hash_oid).ok_or(TlsError::CertificateHash(
+            "the RSASSA-PSS signature uses an unknown hash",
+        ));
     }
     Err(TlsError::CertificateHash(
         "its signature algorithm has no hash for tls-server-end-point (Ed25519 or Ed448, or unknown)",
@@ -476,17 +454,38 @@ mod tests {
         v
     }
 
+    /// RSASSA-PSS parameters naming the hash algorithm `oid`.
+    fn pss_params(oid: &[u8]) -> Vec<u8> {
+        let hash_alg = alg(oid, &[]);
+        let mut explicit = vec![CONTEXT_0, u8::try_from(hash_alg.len()).unwrap()];
+        explicit.extend_from_slice(&hash_alg);
+        let mut params = vec![SEQUENCE, u8::try_from(explicit.len()).unwrap()];
+        params.extend_from_slice(&explicit);
+        params
+    }
+
     #[test]
     fn end_point_hash_follows_the_signature_algorithm() {
+        // Every signature algorithm OID (DER content, written out here rather than taken
+        // from the tables) and the length of the hash channel binding uses with it.
         for (oid, len) in [
-            (SIGNATURE_HASHES[0].0, 32), // md5 -> sha256
-            (SIGNATURE_HASHES[1].0, 32), // sha1 -> sha256
-            (SIGNATURE_HASHES[2].0, 32),
-            (SIGNATURE_HASHES[3].0, 48),
-            (SIGNATURE_HASHES[4].0, 64),
-            (SIGNATURE_HASHES[5].0, 28),
-            (SIGNATURE_HASHES[8].0, 32), // ecdsa-with-SHA256
-            (SIGNATURE_HASHES[9].0, 48), // ecdsa-with-SHA384
+            (
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04][..],
+                32,
+            ), // md5WithRSA -> sha256
+            (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05], 32), // sha1WithRSA -> sha256
+            (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b], 32), // sha256WithRSA
+            (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], 48), // sha384WithRSA
+            (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], 64), // sha512WithRSA
+            (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0e], 28), // sha224WithRSA
+            (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01], 32), // ecdsa-with-SHA1 -> sha256
+            (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x01], 28), // ecdsa-with-SHA224
+            (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02], 32), // ecdsa-with-SHA256
+            (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03], 48), // ecdsa-with-SHA384
+            (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04], 64), // ecdsa-with-SHA512
+            (&[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x03], 32), // dsa-with-sha1 -> sha256
+            (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x01], 28), // dsa-with-sha224
+            (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x02], 32), // dsa-with-sha256
         ] {
             let cert = cert_with(&alg(oid, &[0x05, 0x00]));
             let h = tls_server_end_point(&cert).unwrap();
@@ -495,19 +494,31 @@ mod tests {
                 assert_eq!(h, Sha256::digest(&cert).to_vec());
             }
         }
-        // RSASSA-PSS with SHA-384 in its parameters, and with the default (SHA-1).
-        let sha384 = alg(DIGESTS[2].0, &[]);
-        let mut explicit = vec![CONTEXT_0, u8::try_from(sha384.len()).unwrap()];
-        explicit.extend_from_slice(&sha384);
-        let mut params = vec![SEQUENCE, u8::try_from(explicit.len()).unwrap()];
-        params.extend_from_slice(&explicit);
-        let cert = cert_with(&alg(RSASSA_PSS, &params));
-        assert_eq!(
-            tls_server_end_point(&cert).unwrap(),
-            Sha384::digest(&cert).to_vec()
-        );
-        let cert = cert_with(&alg(RSASSA_PSS, &[SEQUENCE, 0]));
+        // RSASSA-PSS (1.2.840.113549.1.1.10) with each hash in its parameters, and with
+        // the default (SHA-1, upgraded to SHA-256).
+        let rsassa_pss = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+        for (digest, len) in [
+            (&[0x2b, 0x0e, 0x03, 0x02, 0x1a][..], 32), // sha1 -> sha256
+            (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01], 32), // sha256
+            (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02], 48), // sha384
+            (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03], 64), // sha512
+            (&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04], 28), // sha224
+        ] {
+            let cert = cert_with(&alg(&rsassa_pss, &pss_params(digest)));
+            let h = tls_server_end_point(&cert).unwrap();
+            assert_eq!(h.len(), len, "{digest:x?}");
+            if len == 48 {
+                assert_eq!(h, Sha384::digest(&cert).to_vec());
+            }
+        }
+        let cert = cert_with(&alg(&rsassa_pss, &[SEQUENCE, 0]));
         assert_eq!(tls_server_end_point(&cert).unwrap().len(), 32);
+        // An unknown hash in the parameters is refused.
+        let md2 = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x02];
+        assert!(matches!(
+            tls_server_end_point(&cert_with(&alg(&rsassa_pss, &pss_params(&md2)))),
+            Err(TlsError::CertificateHash(m)) if m.contains("unknown hash")
+        ));
         // Ed25519 has no hash; garbage is not a certificate.
         let ed25519 = cert_with(&alg(&[0x2b, 0x65, 0x70], &[]));
         assert!(matches!(
