@@ -1,6 +1,7 @@
 //! TLS against real PostgreSQL servers with `ssl = on` and certificates made by the test
 //! ([`TestPki`]): what each `sslmode` checks, client certificates, channel binding, direct
-//! negotiation (PostgreSQL 17 and later), and the exit code (19) of every TLS refusal.
+//! negotiation (PostgreSQL 17 and later), the server name indication (`sslsni`) in the
+//! ClientHello, and the exit code (19) of every TLS refusal.
 //!
 //! Every walsink runs with `HOME` set to an empty directory of the test's own, so that a
 //! `~/.postgresql/root.crt` of whoever runs the tests cannot change what is checked.
@@ -629,4 +630,129 @@ fn system_roots() {
         EXIT_TLS,
         &["not valid for name"],
     );
+}
+
+/// The server name indication a client's TLS handshake carried, read by a listener that plays a
+/// server only as far as the ClientHello (a real server cannot show what it got): it answers the
+/// SSLRequest with `S` (or, with `sslnegotiation=direct`, reads the handshake at once), parses the
+/// ClientHello with rustls' [`Acceptor`](rustls::server::Acceptor), and closes.
+struct HelloRecorder {
+    port: u16,
+    hello: std::thread::JoinHandle<(Option<String>, Vec<Vec<u8>>)>,
+}
+
+impl HelloRecorder {
+    fn start() -> HelloRecorder {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hello = std::thread::spawn(move || {
+            listener.set_nonblocking(true).unwrap();
+            let deadline = std::time::Instant::now() + WAIT;
+            let mut s = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the client never connected"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut first = [0u8; 1];
+            s.peek(&mut first).unwrap();
+            if first[0] != 0x16 {
+                // Not a TLS record: the SSLRequest (length 8, code 80877103).
+                let mut req = [0u8; 8];
+                s.read_exact(&mut req).unwrap();
+                assert_eq!(
+                    req,
+                    [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
+                    "not an SSLRequest"
+                );
+                s.write_all(b"S").unwrap();
+            }
+            let mut acceptor = rustls::server::Acceptor::default();
+            loop {
+                let n = acceptor.read_tls(&mut s).expect("reading the ClientHello");
+                assert!(n > 0, "the client closed before its ClientHello was whole");
+                match acceptor.accept() {
+                    Ok(Some(accepted)) => {
+                        let hello = accepted.client_hello();
+                        return (
+                            hello.server_name().map(str::to_owned),
+                            hello
+                                .alpn()
+                                .map(|a| a.map(<[u8]>::to_vec).collect())
+                                .unwrap_or_default(),
+                        );
+                    }
+                    Ok(None) => {}
+                    Err((e, _)) => panic!("not a ClientHello: {e}"),
+                }
+            }
+        });
+        HelloRecorder { port, hello }
+    }
+
+    /// The SNI and ALPN protocols of the ClientHello.
+    fn hello(self) -> (Option<String>, Vec<Vec<u8>>) {
+        self.hello.join().expect("the ClientHello listener failed")
+    }
+}
+
+/// `sslsni` as libpq applies it (fe-secure-openssl.c): the host name goes into the ClientHello's
+/// server_name with `sslsni=1` (the default), never with `sslsni=0` or `PGSSLSNI=0`, and never for
+/// a host that is an IP address (IPv4 or IPv6, or any host of only digits and dots); with
+/// `hostaddr` the name is `host`'s, not the address connected to. The same with
+/// `sslnegotiation=direct`, whose ClientHello also names the `postgresql` ALPN protocol.
+#[test]
+fn server_name_indication_follows_sslsni_and_the_host() {
+    let home = home();
+    let cases: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+        ("host=localhost", &[], Some("localhost")),
+        ("host=localhost sslsni=1", &[], Some("localhost")),
+        ("host=localhost sslsni=0", &[], None),
+        ("host=localhost", &[("PGSSLSNI", "0")], None),
+        (
+            "host=db1.example.com hostaddr=127.0.0.1",
+            &[],
+            Some("db1.example.com"),
+        ),
+        (
+            "host=db1.example.com hostaddr=127.0.0.1 sslsni=0",
+            &[],
+            None,
+        ),
+        ("host=127.0.0.1", &[], None),
+        ("hostaddr=127.0.0.1", &[], None),
+        ("host=10.1.2.3 hostaddr=127.0.0.1", &[], None),
+        ("host=::1 hostaddr=127.0.0.1", &[], None),
+        ("host=1.2.3 hostaddr=127.0.0.1", &[], None),
+        (
+            "host=localhost sslnegotiation=direct",
+            &[],
+            Some("localhost"),
+        ),
+        ("host=localhost sslnegotiation=direct sslsni=0", &[], None),
+    ];
+    for (hosts, vars, expected) in cases {
+        let server = HelloRecorder::start();
+        let ci = format!("{hosts} port={} user=postgres sslmode=require", server.port);
+        let out = connect_env(&ci, home.path(), vars);
+        let (sni, alpn) = server.hello();
+        assert_eq!(
+            sni.as_deref(),
+            *expected,
+            "{ci} {vars:?}: server name in the ClientHello\n{}",
+            out.stderr
+        );
+        assert_eq!(alpn, [b"postgresql".to_vec()], "{ci}: ALPN");
+        assert_ne!(out.code, Some(0), "{ci}: the handshake cannot succeed");
+    }
 }
