@@ -55,3 +55,5 @@ mod restore;
 mod status;
 // Running as a service: metrics and health (--metrics-listen, promtool, a real Prometheus), systemd notify, the units.
 mod service;
+// Log formats: JSON lines (receive and run), no timestamps under journald, pg_receivewal's form kept.
+mod logs;

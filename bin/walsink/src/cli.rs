@@ -43,7 +43,9 @@ pub enum Command {
     about = "walsink, called as pg_receivewal: stream WAL from a server into an archive directory.",
     disable_help_flag = true,
     disable_version_flag = true,
-    term_width = 95
+    term_width = 95,
+    // pg_receivewal has one message form; main refuses the flag under this name.
+    mut_arg("log_format", |a| a.hide(true))
 )]
 pub struct PgReceivewalCli {
     /// The flags, exactly those of `walsink receive`.
@@ -166,6 +168,10 @@ pub struct ReceiveArgs {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics and a health check at /health.
     #[arg(long = "metrics-listen", value_name = "ADDR:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Log format: text (default) or json (one object per line).
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<crate::log::LogFormat>,
 
     /// Show this help, then exit.
     #[arg(short = '?', long = "help", action = ArgAction::Help)]

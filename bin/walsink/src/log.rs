@@ -4,9 +4,9 @@
 //! drive pg_receivewal and read its messages (Barman's log, pg_receivewal's own TAP tests) see the
 //! form they know.
 //!
-//! `walsink run` also writes JSON lines (`--log-format json`). Under journald (`JOURNAL_STREAM`
-//! set, as systemd does for a service whose stderr goes to the journal) walsink writes no
-//! timestamps of its own: the journal stamps every line.
+//! `walsink run` and `walsink receive` also write JSON lines (`--log-format json`). Under journald
+//! (`JOURNAL_STREAM` set, as systemd does for a service whose stderr goes to the journal) walsink
+//! writes no timestamps of its own, in either format: the journal stamps every line.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -45,7 +45,7 @@ pub fn default_filter(personality: Personality, verbose: u8) -> &'static str {
     }
 }
 
-/// `--log-format` / the config file's `log_format` (`walsink run`).
+/// `--log-format` (`walsink run`, `walsink receive`) / the config file's `log_format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// One human-readable line per event; a daemon's source as `source{source=NAME}:`.
@@ -74,12 +74,27 @@ fn journald() -> bool {
 
 /// Installs the stderr logger of `walsink run` in `format`.
 pub fn init_daemon(verbose: u8, format: LogFormat) {
+    init(Personality::Walsink, verbose, format);
+}
+
+/// Installs the stderr logger for `personality` at the level `-v` asked for: walsink's own lines
+/// in `format`, or pg_receivewal's message form (which has one format only; `main` refuses
+/// `--log-format` under that name).
+pub fn init(personality: Personality, verbose: u8, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(default_filter(Personality::Walsink, verbose)));
+        .unwrap_or_else(|_| EnvFilter::new(default_filter(personality, verbose)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_writer(std::io::stderr);
+    if personality == Personality::PgReceivewal {
+        return builder
+            .with_ansi(false)
+            .event_format(PgFormat {
+                program: personality.program(),
+            })
+            .init();
+    }
+    let builder = builder.with_target(false);
     match (format, journald()) {
         (LogFormat::Text, false) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         (LogFormat::Text, true) => builder.with_ansi(false).without_time().init(),
@@ -93,32 +108,6 @@ pub fn init_daemon(verbose: u8, format: LogFormat) {
             .with_current_span(true)
             .with_span_list(false)
             .without_time()
-            .init(),
-    }
-}
-
-/// Installs the stderr logger for `personality` at the level `-v` asked for.
-pub fn init(personality: Personality, verbose: u8) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(default_filter(personality, verbose)));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match personality {
-        Personality::Walsink if journald() => builder
-            .with_target(false)
-            .with_ansi(false)
-            .without_time()
-            .init(),
-        Personality::Walsink => builder
-            .with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
-        Personality::PgReceivewal => builder
-            .with_ansi(false)
-            .event_format(PgFormat {
-                program: personality.program(),
-            })
             .init(),
     }
 }

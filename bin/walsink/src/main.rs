@@ -178,12 +178,18 @@ fn main() -> ExitCode {
     let no_password = args.no_password;
     let prompt_first = args.password;
     let metrics_listen = args.metrics_listen;
+    let log_format = match (personality, args.log_format) {
+        (Personality::PgReceivewal, Some(_)) => personality.usage_error(
+            "--log-format is a flag of walsink receive: as pg_receivewal, walsink writes pg_receivewal's message form",
+        ),
+        (_, format) => format.unwrap_or_default(),
+    };
     let env = walsink_receiver::process_env();
     let (mut config, action, verbose) = match args.into_config(&env, personality.program()) {
         Ok(v) => v,
         Err(e) => personality.usage_error(&e.0),
     };
-    log::init(personality, verbose);
+    log::init(personality, verbose, log_format);
 
     if prompt_first {
         match prompt_password() {

@@ -69,7 +69,11 @@ pub fn run(args: StatusArgs) -> u8 {
     } else {
         None
     };
-    crate::log::init(crate::Personality::Walsink, args.verbose);
+    crate::log::init(
+        crate::Personality::Walsink,
+        args.verbose,
+        crate::log::LogFormat::Text,
+    );
     let status = match archive_status(&args.directory) {
         Ok(s) => s,
         Err(e) => {
