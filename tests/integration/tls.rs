@@ -714,7 +714,9 @@ impl HelloRecorder {
 #[test]
 fn server_name_indication_follows_sslsni_and_the_host() {
     let home = home();
-    let cases: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+    // (conninfo's hosts, environment, the server name expected in the ClientHello)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Case] = &[
         ("host=localhost", &[], Some("localhost")),
         ("host=localhost sslsni=1", &[], Some("localhost")),
         ("host=localhost sslsni=0", &[], None),
