@@ -1,8 +1,9 @@
-//! `walsink verify -D DIR [--from LSN] [--to LSN] [--json]`: checks the archive (file names and
-//! sizes, continuity per timeline along the history files, recorded gaps, every page header and
-//! record CRC; `walsink_archive::verify`), reading each WAL file through a memory map. A progress
-//! bar on a terminal; `--json` prints the report as JSON on stdout. Exit 0 when the archive is
-//! valid from its first to its last record, 20 when it has problems, 17 when it cannot be read.
+//! `walsink verify -D DIR [--from LSN] [--to LSN] [--json] [--jobs N]`: checks the archive (file
+//! names and sizes, continuity per timeline along the history files, recorded gaps, every page
+//! header and record CRC; `walsink_archive::verify`), reading each WAL file through a memory map,
+//! segments on one thread per core (`--jobs`). A progress bar on a terminal; `--json` prints the
+//! report as JSON on stdout. Exit 0 when the archive is valid from its first to its last record,
+//! 20 when it has problems, 17 when it cannot be read.
 
 use std::fs::File;
 use std::io::IsTerminal;
@@ -34,6 +35,11 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout (and no progress bar).
     #[arg(long = "json")]
     pub json: bool,
+
+    /// Check segments on this many threads [default: one per CPU]. The report is the same
+    /// with any number.
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub jobs: Option<u32>,
 }
 
 /// The content of a WAL file, memory-mapped (read only).
@@ -46,7 +52,10 @@ fn map(file: &File) -> std::io::Result<Mapped> {
     // mapped: the bytes read may then be old or new (the check reports what it saw), and a
     // file truncated by another program would raise SIGBUS, as for any reader of a file
     // mapped into memory. `walsink verify` is meant for archives walsink owns.
-    let m = unsafe { memmap2::MmapOptions::new().populate().map(file)? };
+    // Not populated: a worker reads only the start of the file after its segment (the end of
+    // the record that crosses into it), and faulting pages in as they are read costs about
+    // what populating does (BENCHMARKS.md).
+    let m = unsafe { memmap2::MmapOptions::new().map(file)? };
     let _ = m.advise(memmap2::Advice::Sequential);
     Ok(Box::new(m))
 }
@@ -77,9 +86,17 @@ pub fn main(args: VerifyArgs) -> u8 {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let jobs = args.jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |j| j as usize,
+    );
     let started = Instant::now();
-    let mut map = map;
-    let report = verifier.run(&mut map, &mut |n| bar.inc(n));
+    let report = if jobs == 1 {
+        let mut map = map;
+        verifier.run(&mut map, &mut |n| bar.inc(n))
+    } else {
+        verifier.run_parallel(jobs, &map, &|n| bar.inc(n))
+    };
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if args.json {

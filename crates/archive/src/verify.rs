@@ -46,6 +46,11 @@ pub type Mapped = Box<dyn Deref<Target = [u8]>>;
 /// Provides the content of an open WAL file (a memory map in the binary).
 pub type MapFile<'a> = &'a mut dyn FnMut(&File) -> std::io::Result<Mapped>;
 
+/// WAL is fed to the validator in pieces of this size (so the progress moves). The
+/// parallel check feeds in the same pieces: where the validator stops on a problem can
+/// depend on how its input is cut, and both must stop at the same place.
+const CHUNK: usize = 4 << 20;
+
 /// What to check.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VerifyOptions {
@@ -557,6 +562,19 @@ impl Verifier {
         }
     }
 
+    /// Opens and maps WAL file `f`; what is wrong, if that fails.
+    fn read_wal(
+        &self,
+        f: &WalFile,
+        map: &mut dyn FnMut(&File) -> std::io::Result<Mapped>,
+    ) -> Result<Mapped, String> {
+        let file = self
+            .dir
+            .open_file(&f.name, OFlags::RDONLY)
+            .map_err(|e| e.to_string())?;
+        map(&file).map_err(|e| format!("cannot read it: {e}"))
+    }
+
     /// Feeds timeline `tli`'s files to the validator, a run of consecutive segments at a
     /// time.
     fn check_content(
@@ -600,28 +618,12 @@ impl Verifier {
             }
             tl.files += 1;
             self.report.files += 1;
-            let file = match self.dir.open_file(&f.name, OFlags::RDONLY) {
-                Ok(file) => file,
-                Err(e) => {
-                    self.report.problems.push(problem(
-                        Some(&f.name),
-                        Some(tli),
-                        Some(start),
-                        e.to_string(),
-                    ));
-                    expect_next = None;
-                    continue;
-                }
-            };
-            let bytes = match map(&file) {
+            let bytes = match self.read_wal(&f, map) {
                 Ok(b) => b,
-                Err(e) => {
-                    self.report.problems.push(problem(
-                        Some(&f.name),
-                        Some(tli),
-                        Some(start),
-                        format!("cannot read it: {e}"),
-                    ));
+                Err(what) => {
+                    self.report
+                        .problems
+                        .push(problem(Some(&f.name), Some(tli), Some(start), what));
                     expect_next = None;
                     continue;
                 }
@@ -631,7 +633,7 @@ impl Verifier {
             // In pieces, so the progress moves.
             let mut failed = None;
             let mut done = 0;
-            for chunk in data.chunks(4 << 20) {
+            for chunk in data.chunks(CHUNK) {
                 if let Err(e) = vv.feed(chunk) {
                     failed = Some(e);
                     break;
@@ -653,17 +655,9 @@ impl Verifier {
             match failed {
                 Some(e) => {
                     tl.end = tl.end.max(e.valid_end);
-                    self.report.problems.push(problem(
-                        Some(&f.name),
-                        Some(tli),
-                        Some(e.at),
-                        format!(
-                            "{} (offset {:#X}; the WAL before it is valid up to {})",
-                            e.problem,
-                            seg.offset(e.at),
-                            e.valid_end
-                        ),
-                    ));
+                    self.report
+                        .problems
+                        .push(invalid_wal(&f.name, tli, seg, &e));
                 }
                 None => tl.end = tl.end.max(vv.checked_end()),
             }
@@ -681,6 +675,26 @@ impl Verifier {
             self.report.timelines.push(tl);
         }
     }
+}
+
+/// The problem of invalid WAL found in file `name`.
+fn invalid_wal(
+    name: &str,
+    tli: TimelineId,
+    seg: WalSegSize,
+    e: &walsink_wal::validate::WalInvalid,
+) -> Finding {
+    problem(
+        Some(name),
+        Some(tli),
+        Some(e.at),
+        format!(
+            "{} (offset {:#X}; the WAL before it is valid up to {})",
+            e.problem,
+            seg.offset(e.at),
+            e.valid_end
+        ),
+    )
 }
 
 /// Whether a problem found in a `.partial` (`data`, from `start`) is where the WAL received
@@ -712,6 +726,9 @@ fn data_end(data: &[u8]) -> usize {
     }
     end
 }
+
+mod parallel;
+pub use parallel::MapFileShared;
 
 #[cfg(test)]
 mod tests;

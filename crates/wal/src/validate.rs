@@ -350,6 +350,11 @@ pub struct WalValidator {
     failed: Option<WalInvalid>,
     /// A small record's data and header, checksummed in one piece.
     scratch: Vec<u8>,
+    /// [`feed_until_record_from`](Self::feed_until_record_from): stop after a record
+    /// that starts at or after this position (`u64::MAX`: never).
+    halt_from: u64,
+    /// A record that starts at or after `halt_from` is complete.
+    halted: bool,
 }
 
 /// A problem found at a position, before it becomes a [`WalInvalid`].
@@ -366,6 +371,21 @@ fn u64le(b: &[u8], at: usize) -> u64 {
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)
 }
+/// The CRC-32C of a record: its data (after the header), then the header up to `xl_crc`.
+#[inline]
+fn record_crc(data: &[u8], hdr: &[u8; RECORD_HEADER_LEN], scratch: &mut Vec<u8>) -> u32 {
+    if data.len() <= SMALL_RECORD {
+        // One CRC call instead of two: a call costs more than the copy for small
+        // records (most records are small).
+        scratch.clear();
+        scratch.extend_from_slice(data);
+        scratch.extend_from_slice(&hdr[..20]);
+        crate::crc::crc32c(scratch)
+    } else {
+        crate::crc::crc_append(crate::crc::crc32c(data), &hdr[..20])
+    }
+}
+
 fn maxalign(x: u64) -> u64 {
     x.saturating_add(7) & !7
 }
@@ -394,6 +414,8 @@ impl WalValidator {
             records: 0,
             failed: None,
             scratch: Vec::with_capacity(SMALL_RECORD + 20),
+            halt_from: u64::MAX,
+            halted: false,
         };
         if let Some(f) = cfg.format {
             v.set_magic(f.magic);
@@ -467,6 +489,11 @@ impl WalValidator {
         Lsn(self.valid_end)
     }
 
+    /// The start of the last valid record, if one was complete since the start.
+    pub fn last_record(&self) -> Option<Lsn> {
+        self.prev.map(Lsn)
+    }
+
     /// The problem found, if any (the validator then refuses more input).
     pub fn failure(&self) -> Option<&WalInvalid> {
         self.failed.as_ref()
@@ -509,13 +536,37 @@ impl WalValidator {
 
     /// Checks the next `data` (continuing at [`position`](Self::position)). On a problem
     /// the error says where and what, and every later call returns it again.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), WalInvalid> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), WalInvalid> {
+        self.feed_counted(data).map(|_| ())
+    }
+
+    /// Like [`feed`](Self::feed), but stops right after the first record that starts at
+    /// or after `from` is complete (and checked): returns how many bytes of `data` were
+    /// used then, `None` if all of them were used without completing such a record. The
+    /// validator can go on being fed from there. (Used to check a piece of a stream up to
+    /// where a checker that started later takes over.)
+    pub fn feed_until_record_from(
+        &mut self,
+        data: &[u8],
+        from: Lsn,
+    ) -> Result<Option<usize>, WalInvalid> {
+        self.halt_from = from.0;
+        self.halted = false;
+        let r = self.feed_counted(data);
+        self.halt_from = u64::MAX;
+        let used = r?;
+        Ok(std::mem::take(&mut self.halted).then_some(used))
+    }
+
+    /// [`feed`](Self::feed), stopping early when `halted`; returns the bytes used.
+    fn feed_counted(&mut self, data: &[u8]) -> Result<usize, WalInvalid> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        while !data.is_empty() {
-            match self.step(data) {
-                Ok(n) => data = &data[n..],
+        let mut used = 0;
+        while used < data.len() && !self.halted {
+            match self.step(&data[used..]) {
+                Ok(n) => used += n,
                 Err((at, problem)) => {
                     let e = WalInvalid {
                         at: Lsn(at),
@@ -527,7 +578,7 @@ impl WalValidator {
                 }
             }
         }
-        Ok(())
+        Ok(used)
     }
 
     /// Handles a prefix of `data`; returns its length (at least 1).
@@ -554,8 +605,7 @@ impl WalValidator {
         }
         let page_end = page_start.saturating_add(self.blcksz);
         let n = (page_end - self.pos).min(data.len() as u64) as usize;
-        self.body(&data[..n])?;
-        Ok(n)
+        self.body(&data[..n])
     }
 
     /// Checks the page header collected in `self.hdr` for the page at `page`, and the
@@ -790,6 +840,7 @@ impl WalValidator {
         self.prev = Some(start);
         self.valid_end = end;
         self.records += 1;
+        self.halted |= start >= self.halt_from;
         let (info, rmid) = (hdr[16], hdr[17]);
         self.rec =
             if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH && !end.is_multiple_of(self.seg) {
@@ -802,10 +853,47 @@ impl WalValidator {
         Ok(())
     }
 
-    /// Handles `data`, which lies within the body of the current page.
-    fn body(&mut self, data: &[u8]) -> Result<(), Fail> {
+    /// Checks the records that lie wholly in `data`, which begins at the start of a
+    /// record (`self.pos`), one after the other, and the alignment padding after each;
+    /// returns how many bytes that was. Stops at the first record that is not wholly in
+    /// `data` (the caller collects it), and after `XLOG_SWITCH`.
+    #[inline]
+    fn whole_records(&mut self, data: &[u8]) -> Result<usize, Fail> {
+        let mut off = 0;
+        loop {
+            let rest = &data[off..];
+            let Some(hdr) = rest.first_chunk::<RECORD_HEADER_LEN>() else {
+                return Ok(off);
+            };
+            let start = self.pos;
+            let len = self.check_record_header(start, hdr)? as usize;
+            let Some(record) = rest.get(..len) else {
+                return Ok(off);
+            };
+            self.pos += len as u64;
+            off += len;
+            let crc = record_crc(&record[RECORD_HEADER_LEN..], hdr, &mut self.scratch);
+            self.finish_computed(start, hdr, crc)?;
+            let Rec::Expect { at } = self.rec else {
+                return Ok(off);
+            };
+            if self.halted {
+                return Ok(off);
+            }
+            let pad = (at - self.pos) as usize;
+            if data.len() - off < pad {
+                return Ok(off);
+            }
+            self.pos = at;
+            off += pad;
+        }
+    }
+
+    /// Handles `data`, which lies within the body of the current page; returns how much
+    /// of it was used (all, unless a record completed that halts the validator).
+    fn body(&mut self, data: &[u8]) -> Result<usize, Fail> {
         let mut i = 0;
-        while i < data.len() {
+        while i < data.len() && !self.halted {
             let rest = &data[i..];
             match &mut self.rec {
                 Rec::Skip { remaining } => {
@@ -849,39 +937,26 @@ impl WalValidator {
                         i = data.len();
                         continue;
                     }
+                    // The common case: whole records, one after the other.
+                    let n = self.whole_records(rest)?;
+                    if n > 0 {
+                        i += n;
+                        continue;
+                    }
                     let mut hdr = [0u8; RECORD_HEADER_LEN];
                     hdr.copy_from_slice(&rest[..RECORD_HEADER_LEN]);
                     let tot = self.check_record_header(start, &hdr)?;
-                    let len = tot as usize;
-                    if rest.len() >= len {
-                        // The whole record is here: the common case.
-                        let data = &rest[RECORD_HEADER_LEN..len];
-                        self.pos += len as u64;
-                        i += len;
-                        if data.len() <= SMALL_RECORD {
-                            // One CRC call instead of two: a call costs more than the
-                            // copy for small records (most records are small).
-                            self.scratch.clear();
-                            self.scratch.extend_from_slice(data);
-                            self.scratch.extend_from_slice(&hdr[..20]);
-                            let crc = crate::crc::crc32c(&self.scratch);
-                            self.finish_computed(start, &hdr, crc)?;
-                        } else {
-                            let crc = crate::crc::crc32c(data);
-                            self.finish(start, &hdr, crc)?;
-                        }
-                    } else {
-                        let crc = crate::crc::crc32c(&rest[RECORD_HEADER_LEN..]);
-                        self.rec = Rec::Data {
-                            start,
-                            tot,
-                            got: rest.len() as u32,
-                            crc,
-                            hdr,
-                        };
-                        self.pos += rest.len() as u64;
-                        i = data.len();
-                    }
+                    // The record goes on after `rest`: fold what is here into its CRC.
+                    let crc = crate::crc::crc32c(&rest[RECORD_HEADER_LEN..]);
+                    self.rec = Rec::Data {
+                        start,
+                        tot,
+                        got: rest.len() as u32,
+                        crc,
+                        hdr,
+                    };
+                    self.pos += rest.len() as u64;
+                    i = data.len();
                 }
                 Rec::Header { start, buf, have } => {
                     let start = *start;
@@ -943,7 +1018,7 @@ impl WalValidator {
                 }
             }
         }
-        Ok(())
+        Ok(i)
     }
 }
 

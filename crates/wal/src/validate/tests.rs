@@ -473,3 +473,43 @@ mod fuzz_like {
         }
     }
 }
+
+#[test]
+fn feeding_until_a_record_from_a_position_halts_right_after_it() {
+    let (start, data, end) = sample();
+    let mut whole = WalValidator::new(cfg(), 1, start);
+    whole.feed(&data).unwrap();
+    // Halt at each segment end the sample crosses (inside the long record, after the
+    // switch), in pieces of several sizes: the record
+    // that halts starts at or after the boundary, the one before it does not, and feeding
+    // the rest gives what feeding everything at once gives.
+    for boundary in [4 * MIB, 5 * MIB] {
+        for size in [1, 1000, 8192, 1 << 20, data.len()] {
+            let mut v = WalValidator::new(cfg(), 1, start);
+            let mut used = 0;
+            let mut halted_at = None;
+            for c in data.chunks(size) {
+                let fed = used;
+                match v.feed_until_record_from(c, Lsn(boundary)).unwrap() {
+                    Some(n) => {
+                        used += n;
+                        halted_at = Some(used);
+                        break;
+                    }
+                    None => used += c.len(),
+                }
+                assert!(v.last_record().is_none_or(|r| r.0 < boundary), "{fed}");
+            }
+            let halted_at = halted_at.expect("a record after the boundary");
+            let last = v.last_record().unwrap();
+            assert!(last.0 >= boundary);
+            assert_eq!(v.position().0, start.0 + halted_at as u64);
+            assert_eq!(v.valid_end(), v.position(), "stopped at the record's end");
+            let records = v.records();
+            v.feed(&data[halted_at..]).unwrap();
+            assert_eq!(v.records(), whole.records());
+            assert_eq!(v.checked_end(), end);
+            assert!(records < whole.records());
+        }
+    }
+}
