@@ -169,7 +169,13 @@ fn clap_message(e: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let personality = Personality::from_argv0(std::env::args_os().next().as_deref());
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let personality = Personality::from_argv0(argv.first().map(|a| a.as_os_str()));
+    if personality == Personality::Walsink
+        && let Some(args) = restore::parse_early(&argv)
+    {
+        return ExitCode::from(restore::run(args));
+    }
     let args = parse_receive_args(personality);
     if args.version {
         println!("{}", cli::receive_version_line());

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use walsink_archive::restore::{
     Absent, Outcome, RestoreOptions, RestoreRequest, Restored, restore,
 };
@@ -24,7 +24,42 @@ mod exit {
     pub const FAILED: u8 = 128;
 }
 
-/// `walsink restore`.
+// `walsink restore` on its own, for `parse_early` (its help is the subcommand's).
+#[derive(Parser, Debug)]
+#[command(
+    name = "walsink restore",
+    about = "Copy one WAL segment or history file out of the archive (PostgreSQL's restore_command)",
+    long_about = None,
+    term_width = 95
+)]
+struct RestoreCli {
+    #[command(flatten)]
+    args: RestoreArgs,
+}
+
+/// `walsink restore ...` parsed without building the command line of the other subcommands
+/// (the receiver's flags are most of clap's start-up work): PostgreSQL starts one
+/// `walsink restore` per file it restores, so its start-up is part of every segment's
+/// time. `None` for any other command line. Help and usage errors exit here, as clap's.
+pub fn parse_early(args: &[std::ffi::OsString]) -> Option<RestoreArgs> {
+    if args.get(1).is_none_or(|a| a != "restore") {
+        return None;
+    }
+    // Usage lines name the program as the subcommand's do: "walsink restore".
+    let program = std::path::Path::new(&args[0])
+        .file_name()
+        .map_or("walsink".into(), |n| n.to_string_lossy());
+    let matches = RestoreCli::command()
+        .bin_name(format!("{program} restore"))
+        .get_matches_from(&args[1..]);
+    Some(
+        RestoreCli::from_arg_matches(&matches)
+            .unwrap_or_else(|e| e.exit())
+            .args,
+    )
+}
+
+/// Copy one WAL segment or history file out of the archive (PostgreSQL's restore_command).
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// The archive directory.
@@ -36,8 +71,9 @@ pub struct RestoreArgs {
     #[arg(long = "partial")]
     pub partial: bool,
 
-    /// Do not fdatasync the copy or fsync its directory (it is still renamed into place
-    /// whole). PostgreSQL fetches a file again after a crash and fsyncs the files it keeps.
+    /// Do not fdatasync the copy before renaming it into place (it is still renamed into
+    /// place whole). PostgreSQL fetches a file again after a crash and fsyncs the files it
+    /// keeps.
     #[arg(long = "no-sync")]
     pub no_sync: bool,
 

@@ -10,8 +10,16 @@
 //!   with the archive. Only a `.partial` that is served with `--partial` makes the
 //!   directory be listed, once, to check that it is the archive's newest WAL.
 //! * **Never half a file.** The copy goes to a temporary file next to the destination,
-//!   is `fdatasync`ed and renamed into place, and the destination directory is
-//!   `fsync`ed: recovery sees the whole file or none.
+//!   is `fdatasync`ed and renamed into place: recovery sees the whole file or none, and
+//!   whatever name the file has on disk after a crash, its bytes are all there. The
+//!   destination directory is not `fsync`ed after the rename: PostgreSQL makes the name
+//!   durable itself, at once. After `restore_command` exits 0 it renames the file
+//!   (`KeepFileRestoredFromArchive` in `xlogarchive.c`, called from `XLogFileRead` in
+//!   `xlogrecovery.c` for every segment, and from `timeline.c` for the history files it
+//!   keeps) with `durable_rename`, which `fsync`s the file, renames it within `pg_wal` and
+//!   `fsync`s `pg_wal`; a history file it only reads (`RECOVERYHISTORY`) is not kept. A
+//!   crash before that makes PostgreSQL fetch the file again. A second directory `fsync`
+//!   here would cost one more cache flush of the disk per file (BENCHMARKS.md).
 //! * **Absent is normal.** PostgreSQL probes for files that do not exist (the history
 //!   files of future timelines, the segment after the end of the archive); those are
 //!   [`Outcome::Absent`] with [`Absent::Quiet`]. Only an absence that means something
@@ -116,24 +124,26 @@ pub enum Absent {
 pub struct RestoreOptions {
     /// Serve the archive's newest `.partial` for a segment that has no completed file.
     pub partial: bool,
-    /// `fdatasync` the copy and `fsync` the destination's directory (the default). Without
-    /// it the copy is still renamed into place whole, but a crash of the machine may leave
-    /// it incomplete on disk; PostgreSQL fetches the file again after such a crash and
-    /// `fsync`s restored files it keeps itself, so it does not depend on this.
+    /// `fdatasync` the copy before renaming it into place (the default; see the module
+    /// docs for the directory). Without it the copy is still renamed into place whole, but
+    /// a crash of the machine may leave it incomplete on disk; PostgreSQL fetches the file
+    /// again after such a crash and `fsync`s restored files it keeps itself, so it does not
+    /// depend on this.
     pub sync: bool,
 }
 
 /// The result of [`restore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The file is at the destination, durably.
+    /// The file is at the destination, whole (and its bytes on disk, with
+    /// [`RestoreOptions::sync`]).
     Served(Restored),
     /// The archive does not have it; nothing was created at the destination.
     Absent(Absent),
 }
 
 /// Copies the file `request` names from the archive directory `dir` to `dest`
-/// (temporary file, `fdatasync`, rename, directory `fsync`). With
+/// (temporary file, `fdatasync`, rename). With
 /// [`RestoreOptions::partial`], a segment that exists only as the archive's newest
 /// `.partial` is served too (see the module docs).
 pub fn restore(
@@ -296,8 +306,8 @@ fn absent_reason(dir: &Dir, name: &str) -> Result<Absent, ArchiveError> {
 
 /// Copies `len` bytes of `src` (the archive's `name`) to `dest`, zero-padded to
 /// `size`: into a temporary file in `dest`'s directory, `fdatasync` (with `sync`),
-/// rename, `fsync` of that directory (with `sync`). The temporary file is removed if
-/// anything fails.
+/// rename (the directory is left to PostgreSQL's `durable_rename`, module docs). The
+/// temporary file is removed if anything fails.
 fn copy_to(
     dir: &Dir,
     name: &str,
@@ -339,11 +349,7 @@ fn copy_to(
         if sync {
             fsops::datasync(&out, &tmp_path)?;
         }
-        fsops::rename(&ddir, &tmp, file_name)?;
-        if sync {
-            fsops::fsync_dir(&ddir)?;
-        }
-        Ok(())
+        fsops::rename(&ddir, &tmp, file_name)
     })();
     if result.is_err() {
         let _ = fsops::remove_if_exists(&ddir, &tmp);
