@@ -40,9 +40,15 @@ fn walsink_for_server() -> (TempDir, PathBuf) {
 fn start_receiver(pg: &PgCluster, extra: &[&str]) -> (TempDir, WalsinkProcess) {
     let dir = archive_dir();
     PgCluster::give_to_server_user(dir.path());
+    let ws = start_receiver_into(pg, dir.path(), extra);
+    (dir, ws)
+}
+
+/// `walsink receive` streaming into `dir` (the server user's) as that user from a new slot `walsink`.
+fn start_receiver_into(pg: &PgCluster, dir: &Path, extra: &[&str]) -> WalsinkProcess {
     create_slot(pg, "walsink");
     let mut cmd = Walsink::cmd(["receive", "-D"]);
-    cmd.arg(dir.path())
+    cmd.arg(dir)
         .args(["-d", &pg.conninfo(), "-S", "walsink", "-n"])
         .args(extra);
     PgCluster::run_as_server_user(&mut cmd);
@@ -62,7 +68,37 @@ fn start_receiver(pg: &PgCluster, extra: &[&str]) -> (TempDir, WalsinkProcess) {
         "walsink is not streaming:\n{}",
         ws.stderr_text()
     );
-    (dir, ws)
+    ws
+}
+
+/// Waits until walsink (application_name `walsink`) has flushed everything `server` has written.
+fn wait_flushed(server: &PgCluster, ws: &WalsinkProcess) {
+    let lsn = parse_lsn(&server.current_lsn());
+    let done = wait_for(
+        || {
+            server
+                .sql_one(
+                    "SELECT coalesce(max(flush_lsn)::text, '0/0') FROM pg_stat_replication \
+                     WHERE application_name = 'walsink'",
+                )
+                .is_some_and(|l| parse_lsn(&l) >= lsn)
+        },
+        WAIT,
+    );
+    assert!(
+        done,
+        "walsink did not flush up to {lsn:#x}:\n{}",
+        ws.stderr_text()
+    );
+}
+
+/// Inserts rows `ids` into `t`, one transaction each, about 2 KiB of WAL per row.
+fn insert(server: &PgCluster, ids: std::ops::RangeInclusive<i64>) {
+    for id in ids {
+        server.execute(&format!(
+            "INSERT INTO t SELECT {id}, string_agg(md5(random()::text), '') FROM generate_series(1, 60)"
+        ));
+    }
 }
 
 /// `restore_command` for `walsink restore` from `dir`.
@@ -492,6 +528,109 @@ fn restore_partial_after_a_failover_follows_the_new_timeline_to_its_newest_parti
             .iter()
             .any(|m| m.contains(&format!("from \"{}\"", old[0]))),
         "the old timeline's .partial was served: {messages:#?}"
+    );
+    assert_eq!(backup.timeline(), 3);
+    drop(bin_dir);
+}
+
+/// A standby promoted after the primary was lost, and lost itself before walsink streamed anything of the
+/// new timeline: the archive has timeline 1's last segment only as a `.partial` that runs past the point
+/// where timeline 2 forked (the old primary went on writing after the standby stopped receiving), and
+/// timeline 2's history file (from the new primary's `archive_command`), but no timeline-2 segment.
+/// Recovery with `--partial` and `recovery_target_timeline = 'latest'` replays timeline 1 exactly up to
+/// the fork: the `.partial` is served cut there, so every row the new primary had is back and none that
+/// only the old primary wrote after the fork.
+#[test]
+fn restore_partial_serves_the_old_timelines_partial_cut_at_the_fork() {
+    let dir = archive_dir();
+    PgCluster::give_to_server_user(dir.path());
+    // Only history files reach the archive this way (walsink archives the WAL), as with Barman.
+    let archive_command = format!(
+        "case %f in *.history) cp %p {}/%f ;; esac",
+        dir.path().display()
+    );
+    let primary = PgCluster::builder()
+        .setting("archive_mode", "on")
+        .setting("archive_command", archive_command)
+        .start();
+    let standby = primary.make_standby();
+    let (bin_dir, bin) = walsink_for_server();
+    let mut ws = start_receiver_into(&primary, dir.path(), &[]);
+    primary.execute("CREATE TABLE t (id bigint PRIMARY KEY, filler text)");
+    let mut backup = primary.base_backup_without_wal();
+
+    // Rows 1..=300, then a fresh segment that holds rows 301..=350 (about 110 KiB of its 1 MiB), all on
+    // the standby too.
+    insert(&primary, 1..=300);
+    primary.switch_wal();
+    insert(&primary, 301..=350);
+    let shared = parse_lsn(&primary.current_lsn());
+    let shared_file = primary.walfile_name(&format_lsn(shared));
+    assert!(
+        wait_for(
+            || parse_lsn(
+                &standby
+                    .sql_one("SELECT pg_last_wal_replay_lsn()::text")
+                    .unwrap()
+            ) >= shared,
+            WAIT
+        ),
+        "the standby did not replay up to {shared:#x}"
+    );
+    // The standby stops receiving; the primary writes rows 351..=400 that only walsink gets, into the
+    // same segment, and is lost.
+    standby.stop(crate::harness::StopMode::Fast);
+    insert(&primary, 351..=400);
+    wait_flushed(&primary, &ws);
+    let last = primary.walfile_name(&primary.current_lsn());
+    assert_eq!(shared_file, last, "rows 301..=400 are not in one segment");
+    primary.kill9_and_delete_data();
+    ws.interrupt_and_wait(WAIT);
+
+    // The standby is promoted (timeline 2 forks where its WAL ends) and lost soon after; walsink never
+    // streamed from it.
+    standby.start();
+    standby.promote();
+    let fork = switch_point(&standby, 1);
+    assert!(
+        wait_for(|| dir.path().join("00000002.history").exists(), WAIT),
+        "the new primary did not archive 00000002.history:\n{}",
+        standby.log_tail(20)
+    );
+    standby.kill9_and_delete_data();
+
+    let partial = format!("{last}.partial");
+    let files = archive::list(dir.path());
+    assert!(
+        files.contains(&partial)
+            && !files
+                .iter()
+                .any(|f| f.starts_with("00000002") && f.len() >= 24),
+        "{files:?}"
+    );
+    // The fork is inside that segment, after the rows the standby had.
+    let seg_start = segno(&last) << 20;
+    assert!(
+        shared <= fork && fork < seg_start + (1 << 20),
+        "fork {fork:#x} is not in {last} after {shared:#x}"
+    );
+
+    backup.start_archive_recovery(&[
+        ("restore_command", &restore_command(&bin, dir.path(), true)),
+        ("recovery_target_timeline", "latest"),
+    ]);
+    assert_eq!(ids(&backup), (1..=350).collect::<BTreeSet<_>>());
+    let messages = restore_messages(&backup);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&format!("from \"{partial}\""))
+                && m.contains(&format!(
+                    "up to {}, where timeline 2 forked",
+                    format_lsn(fork)
+                ))),
+        "{partial} was not served cut at {}: {messages:#?}",
+        format_lsn(fork)
     );
     assert_eq!(backup.timeline(), 3);
     drop(bin_dir);

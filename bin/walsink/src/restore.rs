@@ -102,18 +102,31 @@ pub fn run(args: RestoreArgs) -> u8 {
         sync: !args.no_sync,
     };
     match restore(&args.directory, &request, &args.dest, opts) {
-        Ok(Outcome::Served(Restored::Partial { name, padded_from })) => {
-            match padded_from {
-                Some(len) => eprintln!(
-                    "walsink restore: restored \"{}\" from \"{name}\" (the archive's newest WAL; \
-                     its {len} bytes padded with zeros to the segment size)",
-                    args.file
+        Ok(Outcome::Served(Restored::Partial {
+            name,
+            padded_from,
+            fork,
+        })) => {
+            // A segment name (RestoreRequest::parse checked it): its timeline.
+            let tli = u32::from_str_radix(&args.file[..8], 16).unwrap_or(0);
+            let what = match (fork, padded_from) {
+                (Some((at, child)), _) => format!(
+                    "the last WAL received on timeline {}, up to {at}, where timeline {} forked \
+                     from it; what follows is served as zeros",
+                    tli,
+                    child.get()
                 ),
-                None => eprintln!(
-                    "walsink restore: restored \"{}\" from \"{name}\" (the archive's newest WAL)",
-                    args.file
+                (None, Some(len)) => format!(
+                    "the last WAL received on timeline {}; its {len} bytes padded with zeros to \
+                     the segment size",
+                    tli
                 ),
-            }
+                (None, None) => format!("the last WAL received on timeline {}", tli),
+            };
+            eprintln!(
+                "walsink restore: restored \"{}\" from \"{name}\" ({what})",
+                args.file
+            );
             exit::SERVED
         }
         Ok(Outcome::Served(_)) => exit::SERVED,
@@ -126,11 +139,19 @@ pub fn run(args: RestoreArgs) -> u8 {
                     args.file
                 ),
                 Absent::NotNewestPartial { partial, newer } => eprintln!(
-                    "walsink restore: \"{}\" is in archive \"{dir}\" only as \"{partial}\", which is \
-                     not the archive's newest WAL (\"{newer}\" is newer): an older timeline's last \
-                     segment may run past the point where the next timeline forked, so it is not \
-                     served; to replay it anyway, copy it to pg_wal without the .partial suffix",
+                    "walsink restore: \"{}\" is in archive \"{dir}\" only as \"{partial}\", and \
+                     \"{newer}\" is newer with no timeline history telling where the .partial's WAL \
+                     stops being shared: it may run past the point where a later timeline forked, so \
+                     it is not served; to replay it anyway, copy it to pg_wal without the .partial \
+                     suffix",
                     args.file
+                ),
+                Absent::PastFork { partial, child, at } => eprintln!(
+                    "walsink restore: \"{}\" is in archive \"{dir}\" only as \"{partial}\", which \
+                     begins after {at}, where timeline {} forked from its timeline: it is not part \
+                     of the later timelines' history, so it is not served",
+                    args.file,
+                    child.get()
                 ),
                 Absent::Hole { next, gap } => {
                     let after = if next.is_empty() {

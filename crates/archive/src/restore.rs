@@ -33,17 +33,27 @@
 //! (walsink and pg_receivewal preallocate it; bytes past the received WAL read as zeros,
 //! where recovery ends). A short one (a disk filled up while it was preallocated) is
 //! padded with zeros to the segment size, which PostgreSQL requires of every restored
-//! segment. An older timeline's last `.partial` is not served: it may hold WAL past the
-//! point where the next timeline forked, which is not part of the new timeline's
-//! history.
+//! segment.
+//!
+//! An older timeline's last `.partial` (left by a failover) may hold WAL past the point
+//! where a later timeline forked from it, which is not part of the later timeline's
+//! history. PostgreSQL asks for it when the later timeline has no segment covering the
+//! fork in the archive (the new primary was lost before walsink streamed from it, say):
+//! recovery must replay the old timeline up to the fork. So it is served cut at the
+//! earliest fork that a later timeline's history file records (everything after it reads
+//! as zeros, where recovery on that segment ends and continues on the later timeline's
+//! history), never with the WAL after the fork; not at all when the fork is before the
+//! segment, when a later segment of its own timeline exists, or when a later timeline has
+//! WAL but no history file to tell where it forked.
 
 use std::fs::File;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 use rustix::fs::OFlags;
+use walsink_wal::history::TimelineHistory;
 use walsink_wal::page::{LONG_HEADER_LEN, PageHeader};
-use walsink_wal::{SegNo, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
+use walsink_wal::{Lsn, SegmentFileKind, SegmentName, TimelineId, WalSegSize};
 
 use crate::archive::HISTORY_LIMIT;
 use crate::dir::Dir;
@@ -78,13 +88,17 @@ impl RestoreRequest {
 pub enum Restored {
     /// A completed segment.
     Segment,
-    /// The newest `.partial` (with `--partial`), padded with zeros from `padded_from`
-    /// to the segment size when it was shorter.
+    /// The newest `.partial` of a timeline (with `--partial`), padded with zeros from
+    /// `padded_from` to the segment size when it was shorter, and cut at `fork` when a
+    /// later timeline forked from it.
     Partial {
         /// The file served.
         name: String,
         /// The `.partial`'s own size when it was shorter than a segment.
         padded_from: Option<u64>,
+        /// Where the earliest later timeline (the second field) forked from the
+        /// `.partial`'s timeline: the bytes from there on were served as zeros.
+        fork: Option<(Lsn, TimelineId)>,
     },
     /// A timeline history file.
     History,
@@ -101,13 +115,24 @@ pub enum Absent {
         /// The `.partial`'s name.
         partial: String,
     },
-    /// The segment exists only as a `.partial` that is not the archive's newest WAL
-    /// (`newer` is): an older timeline's last segment.
+    /// The segment exists only as a `.partial` that is not the newest WAL of its
+    /// timeline, or is followed by a later timeline's WAL whose history file (which
+    /// says where it forked) the archive does not have: `newer` is that file.
     NotNewestPartial {
         /// The `.partial`'s name.
         partial: String,
         /// A newer file of the archive.
         newer: String,
+    },
+    /// The segment exists only as a `.partial` of a timeline that a later one forked from
+    /// before this segment (at `at`): none of it is in the later timeline's history.
+    PastFork {
+        /// The `.partial`'s name.
+        partial: String,
+        /// The earliest later timeline that forked from the `.partial`'s timeline.
+        child: TimelineId,
+        /// Where it forked.
+        at: Lsn,
     },
     /// The segment is missing, but the archive has the next one: a hole, which recovery
     /// cannot replay past.
@@ -209,16 +234,31 @@ fn restore_segment(
     }
     let (sn, _) = SegmentName::parse_file_name(name, seg)
         .ok_or(ArchiveError::NotASegment { path: ppath, len })?;
-    if let Some(newer) = newer_file(dir, sn, seg)? {
-        return Ok(Outcome::Absent(Absent::NotNewestPartial {
-            partial: pname,
-            newer,
-        }));
-    }
-    copy_to(dir, &pname, src, (len, seg.bytes()), dest, opts.sync)?;
+    let start = sn.start_lsn(seg);
+    let (keep, fork) = match partial_scope(dir, sn, seg)? {
+        Scope::Whole => (len, None),
+        Scope::Refused(absent) => {
+            return Ok(Outcome::Absent(match absent {
+                Refusal::Newer(newer) => Absent::NotNewestPartial {
+                    partial: pname,
+                    newer,
+                },
+                Refusal::PastFork { child, at } => Absent::PastFork {
+                    partial: pname,
+                    child,
+                    at,
+                },
+            }));
+        }
+        // Cut only where the fork is within what the .partial holds.
+        Scope::UpTo { at, child } if at.0 - start.0 < len => (at.0 - start.0, Some((at, child))),
+        Scope::UpTo { .. } => (len, None),
+    };
+    copy_to(dir, &pname, src, (keep, seg.bytes()), dest, opts.sync)?;
     Ok(Outcome::Served(Restored::Partial {
         name: pname,
         padded_from: (len < seg.bytes()).then_some(len),
+        fork,
     }))
 }
 
@@ -247,26 +287,81 @@ fn partial_seg_size(dir: &Dir, src: &File, pname: &str) -> Result<WalSegSize, Ar
         })
 }
 
-/// A WAL or history file that is newer than segment `sn`: on a later timeline, or a
-/// later segment of the same timeline. Lists the directory.
-fn newer_file(dir: &Dir, sn: SegmentName, seg: WalSegSize) -> Result<Option<String>, ArchiveError> {
-    let mut newest: Option<((TimelineId, SegNo), String)> = None;
+/// How much of a timeline's last `.partial` later timelines share ([`partial_scope`]).
+enum Scope {
+    /// All of it: no later timeline forked from its timeline.
+    Whole,
+    /// The bytes before `at`, where timeline `child` (the earliest fork) forked from it.
+    UpTo { at: Lsn, child: TimelineId },
+    /// None.
+    Refused(Refusal),
+}
+
+/// Why none of a `.partial` is served ([`Scope::Refused`]).
+enum Refusal {
+    /// A later segment of its timeline, or a later timeline's WAL file without a
+    /// history file (or with one that cannot be parsed), named here.
+    Newer(String),
+    /// `child` forked from its timeline at `at`, before the `.partial`'s segment.
+    PastFork { child: TimelineId, at: Lsn },
+}
+
+/// How much of the `.partial` of segment `sn` may be served: the part that every
+/// later timeline forked from its timeline shares, from the history files of the later
+/// timelines (module docs). Lists the directory and reads those history files.
+fn partial_scope(dir: &Dir, sn: SegmentName, seg: WalSegSize) -> Result<Scope, ArchiveError> {
+    let mut histories: Vec<TimelineId> = Vec::new();
+    // A later timeline's WAL file, per timeline (only needed when it has no history).
+    let mut later_wal: Vec<(TimelineId, String)> = Vec::new();
     for name in dir.entry_names()? {
-        let key = if let Some(tli) = TimelineId::from_history_file_name(&name) {
-            (tli, SegNo(0))
+        if let Some(tli) = TimelineId::from_history_file_name(&name) {
+            if tli > sn.tli {
+                histories.push(tli);
+            }
         } else if let Some((other, SegmentFileKind::Complete | SegmentFileKind::Partial)) =
             SegmentName::parse_file_name(&name, seg)
         {
-            (other.tli, other.segno)
-        } else {
-            continue;
-        };
-        let later = key.0 > sn.tli || (key.0 == sn.tli && key.1 > sn.segno);
-        if later && newest.as_ref().is_none_or(|(k, _)| key > *k) {
-            newest = Some((key, name));
+            if other.tli == sn.tli && other.segno > sn.segno {
+                return Ok(Scope::Refused(Refusal::Newer(name)));
+            }
+            if other.tli > sn.tli && !later_wal.iter().any(|(t, _)| *t == other.tli) {
+                later_wal.push((other.tli, name));
+            }
         }
     }
-    Ok(newest.map(|(_, name)| name))
+    histories.sort();
+    if let Some((_, name)) = later_wal
+        .into_iter()
+        .find(|(tli, _)| histories.binary_search(tli).is_err())
+    {
+        return Ok(Scope::Refused(Refusal::Newer(name)));
+    }
+    let mut fork: Option<(Lsn, TimelineId)> = None;
+    for tli in histories {
+        let name = tli.history_file_name();
+        let Some(content) = dir.read_capped(&name, HISTORY_LIMIT)? else {
+            continue;
+        };
+        let Ok(history) = TimelineHistory::parse(tli, &content) else {
+            return Ok(Scope::Refused(Refusal::Newer(name)));
+        };
+        let mut entries = history.ancestors.iter();
+        let Some(entry) = entries.find(|e| e.tli == sn.tli) else {
+            continue; // a branch that does not descend from the .partial's timeline
+        };
+        // The timeline that forked from sn.tli on the way to `tli`.
+        let child = entries.next().map_or(tli, |e| e.tli);
+        if fork.is_none_or(|(at, _)| entry.switchpoint < at) {
+            fork = Some((entry.switchpoint, child));
+        }
+    }
+    Ok(match fork {
+        None => Scope::Whole,
+        Some((at, child)) if at <= sn.start_lsn(seg) => {
+            Scope::Refused(Refusal::PastFork { child, at })
+        }
+        Some((at, child)) => Scope::UpTo { at, child },
+    })
 }
 
 /// Why segment `name` is absent: a hole if the archive has the next segment (or the
@@ -304,8 +399,8 @@ fn absent_reason(dir: &Dir, name: &str) -> Result<Absent, ArchiveError> {
     })
 }
 
-/// Copies `len` bytes of `src` (the archive's `name`) to `dest`, zero-padded to
-/// `size`: into a temporary file in `dest`'s directory, `fdatasync` (with `sync`),
+/// Copies the first `len` bytes of `src` (the archive's `name`) to `dest`, zero-padded
+/// to `size`: into a temporary file in `dest`'s directory, `fdatasync` (with `sync`),
 /// rename (the directory is left to PostgreSQL's `durable_rename`, module docs). The
 /// temporary file is removed if anything fails.
 fn copy_to(
@@ -329,7 +424,7 @@ fn copy_to(
     let tmp_path = ddir.join(&tmp);
     let mut out = fsops::create_fresh(&ddir, &tmp)?;
     let result = (|| {
-        let copied = copy_data(&mut src, &mut out, sync).map_err(|e| {
+        let copied = copy_data(&mut src, &mut out, len, sync).map_err(|e| {
             if e.kind() == ErrorKind::WriteZero
                 || e.raw_os_error().is_some_and(|c| c == libc::ENOSPC)
             {
@@ -365,19 +460,19 @@ const WRITEBACK_CHUNK: usize = 2 << 20;
 /// on Linux for dirty pages), so that the disk writes while the copy goes on and the
 /// final `fdatasync` waits only for the last chunk (about 10% faster than copying first,
 /// BENCHMARKS.md). Falls back to `std::io::copy` where `copy_file_range` does not work
-/// between the two files. Returns the bytes copied.
-fn copy_data(src: &mut File, out: &mut File, writeback: bool) -> std::io::Result<u64> {
+/// between the two files. Copies at most `limit` bytes; returns the bytes copied.
+fn copy_data(src: &mut File, out: &mut File, limit: u64, writeback: bool) -> std::io::Result<u64> {
     let mut off_in = 0u64;
     let mut off_out = 0u64;
     loop {
         let before = off_out;
-        match rustix::fs::copy_file_range(
-            &*src,
-            Some(&mut off_in),
-            &*out,
-            Some(&mut off_out),
-            WRITEBACK_CHUNK,
-        ) {
+        let want =
+            usize::try_from(limit - off_out).map_or(WRITEBACK_CHUNK, |n| n.min(WRITEBACK_CHUNK));
+        if want == 0 {
+            return Ok(off_out);
+        }
+        match rustix::fs::copy_file_range(&*src, Some(&mut off_in), &*out, Some(&mut off_out), want)
+        {
             Ok(0) => return Ok(off_out),
             Ok(n) => {
                 if writeback {
@@ -395,7 +490,7 @@ fn copy_data(src: &mut File, out: &mut File, writeback: bool) -> std::io::Result
                 | rustix::io::Errno::NOSYS
                 | rustix::io::Errno::INVAL
                 | rustix::io::Errno::OPNOTSUPP,
-            ) if off_out == 0 => return std::io::copy(src, out),
+            ) if off_out == 0 => return std::io::copy(&mut Read::take(&*src, limit), out),
             Err(e) => return Err(e.into()),
         }
     }
@@ -492,7 +587,7 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_is_served_only_with_partial_and_only_the_newest() {
+    fn a_partial_is_served_only_with_partial() {
         let d = tempdir();
         put_segment(d.path(), "000000010000000000000002", 2, 42, SEG);
         put_segment(d.path(), &format!("{NAME}.partial"), 3, 42, SEG);
@@ -509,30 +604,132 @@ mod tests {
             out.unwrap(),
             Outcome::Served(Restored::Partial {
                 name: format!("{NAME}.partial"),
-                padded_from: None
+                padded_from: None,
+                fork: None,
             })
         );
         assert_eq!(
             fs::read(&dest).unwrap(),
             fs::read(d.path().join(format!("{NAME}.partial"))).unwrap()
         );
-        // After a timeline switch the old timeline's last .partial is not the newest.
-        fs::write(d.path().join("00000002.history"), "1\t0/3400000\tx\n").unwrap();
+        // A later timeline that does not descend from timeline 1 changes nothing.
+        fs::write(d.path().join("00000003.history"), "2\t0/250000\tx\n").unwrap();
+        put_segment(d.path(), "000000030000000000000004", 4, 42, SEG);
+        let (out, _, _g) = run(d.path(), NAME, true);
+        assert!(matches!(
+            out.unwrap(),
+            Outcome::Served(Restored::Partial { fork: None, .. })
+        ));
+    }
+
+    /// An archive with timeline 1's last segment 3 as a `.partial` whose every byte is
+    /// non-zero, and `files` (name, content).
+    fn forked_archive(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempdir();
+        let body: Vec<u8> = pattern(SEG as usize, 1).iter().map(|b| b | 1).collect();
+        fs::write(d.path().join(format!("{NAME}.partial")), body).unwrap();
+        for (name, content) in files {
+            fs::write(d.path().join(name), content).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn an_older_timelines_partial_is_served_cut_at_the_earliest_fork() {
+        // Timeline 2 forked from 1 at 0/31A2B8, inside segment 3 (0/300000-0/3FFFFF); its
+        // child 3 repeats the entry.
+        let d = forked_archive(&[
+            (
+                "00000002.history",
+                "1\t0/31A2B8\tno recovery target specified\n",
+            ),
+            ("00000003.history", "1\t0/31A2B8\tx\n\n2\t0/5000000\ty\n"),
+            ("000000030000000000000050.partial", ""),
+        ]);
         let (out, dest, _g) = run(d.path(), NAME, true);
         assert_eq!(
             out.unwrap(),
-            Outcome::Absent(Absent::NotNewestPartial {
-                partial: format!("{NAME}.partial"),
-                newer: "00000002.history".into()
+            Outcome::Served(Restored::Partial {
+                name: format!("{NAME}.partial"),
+                padded_from: None,
+                fork: Some((walsink_wal::Lsn(0x31A2B8), tli(2))),
             })
         );
-        assert!(!dest.exists());
-        put_segment(d.path(), "000000020000000000000003.partial", 3, 42, SEG);
-        let (out, _, _g) = run(d.path(), "000000020000000000000003", true);
+        let src = fs::read(d.path().join(format!("{NAME}.partial"))).unwrap();
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len() as u64, SEG);
+        assert_eq!(got[..0x1A2B8], src[..0x1A2B8]);
+        assert!(got[0x1A2B8..].iter().all(|&b| b == 0));
+
+        // Timeline 4 forked from 1 earlier (another branch): the cut is at the earliest fork.
+        fs::write(d.path().join("00000004.history"), "1\t0/3100A0\tz\n").unwrap();
+        let (out, dest, _g) = run(d.path(), NAME, true);
         assert!(matches!(
             out.unwrap(),
-            Outcome::Served(Restored::Partial { .. })
+            Outcome::Served(Restored::Partial { fork: Some((walsink_wal::Lsn(0x3100A0), t)), .. })
+                if t == tli(4)
         ));
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got[..0x100A0], src[..0x100A0]);
+        assert!(got[0x100A0..].iter().all(|&b| b == 0));
+
+        // A fork past the segment's end cuts nothing.
+        let d = forked_archive(&[("00000002.history", "1\t0/400000\tx\n")]);
+        let (out, dest, _g) = run(d.path(), NAME, true);
+        assert!(matches!(
+            out.unwrap(),
+            Outcome::Served(Restored::Partial { fork: None, .. })
+        ));
+        assert_eq!(
+            fs::read(&dest).unwrap(),
+            fs::read(d.path().join(format!("{NAME}.partial"))).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_older_timelines_partial_is_not_served_when_its_fork_is_unknown_or_earlier() {
+        let partial = format!("{NAME}.partial");
+        let cases: [(&[(&str, &str)], Absent); 4] = [
+            // The fork is before the segment: none of it is on timeline 2.
+            (
+                &[("00000002.history", "1\t0/2FFFF8\tx\n")],
+                Absent::PastFork {
+                    partial: partial.clone(),
+                    child: tli(2),
+                    at: walsink_wal::Lsn(0x2FFFF8),
+                },
+            ),
+            // A later timeline's WAL without its history file: where it forked is unknown.
+            (
+                &[("000000020000000000000003.partial", "")],
+                Absent::NotNewestPartial {
+                    partial: partial.clone(),
+                    newer: "000000020000000000000003.partial".into(),
+                },
+            ),
+            // A history file that cannot be read as one.
+            (
+                &[("00000002.history", "1\tnot-an-lsn\tx\n")],
+                Absent::NotNewestPartial {
+                    partial: partial.clone(),
+                    newer: "00000002.history".into(),
+                },
+            ),
+            // A later segment of its own timeline.
+            (
+                &[("000000010000000000000004", "")],
+                Absent::NotNewestPartial {
+                    partial: partial.clone(),
+                    newer: "000000010000000000000004".into(),
+                },
+            ),
+        ];
+        for (files, absent) in cases {
+            let d = forked_archive(files);
+            let (out, dest, _g) = run(d.path(), NAME, true);
+            assert_eq!(out.unwrap(), Outcome::Absent(absent), "{files:?}");
+            assert!(!dest.exists());
+        }
     }
 
     #[test]
@@ -556,7 +753,8 @@ mod tests {
             out.unwrap(),
             Outcome::Served(Restored::Partial {
                 name: format!("{NAME}.partial"),
-                padded_from: Some(short)
+                padded_from: Some(short),
+                fork: None,
             })
         );
         let got = fs::read(&dest).unwrap();
