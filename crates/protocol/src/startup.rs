@@ -287,27 +287,14 @@ impl Startup {
                 self.state = AuthState::Scram(Box::new(scram));
             }
             M::AuthenticationSaslContinue(data) => {
-                self.check(Request::Method(AuthMethod::ScramSha256))?;
-                let AuthState::Scram(scram) = &mut self.state else {
-                    return Err(ProtocolError::Unexpected {
-                        tag: 'R',
-                        state: "not in SASL exchange",
-                    });
-                };
+                let scram = self.scram_exchange()?;
                 scram
                     .update(&data)
                     .map_err(|e| ProtocolError::Scram(e.to_string()))?;
                 frontend::sasl_response(scram.message(), out).map_err(io_err)?;
             }
             M::AuthenticationSaslFinal(data) => {
-                self.check(Request::Method(AuthMethod::ScramSha256))?;
-                let AuthState::Scram(scram) = &mut self.state else {
-                    return Err(ProtocolError::Unexpected {
-                        tag: 'R',
-                        state: "not in SASL exchange",
-                    });
-                };
-                scram
+                self.scram_exchange()?
                     .finish(&data)
                     .map_err(|e| ProtocolError::Scram(e.to_string()))?;
                 self.finished_auth = true;
@@ -376,6 +363,19 @@ impl Startup {
     /// is not `disable`; else SCRAM-SHA-256, telling the server the client could bind
     /// (`y`, over TLS) or cannot (`n`), so a man in the middle who strips the PLUS
     /// offer is caught by the server. `require` without PLUS is refused.
+    /// The SCRAM exchange a SASLContinue or SASLFinal continues, if SCRAM is allowed and
+    /// one was started.
+    fn scram_exchange(&mut self) -> Result<&mut ScramSha256, ProtocolError> {
+        self.check(Request::Method(AuthMethod::ScramSha256))?;
+        match &mut self.state {
+            AuthState::Scram(scram) => Ok(scram),
+            _ => Err(ProtocolError::Unexpected {
+                tag: 'R',
+                state: "not in SASL exchange",
+            }),
+        }
+    }
+
     fn choose_mechanism(
         &self,
         mechs: &[String],
@@ -511,6 +511,28 @@ mod tests {
             s.handle(BackendMessage::ReadyForQuery(b'I'), &mut BytesMut::new())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn sasl_continue_or_final_outside_an_exchange_is_an_error() {
+        for msg in [
+            BackendMessage::AuthenticationSaslContinue(bytes::Bytes::from_static(
+                b"r=x,s=eA==,i=4096",
+            )),
+            BackendMessage::AuthenticationSaslFinal(bytes::Bytes::from_static(b"v=eA==")),
+        ] {
+            let mut s = Startup::new(params(), Some("secret".into()));
+            let mut out = BytesMut::new();
+            assert_eq!(
+                s.handle(msg.clone(), &mut out).unwrap_err(),
+                ProtocolError::Unexpected {
+                    tag: 'R',
+                    state: "not in SASL exchange",
+                },
+                "{msg:?}"
+            );
+            assert!(out.is_empty(), "{msg:?}: sent {out:?}");
+        }
     }
 
     fn with_policy(require_auth: Option<&str>, password: Option<&str>) -> Startup {
