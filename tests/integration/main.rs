@@ -57,3 +57,5 @@ mod status;
 mod service;
 // Log formats: JSON lines (receive and run), no timestamps under journald, pg_receivewal's form kept.
 mod logs;
+// Running as a service under faults from the proxy: lag and reconnects in the metrics, /health and the daemon's watchdog for a silent server.
+mod service_faults;

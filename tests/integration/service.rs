@@ -61,7 +61,7 @@ fn receive_with_metrics(pg: &PgCluster, dir: &Path) -> (WalsinkProcess, String) 
 }
 
 /// The address walsink serves metrics at (host:port), once it has logged it.
-fn metrics_addr(w: &mut WalsinkProcess) -> String {
+pub(crate) fn metrics_addr(w: &mut WalsinkProcess) -> String {
     assert!(
         w.wait_for_stderr("serving metrics at http://", WAIT),
         "no metrics address logged; stderr:\n{}",
@@ -83,7 +83,7 @@ fn server_with_slot(pg: PgCluster) -> PgCluster {
 
 /// The source name `walsink receive` gives an archive directory in metrics and statuses: its
 /// last component.
-fn source_name(dir: &Path) -> String {
+pub(crate) fn source_name(dir: &Path) -> String {
     dir.file_name().unwrap().to_str().unwrap().to_string()
 }
 
@@ -105,7 +105,7 @@ fn receive_args<'a>(conn: &'a str, dir: &'a Path, receive_timeout: &'a str) -> V
 }
 
 /// The server's view of walsink's walsender: (sent_lsn, flush_lsn).
-fn server_view(pg: &PgCluster) -> Option<(u64, u64)> {
+pub(crate) fn server_view(pg: &PgCluster) -> Option<(u64, u64)> {
     let rows = pg.sql(
         "SELECT sent_lsn::text, flush_lsn::text FROM pg_stat_replication WHERE flush_lsn IS NOT NULL",
     );
@@ -321,10 +321,10 @@ fn a_real_prometheus_server_scrapes_walsink() {
 
 /// Datagrams received on a socket playing systemd's notify socket, with arrival times.
 #[derive(Clone, Default)]
-struct Notes(Arc<Mutex<Vec<(Instant, String)>>>);
+pub(crate) struct Notes(Arc<Mutex<Vec<(Instant, String)>>>);
 
 impl Notes {
-    fn listen(path: &Path) -> Notes {
+    pub(crate) fn listen(path: &Path) -> Notes {
         let sock = UnixDatagram::bind(path).unwrap();
         let notes = Notes::default();
         let n = notes.clone();
@@ -338,16 +338,16 @@ impl Notes {
         notes
     }
 
-    fn all(&self) -> Vec<(Instant, String)> {
+    pub(crate) fn all(&self) -> Vec<(Instant, String)> {
         self.0.lock().unwrap().clone()
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
 
     /// The index of the first datagram from `from` on with a line satisfying `pred`.
-    fn find(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
+    pub(crate) fn find(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
         self.all()
             .iter()
             .enumerate()
@@ -356,7 +356,7 @@ impl Notes {
             .map(|(i, _)| i)
     }
 
-    fn wait(
+    pub(crate) fn wait(
         &self,
         w: &WalsinkProcess,
         from: usize,
@@ -380,7 +380,7 @@ impl Notes {
     }
 }
 
-fn has_watchdog(d: &str) -> bool {
+pub(crate) fn has_watchdog(d: &str) -> bool {
     d.lines().any(|l| l == "WATCHDOG=1")
 }
 

@@ -1,7 +1,7 @@
 //! A fault-injecting TCP proxy between walsink and a real server, for the faults a real
 //! server cannot produce on demand: a connection cut at an exact byte offset (inside a
 //! message header or a payload) and a peer that goes silent without closing the
-//! connection.
+//! connection, at once or after an exact number of bytes.
 //!
 //! Every accepted connection gets two pump threads (client→server, server→client). The
 //! pumps check the shared state between reads, so a stall or a cut takes effect within
@@ -24,6 +24,8 @@ struct State {
     /// Server→client bytes still allowed on the current connections before they are cut;
     /// `u64::MAX` for no limit.
     cut_budget: AtomicU64,
+    /// Server→client bytes still forwarded before a stall begins; `u64::MAX` for no limit.
+    stall_budget: AtomicU64,
     /// Bumped to ask every pump of every current connection to close it.
     generation: AtomicU64,
     /// Connections accepted so far.
@@ -50,6 +52,7 @@ impl FaultProxy {
         listener.set_nonblocking(true).unwrap();
         let state = Arc::new(State {
             cut_budget: AtomicU64::new(u64::MAX),
+            stall_budget: AtomicU64::new(u64::MAX),
             ..Default::default()
         });
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -95,6 +98,15 @@ impl FaultProxy {
 
     /// Forwards again.
     pub fn resume(&self) {
+        self.state.stall_budget.store(u64::MAX, Ordering::SeqCst);
+        self.state.stalled.store(false, Ordering::SeqCst);
+    }
+
+    /// Forwards again, but only `n` more server→client bytes: then stalls (as
+    /// [`stall`](Self::stall)) in the middle of whatever message they end in. For a client that
+    /// has heard of the server's new WAL (the first messages) but not received all of it.
+    pub fn stall_after(&self, n: u64) {
+        self.state.stall_budget.store(n, Ordering::SeqCst);
         self.state.stalled.store(false, Ordering::SeqCst);
     }
 
@@ -155,6 +167,25 @@ fn pump(mut from: TcpStream, mut to: TcpStream, st: Arc<State>, generation: u64,
             Err(_) => return close(&from, &to),
         };
         let mut chunk = &buf[..n];
+        if downstream {
+            // The part of the chunk within the stall budget goes through; the stall begins
+            // after it.
+            let budget = st.stall_budget.load(Ordering::SeqCst);
+            if budget != u64::MAX {
+                let allowed = budget.min(chunk.len() as u64) as usize;
+                st.stall_budget
+                    .store(budget - allowed as u64, Ordering::SeqCst);
+                if allowed < chunk.len() {
+                    if to.write_all(&chunk[..allowed]).is_err() {
+                        return close(&from, &to);
+                    }
+                    st.down_bytes.fetch_add(allowed as u64, Ordering::SeqCst);
+                    chunk = &chunk[allowed..];
+                    st.stall_budget.store(u64::MAX, Ordering::SeqCst);
+                    st.stalled.store(true, Ordering::SeqCst);
+                }
+            }
+        }
         // Hold data that arrived just as a stall began.
         while st.stalled.load(Ordering::Relaxed) && !st.stop.load(Ordering::Relaxed) {
             thread::sleep(POLL);
