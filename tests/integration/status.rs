@@ -54,6 +54,7 @@ fn status_reports_timeline_partial_fill_and_lag_behind_the_server() {
         "-s",
         "1",
     ]);
+    let streamed_at = std::time::Instant::now();
     pg.generate_wal(3 << 20);
     let target = parse_lsn(&pg.current_lsn());
     let flushed = || {
@@ -84,6 +85,22 @@ fn status_reports_timeline_partial_fill_and_lag_behind_the_server() {
         Some(archive::completed_segments(dir.path()).len() as u64)
     );
     assert!(t["missing"].as_array().unwrap().is_empty());
+    // The first LSN is the start of the oldest segment file; the size on disk is what the timeline's WAL
+    // files take (allocated blocks, as `du` counts them).
+    let mut wal_files: Vec<String> = archive::completed_segments(dir.path());
+    wal_files.extend(archive::partial_segments(dir.path()));
+    wal_files.sort();
+    let first_seg = u64::from_str_radix(&wal_files[0][8..16], 16).unwrap() * 4096
+        + u64::from_str_radix(&wal_files[0][16..24], 16).unwrap();
+    assert_eq!(lsn(&t["first_lsn"]), first_seg << 20, "{s:#}");
+    let on_disk: u64 = wal_files
+        .iter()
+        .map(|f| {
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(dir.path().join(f)).unwrap())
+                * 512
+        })
+        .sum();
+    assert_eq!(t["bytes_on_disk"].as_u64(), Some(on_disk), "{wal_files:?}");
     let partials = archive::partial_segments(dir.path());
     assert_eq!(t["partial"]["file"].as_str(), Some(partials[0].as_str()));
     let server = &s["server"];
@@ -113,9 +130,14 @@ fn status_reports_timeline_partial_fill_and_lag_behind_the_server() {
 
     // walsink stopped: the server moves on, the archive does not.
     ws.interrupt_and_wait(WAIT);
+    let stopped = std::time::Instant::now();
     let before = parse_lsn(&pg.current_lsn());
     let after = parse_lsn(&pg.generate_wal(2 << 20));
+    // A known time without WAL reaching the archive: the lag in seconds is at least that long.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let idle = stopped.elapsed().as_secs_f64();
     let s = status_json(dir.path(), &["-d", &pg.conninfo()]);
+    let since_stream = streamed_at.elapsed().as_secs_f64();
     let server = &s["server"];
     let end = lsn(&s["timelines"][0]["end_lsn"]);
     let pos = lsn(&server["lsn"]);
@@ -138,6 +160,12 @@ fn status_reports_timeline_partial_fill_and_lag_behind_the_server() {
     assert!(
         secs > 0.0 && (secs - (server_time - written)).abs() < 0.001,
         "lag {secs} s; server time {server_time}, archive last written {written}"
+    );
+    // Against elapsed time measured here: the archive last changed before walsink stopped (at least
+    // `idle` s before the status), and after the WAL streamed last began (at most `since_stream` s).
+    assert!(
+        secs >= idle - 0.05 && secs <= since_stream + 0.05,
+        "lag {secs} s; walsink stopped {idle:.3} s before the status, the last WAL began {since_stream:.3} s before"
     );
 
     // The text form says the same.
