@@ -5,7 +5,8 @@
 #   benches/restore.sh [ITERATIONS]      # default 200 of each
 #
 # Commands timed (each starts from an absent DEST, in the same directory, page cache warm for the source):
-#   walsink    walsink restore -D ARCHIVE NAME DEST      (temp file, fdatasync, rename, fsync of DEST's directory)
+#   walsink    walsink restore -D ARCHIVE NAME DEST      (temp file, fdatasync, rename; PostgreSQL's durable_rename
+#                                                         of the restored file fsyncs pg_wal, so walsink does not)
 #   no-sync    walsink restore --no-sync ...             (temp file, rename: what cp guarantees, plus atomicity)
 #   cp         cp ARCHIVE/NAME DEST                      (what restore_command = 'cp ...' does: no sync)
 #   cp+sync    cp ARCHIVE/NAME DEST && sync DEST         (the same copy made durable, as walsink makes it)
