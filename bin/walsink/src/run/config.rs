@@ -9,14 +9,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-use walsink_protocol::conninfo::{ConnConfig, ConnOptions, Env};
+use walsink_protocol::conninfo::{ConnConfig, ConnOptions, Env, Host, TargetSessionAttrs};
 use walsink_protocol::query::valid_slot_name;
 use walsink_receiver::ReceiveConfig;
 use walsink_receiver::daemon::SourceDef;
@@ -214,7 +214,7 @@ fn parse(text: &str, base: &Path, env: &Env) -> Result<DaemonConfig, Vec<ConfigE
         });
     }
     let mut names: HashMap<String, usize> = HashMap::new();
-    let mut dirs: HashMap<PathBuf, (String, usize)> = HashMap::new();
+    let mut placed: Vec<Placed> = Vec::new();
     let mut sources = Vec::new();
     for (i, table) in raw.source.into_iter().enumerate() {
         let src = table.into_inner();
@@ -237,27 +237,29 @@ fn parse(text: &str, base: &Path, env: &Env) -> Result<DaemonConfig, Vec<ConfigE
                 format!("a second source named \"{name}\" (the first is on line {first}); names must be unique"),
             );
         }
-        let dir = base.join(src.directory.get_ref());
-        let dir = normalize(&dir);
-        // The same directory under two spellings (a symbolic link) counts too.
-        let same = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
-        if src.directory.get_ref().is_empty() {
-            c.push(src.directory.span(), key("directory"), "must not be empty");
-        } else if let Some((other, l)) = dirs.insert(same, (name.clone(), line)) {
-            c.push(
-                src.directory.span(),
-                key("directory"),
-                format!("\"{}\" is also the directory of source \"{other}\" (line {l}); each source needs its own archive directory", dir.display()),
-            );
+        let dir = normalize(&base.join(src.directory.get_ref()));
+        let dir_span = src.directory.span();
+        let empty_dir = src.directory.get_ref().is_empty();
+        if empty_dir {
+            c.push(dir_span.clone(), key("directory"), "must not be empty");
         }
-        if let Some(def) = source(&mut c, &key, src, dir, base, env) {
+        let slot_span = src.slot.as_ref().map(Spanned::span);
+        let (def, server) = source(&mut c, &key, src, dir.clone(), base, env);
+        if let Some(def) = def {
             sources.push(SourceDef {
-                name,
+                name: name.clone(),
                 config: def.0,
                 fingerprint: def.1,
             });
         }
+        placed.push(Placed {
+            name,
+            line,
+            at: (!empty_dir).then(|| (dir_span, Place::of(&dir), dir)),
+            slot: slot_span.zip(server),
+        });
     }
+    clashes(&mut c, &placed);
     // In file order (errors without a position, about the whole file, first).
     c.errors.sort_by_key(|e| e.at);
     if c.errors.is_empty() {
@@ -339,6 +341,236 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// What the checks between sources ([`clashes`]) know of one source.
+struct Placed {
+    name: String,
+    /// The line of its `name`.
+    line: usize,
+    /// Its `directory`: the key's span, where it physically is, and the path as
+    /// configured (made absolute and normalised); `None` when empty.
+    at: Option<(Range<usize>, Place, PathBuf)>,
+    /// Its `slot` key's span and where that slot is; `None` without a (valid) slot or
+    /// with an invalid `conninfo`.
+    slot: Option<(Range<usize>, SlotPlace)>,
+}
+
+/// Where a directory physically is: symbolic links followed as far as the path exists
+/// (the part not created yet taken as written), and the device and inode of it and of
+/// each existing ancestor, so that neither a link nor a bind mount hides a duplicate.
+struct Place {
+    real: PathBuf,
+    id: Option<(u64, u64)>,
+    ancestors: Vec<(u64, u64)>,
+}
+
+impl Place {
+    fn of(dir: &Path) -> Place {
+        use std::os::unix::fs::MetadataExt;
+        let real = resolve_existing(dir);
+        let id_of = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        Place {
+            id: id_of(&real),
+            ancestors: real.ancestors().skip(1).filter_map(id_of).collect(),
+            real,
+        }
+    }
+
+    fn same(&self, other: &Place) -> bool {
+        self.real == other.real || self.id.is_some() && self.id == other.id
+    }
+
+    /// Whether `self` lies strictly inside `outer`.
+    fn inside(&self, outer: &Place) -> bool {
+        !self.same(outer)
+            && (self.real.starts_with(&outer.real)
+                || outer.id.is_some_and(|id| self.ancestors.contains(&id)))
+    }
+}
+
+/// `path` with symbolic links resolved in its longest existing prefix; the rest (not
+/// created yet, so no link) appended as it is.
+fn resolve_existing(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        let probe = if existing.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            existing.as_path()
+        };
+        if let Ok(real) = std::fs::canonicalize(probe) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match existing.file_name() {
+            Some(n) => {
+                rest.push(n.to_owned());
+                existing.pop();
+            }
+            None => return path.to_path_buf(),
+        }
+    }
+}
+
+/// A server as a connection reaches it.
+#[derive(PartialEq, Eq)]
+enum Endpoint {
+    /// `hostaddr`, or a host given as an IP address.
+    Ip(IpAddr),
+    /// A host name (compared without case, as DNS does).
+    Name(String),
+    /// A Unix socket directory.
+    Socket(PathBuf),
+}
+
+/// A replication slot and the servers a source's connection string reaches, with the
+/// environment and defaults applied exactly as when it connects (`PGHOST`, `PGPORT`,
+/// the socket directory, port 5432; `hostaddr` before `host`).
+struct SlotPlace {
+    slot: String,
+    servers: Vec<(Endpoint, u16)>,
+    /// Which of several hosts is taken (with one host it does not matter).
+    session_attrs: TargetSessionAttrs,
+    /// The first server as messages name it: `at "db1", port 5432`.
+    shown: String,
+}
+
+impl SlotPlace {
+    fn of(conn: &ConnConfig, slot: &str) -> SlotPlace {
+        let servers = conn
+            .targets
+            .iter()
+            .map(|t| {
+                let e = match (t.hostaddr, &t.host) {
+                    (Some(a), _) => Endpoint::Ip(a),
+                    (None, Host::Tcp(n)) => n
+                        .parse()
+                        .map_or_else(|_| Endpoint::Name(n.to_ascii_lowercase()), Endpoint::Ip),
+                    (None, Host::Unix(d)) => Endpoint::Socket(normalize(d)),
+                };
+                (e, t.port)
+            })
+            .collect::<Vec<_>>();
+        let mut shown = conn
+            .targets
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        if servers.len() > 1 {
+            shown.push_str(&format!(" (and {} more hosts)", servers.len() - 1));
+        }
+        SlotPlace {
+            slot: slot.to_owned(),
+            servers,
+            session_attrs: conn.target_session_attrs.clone(),
+            shown,
+        }
+    }
+
+    /// Whether both surely use one slot: the same name on the same servers, tried in the
+    /// same order for the same kind of server. (`localhost` and `127.0.0.1`, or a name
+    /// and its address, are not compared: they may well be different servers.)
+    fn clashes(&self, other: &SlotPlace) -> bool {
+        self.slot == other.slot
+            && self.servers == other.servers
+            && (self.servers.len() == 1 || self.session_attrs == other.session_attrs)
+    }
+}
+
+/// A slot name for a source that needs its own: its name in lower case, other
+/// characters than letters and digits as `_`.
+fn slot_for(name: &str, taken: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s == taken {
+        s = format!("walsink_{s}");
+    }
+    s.truncate(63);
+    s
+}
+
+/// The checks between sources, which no source shows alone: two archives in one
+/// directory, one archive inside another, two sources on one replication slot. A
+/// source's clash is reported at its own key, naming the first earlier source it
+/// clashes with.
+fn clashes(c: &mut Collector<'_>, placed: &[Placed]) {
+    for (i, p) in placed.iter().enumerate() {
+        let earlier = &placed[..i];
+        let key = |k: &str| format!("source \"{}\": {k}", p.name);
+        if let Some((span, place, dir)) = &p.at {
+            let found = earlier.iter().find_map(|q| {
+                let (_, other, qdir) = q.at.as_ref()?;
+                let (d, qd) = (dir.display(), qdir.display());
+                let first = format!("source \"{}\" (line {})", q.name, q.line);
+                let message = if place.same(other) {
+                    let how = if dir == qdir {
+                        String::new()
+                    } else if place.real == other.real {
+                        format!(
+                            ", which names it \"{qd}\" (both are \"{}\" once symbolic links are followed)",
+                            place.real.display()
+                        )
+                    } else {
+                        format!(
+                            ", which names it \"{qd}\" (the same device and inode: a bind mount?)"
+                        )
+                    };
+                    format!(
+                        "\"{d}\" is also the directory of {first}{how}; each source needs its own archive directory"
+                    )
+                } else {
+                    let (relation, lexical) = if place.inside(other) {
+                        ("is inside", dir.starts_with(qdir))
+                    } else if other.inside(place) {
+                        ("contains", qdir.starts_with(dir))
+                    } else {
+                        return None;
+                    };
+                    let how = if lexical {
+                        String::new()
+                    } else {
+                        format!(
+                            " (once symbolic links and mounts are followed: \"{}\" and \"{}\")",
+                            place.real.display(),
+                            other.real.display()
+                        )
+                    };
+                    format!(
+                        "\"{d}\" {relation} \"{qd}\", the directory of {first}{how}: one archive inside another mixes two servers' WAL in one tree, and cleaning up, copying or restoring one reaches into the other; give each source a directory of its own, side by side (e.g. /srv/wal/db1 and /srv/wal/db2)"
+                    )
+                };
+                Some(message)
+            });
+            if let Some(message) = found {
+                c.push(span.clone(), key("directory"), message);
+            }
+        }
+        if let Some((span, place)) = &p.slot {
+            let other = earlier
+                .iter()
+                .find(|q| q.slot.as_ref().is_some_and(|(_, o)| place.clashes(o)));
+            if let Some(q) = other {
+                let own = slot_for(&p.name, &place.slot);
+                c.push(
+                    span.clone(),
+                    key("slot"),
+                    format!(
+                        "replication slot \"{}\" of the server {} is also the slot of source \"{}\" (line {}): a slot serves one connection at a time (the other is refused with \"slot in use\", exit 13, and stays down) and keeps WAL for one reader only; give each source its own slot, e.g. slot = \"{own}\" with create_slot_if_missing = true (or create it: SELECT pg_create_physical_replication_slot('{own}'))",
+                        place.slot, place.shown, q.name, q.line
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// How a source writes, from `mode`.
 #[derive(Clone, Copy, Hash)]
 enum Mode {
@@ -348,7 +580,8 @@ enum Mode {
 }
 
 /// Validates one `[[source]]` (its name and directory already checked) into its
-/// [`ReceiveConfig`] and fingerprint; `None` after pushing its errors.
+/// [`ReceiveConfig`] and fingerprint (`None` after pushing its errors), and where its
+/// slot is (when `slot` and `conninfo` are valid, even if other keys are not).
 fn source(
     c: &mut Collector<'_>,
     key: &dyn Fn(&str) -> String,
@@ -356,7 +589,7 @@ fn source(
     dir: PathBuf,
     base: &Path,
     env: &Env,
-) -> Option<(ReceiveConfig, u64)> {
+) -> (Option<(ReceiveConfig, u64)>, Option<SlotPlace>) {
     let before = c.errors.len();
     let mut h = DefaultHasher::new();
     src.name.get_ref().hash(&mut h);
@@ -495,11 +728,15 @@ fn source(
     });
     password.hash(&mut h);
 
-    if c.errors.len() > before {
-        return None;
-    }
+    let slot_place = conn
+        .as_ref()
+        .zip(slot.as_deref())
+        .map(|(conn, slot)| SlotPlace::of(conn, slot));
+    let Some(conn) = conn.filter(|_| c.errors.len() == before) else {
+        return (None, slot_place);
+    };
     let config = ReceiveConfig {
-        conn: conn?,
+        conn,
         password,
         dir,
         slot,
@@ -518,7 +755,7 @@ fn source(
         // The supervisor gives each running source its own.
         observer: Default::default(),
     };
-    Some((config, h.finish()))
+    (Some((config, h.finish())), slot_place)
 }
 
 /// A password file: its first line. Refused when group- or world-accessible (like

@@ -269,3 +269,184 @@ fn load_names_an_unreadable_file() {
         "{e}"
     );
 }
+
+/// `[[source]]` tables named `s0`, `s1`, ... with these `directory` values (and `host=h`).
+fn with_dirs(dirs: &[&str]) -> String {
+    dirs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            format!("[[source]]\nname = \"s{i}\"\nconninfo = \"host=h\"\ndirectory = \"{d}\"\n")
+        })
+        .collect()
+}
+
+#[test]
+fn one_directory_however_spelled_or_one_inside_another_is_refused() {
+    // The same directory: trailing slash, `.` and `..` components, relative to the file's directory.
+    for (a, b) in [
+        ("/w/a", "/w/a/"),
+        ("/w/a", "/w/./a"),
+        ("/w/a", "/w/b/../a"),
+        ("/etc/walsink/wal", "wal"),
+        ("/etc/walsink/wal", "./x/../wal/"),
+    ] {
+        let e = errors(&with_dirs(&[a, b]));
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with("/etc/walsink/walsink.toml:8:13: source \"s1\": directory: \"")
+                && e.contains("is also the directory of source \"s0\" (line 2)"),
+            "{a} and {b}: {e}"
+        );
+    }
+    // Nested, either way round; the error names both directories and the other source.
+    let e = errors(&with_dirs(&["/w/a", "/w/a/db2"]));
+    assert!(
+        e.starts_with("/etc/walsink/walsink.toml:8:13: source \"s1\": directory: \"/w/a/db2\" is inside \"/w/a\", the directory of source \"s0\" (line 2): "),
+        "{e}"
+    );
+    assert!(e.contains("side by side"), "says how to fix it: {e}");
+    let e = errors(&with_dirs(&["/w/a/db2/x", "/w/c", "/w/a"]));
+    assert!(
+        e.starts_with("/etc/walsink/walsink.toml:12:13: source \"s2\": directory: \"/w/a\" contains \"/w/a/db2/x\", the directory of source \"s0\" (line 2): "),
+        "{e}"
+    );
+    // Three in one place: each later one names the first.
+    let e = errors(&with_dirs(&["/w/a", "/w/a", "/w/a"]));
+    assert_eq!(e.lines().count(), 2, "{e}");
+    assert!(
+        e.lines().all(|l| l.contains("source \"s0\" (line 2)")),
+        "{e}"
+    );
+    // Siblings, even with a common prefix in their names, are fine; so is the root of another tree.
+    ok(&with_dirs(&["/w/db1", "/w/db10", "/w/db1x/a", "/x/w/db1"]));
+}
+
+#[test]
+fn symbolic_links_hide_neither_a_duplicate_nor_a_nested_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("real/db1")).unwrap();
+    std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
+    let parse_in = |dirs: &[&str]| match parse(&with_dirs(dirs), root, &env()) {
+        Ok(_) => panic!("accepted {dirs:?}"),
+        Err(e) => render(e),
+    };
+    // Both exist: the link names the same directory.
+    let e = parse_in(&["real/db1", "link/db1/"]);
+    assert!(
+        e.contains("source \"s1\": directory: ")
+            && e.contains("is also the directory of source \"s0\" (line 2), which names it")
+            && e.contains("once symbolic links are followed"),
+        "{e}"
+    );
+    // Not created yet: the link in the existing part of the path is followed all the same.
+    let e = parse_in(&["real/new", "link/new"]);
+    assert!(e.contains("is also the directory of source \"s0\""), "{e}");
+    // Nested through the link, both ways.
+    let e = parse_in(&["real", "link/db1"]);
+    assert!(
+        e.contains("source \"s1\": directory: ")
+            && e.contains("is inside")
+            && e.contains("once symbolic links and mounts are followed"),
+        "{e}"
+    );
+    let e = parse_in(&["link/db1/x", "real/db1"]);
+    assert!(e.contains(" contains "), "{e}");
+    // The link itself next to its target's sibling is fine.
+    parse(&with_dirs(&["link/db1", "real/db2"]), root, &env())
+        .unwrap_or_else(|e| panic!("{}", render(e)));
+}
+
+/// Two sources with `slot = "walsink"` and these connection strings.
+fn with_conninfos(a: &str, b: &str) -> String {
+    format!(
+        "[[source]]\nname = \"a\"\nconninfo = \"{a}\"\ndirectory = \"/w/a\"\nslot = \"walsink\"\n\
+         [[source]]\nname = \"DB-2\"\nconninfo = \"{b}\"\ndirectory = \"/w/b\"\nslot = \"walsink\"\n"
+    )
+}
+
+#[test]
+fn one_slot_on_one_server_is_refused_only_when_surely_the_same() {
+    let mut pghost = env();
+    pghost.vars.insert("PGHOST".into(), "db1".into());
+    pghost.vars.insert("PGPORT".into(), "5433".into());
+    // Surely the same server, once parsed with the defaults a connection applies.
+    for (a, b, e) in [
+        ("host=db1", "host=db1 port=5432 user=other", env()),
+        ("host=db1", "host=DB1", env()),
+        ("postgresql://u@db1/", "host=db1 dbname=x", env()),
+        ("host=db1 hostaddr=10.0.0.5", "hostaddr=10.0.0.5", env()),
+        ("host=10.0.0.5", "host=other hostaddr=10.0.0.5", env()),
+        ("host=::1", "hostaddr=0:0:0:0:0:0:0:1", env()),
+        ("user=u", "host=/tmp/", env()),
+        ("host=/run/pg", "host=/run/./pg port=5432", env()),
+        ("user=u", "host=db1 port=5433", pghost.clone()),
+        (
+            "host=db1,db2",
+            "host=db1,db2 target_session_attrs=any",
+            env(),
+        ),
+    ] {
+        let text = with_conninfos(a, b);
+        let err = match parse(&text, Path::new("/etc/walsink"), &e) {
+            Ok(_) => panic!("{a:?} and {b:?}: accepted"),
+            Err(errs) => render(errs),
+        };
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("/etc/walsink/walsink.toml:10:8: source \"DB-2\": slot: replication slot \"walsink\" of the server ")
+                && err.contains("is also the slot of source \"a\" (line 2)"),
+            "{a:?} and {b:?}: {err}"
+        );
+        // How to fix it, with a valid slot name.
+        assert!(
+            err.contains("slot = \"db_2\" with create_slot_if_missing = true")
+                && err.contains("pg_create_physical_replication_slot('db_2')"),
+            "{err}"
+        );
+    }
+    let err = errors(&with_conninfos("host=db1", "host=db1"));
+    assert!(
+        err.contains("of the server at \"db1\", port 5432 is also"),
+        "{err}"
+    );
+    // Perhaps different servers: not refused.
+    for (a, b) in [
+        ("host=db1", "host=db2"),
+        ("host=db1", "host=db1 port=5433"),
+        ("host=localhost", "host=127.0.0.1"),
+        ("host=db1", "hostaddr=10.0.0.5"),
+        ("host=db1 hostaddr=10.0.0.5", "host=db1 hostaddr=10.0.0.6"),
+        ("host=/run/pg", "host=/tmp"),
+        ("host=db1,db2", "host=db2,db1"),
+        ("host=db1,db2", "host=db1"),
+        (
+            "host=db1,db2 target_session_attrs=primary",
+            "host=db1,db2 target_session_attrs=standby",
+        ),
+    ] {
+        ok(&with_conninfos(a, b));
+    }
+    // Another slot, or none, on the same server: fine.
+    ok(&with_conninfos("host=db1", "host=db1").replacen(
+        "slot = \"walsink\"",
+        "slot = \"other\"",
+        1,
+    ));
+    ok(&with_conninfos("host=db1", "host=db1").replacen("slot = \"walsink\"\n", "", 1));
+}
+
+#[test]
+fn clashes_are_found_even_when_a_source_has_other_errors() {
+    let text = with_conninfos("host=db1", "host=db1").replace(
+        "directory = \"/w/b\"",
+        "directory = \"/w/a\"\nflush_bytes = \"lots\"",
+    );
+    let e = errors(&text);
+    assert!(
+        e.contains("source \"DB-2\": directory: \"/w/a\" is also"),
+        "{e}"
+    );
+    assert!(e.contains("source \"DB-2\": flush_bytes: "), "{e}");
+    assert!(e.contains("source \"DB-2\": slot: replication slot"), "{e}");
+}
