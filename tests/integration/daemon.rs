@@ -444,6 +444,8 @@ fn logs_name_the_source_and_never_the_password() {
             ""
         ),
     ));
+    // Not under journald whatever runs the suite: the harness clears JOURNAL_STREAM (`SERVICE_VARS`), so
+    // these lines carry timestamps.
     let mut ws = conf.spawn(&["-v"]);
     wait_streaming(&pg, &mut ws, "ok");
     assert!(

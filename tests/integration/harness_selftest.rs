@@ -210,6 +210,33 @@ fn walsink_binary_is_runnable_and_processes_are_reaped() {
     assert!(process.stderr_text().contains("got-int"));
 }
 
+/// Children never inherit systemd's variables from the suite: run under journald (`JOURNAL_STREAM`) or
+/// as a service (`NOTIFY_SOCKET`, `WATCHDOG_*`), walsink would drop its timestamps or notify the suite's
+/// manager, and the tests of its defaults would fail. Tests that want them set them after this.
+#[test]
+fn commands_do_not_inherit_systemd_variables() {
+    for cmd in [Walsink::cmd(["--help"]), clean_command("psql")] {
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for key in crate::harness::pg::SERVICE_VARS {
+            assert!(
+                removed.iter().any(|k| k == key),
+                "{key} passes through: {cmd:?}"
+            );
+        }
+    }
+    let mut cmd = Walsink::cmd(["--help"]);
+    cmd.env("JOURNAL_STREAM", "8:1");
+    assert!(
+        cmd.get_envs()
+            .any(|(k, v)| k == "JOURNAL_STREAM" && v.is_some_and(|v| v == "8:1")),
+        "a test can still set it"
+    );
+}
+
 #[test]
 fn dropping_a_cluster_stops_it_and_removes_its_files_even_on_panic() {
     let (tx, rx) = std::sync::mpsc::channel();

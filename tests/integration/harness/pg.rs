@@ -1144,12 +1144,26 @@ fn kill_postmaster(data_dir: &Path) {
     }
 }
 
-/// Removes PG* variables (PGDATA, PGPORT, PGHOST, ...) so the developer's environment cannot leak in.
+/// What systemd gives a service and walsink (or a PostgreSQL built with systemd support) acts on: when
+/// the suite itself runs as a service or under journald, children must not inherit them (no timestamps
+/// under `JOURNAL_STREAM`, notifications to the suite's own manager). Tests that want them set them.
+pub(crate) const SERVICE_VARS: [&str; 4] = [
+    "JOURNAL_STREAM",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// Removes PG* variables (PGDATA, PGPORT, PGHOST, ...) so the developer's environment cannot leak in,
+/// and the systemd variables of [`SERVICE_VARS`].
 pub(crate) fn clean_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
             cmd.env_remove(key);
         }
+    }
+    for key in SERVICE_VARS {
+        cmd.env_remove(key);
     }
 }
 

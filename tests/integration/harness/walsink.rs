@@ -1,7 +1,9 @@
 //! Running the walsink binary: [`Walsink`] builds command lines, [`WalsinkProcess`] is a running child.
 //!
 //! Commands get the environment of the test minus every `PG*` variable (so a developer's `PGHOST`,
-//! `PGPASSWORD` or `PGDATA` cannot leak in); `RUST_LOG` and everything else pass through. Add variables with
+//! `PGPASSWORD` or `PGDATA` cannot leak in) and minus systemd's `JOURNAL_STREAM`, `NOTIFY_SOCKET` and
+//! `WATCHDOG_*` (so a suite run under journald or as a service tests walsink's defaults); `RUST_LOG` and
+//! everything else pass through. Add variables with
 //! `Command::env` on [`Walsink::cmd`] (e.g. `PGPASSWORD`) and start it with [`WalsinkProcess::spawn_command`]
 //! or [`Walsink::run_command`].
 //!
