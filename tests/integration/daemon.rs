@@ -606,3 +606,69 @@ fn an_invalid_file_exits_2_naming_file_line_and_key() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 source(s): a"));
 }
+
+/// Sources that cannot work side by side exit 2 before anything starts, with `run` and with `--check`:
+/// one archive directory under another spelling (a symbolic link, a trailing slash), one archive inside
+/// another, one replication slot on the same server (the second source's error names the first and the fix).
+#[test]
+fn sources_that_clash_exit_2_naming_the_other_source_and_the_fix() {
+    let top = archive_dir();
+    let real = top.path().join("db1");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(top.path(), top.path().join("link")).unwrap();
+    let port = free_port();
+    let on = |host: &str| format!("{host} port={port} user=postgres");
+    let conf = ConfigFile::new(&format!(
+        "{}{}{}{}",
+        source("a", &on("host=127.0.0.1"), &real, Some("walsink"), ""),
+        source(
+            "b",
+            &on("hostaddr=127.0.0.1"),
+            &top.path().join("link/db1/"),
+            None,
+            ""
+        ),
+        source("c", &on("host=db9"), &real.join("nested"), None, ""),
+        source(
+            "d",
+            &on("host=myhost hostaddr=127.0.0.1"),
+            &top.path().join("db4"),
+            Some("walsink"),
+            ""
+        ),
+    ));
+    let path = conf.path();
+    let f = path.display().to_string();
+    for check in [false, true] {
+        let mut args = vec!["run", "-c", path.to_str().unwrap()];
+        if check {
+            args.push("--check");
+        }
+        let out = Walsink::run(args, WAIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--check {check}: {err}");
+        for needle in [
+            format!(
+                "{f}:10:13: source \"b\": directory: \"{}/link/db1\" is also the directory of source \"a\" (line 2), which names it \"{}\"",
+                top.path().display(),
+                real.display()
+            ),
+            format!(
+                "{f}:15:13: source \"c\": directory: \"{}/nested\" is inside \"{}\", the directory of source \"a\" (line 2)",
+                real.display(),
+                real.display()
+            ),
+            format!(
+                "{f}:21:8: source \"d\": slot: replication slot \"walsink\" of the server at \"myhost\" (127.0.0.1), port {port} is also the slot of source \"a\" (line 2)"
+            ),
+            "slot = \"d\" with create_slot_if_missing = true".to_string(),
+            "3 error(s); nothing was started".to_string(),
+        ] {
+            assert!(
+                err.contains(&needle),
+                "--check {check}: stderr lacks {needle:?}:\n{err}"
+            );
+        }
+        assert_eq!(archive::list(&real), Vec::<String>::new());
+    }
+}
