@@ -672,3 +672,121 @@ fn sources_that_clash_exit_2_naming_the_other_source_and_the_fix() {
         assert_eq!(archive::list(&real), Vec::<String>::new());
     }
 }
+
+/// The CLOCK_MONOTONIC time in µs, read as walsink reads it (the sd-notify crate).
+fn monotonic_usec() -> i128 {
+    match sd_notify::NotifyState::monotonic_usec_now().expect("CLOCK_MONOTONIC") {
+        sd_notify::NotifyState::MonotonicUsec(us) => us,
+        _ => unreachable!(),
+    }
+}
+
+/// The value of `KEY=` in datagram `d`.
+fn field<'a>(d: &'a str, key: &str) -> Option<&'a str> {
+    d.lines().find_map(|l| l.strip_prefix(key))
+}
+
+/// systemd's reload protocol on SIGHUP: `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC when the
+/// reload began), then `READY=1` with a fresh `STATUS=` once the file is applied, or refused (here: a new
+/// source on the slot of a running one; the running sources keep their connections). A SIGHUP before the
+/// first `READY=1` (systemd still starting the service) is not announced.
+#[test]
+fn reload_tells_systemd_and_a_clashing_file_keeps_the_running_sources() {
+    use crate::harness::proxy::FaultProxy;
+    use crate::service::Notes;
+
+    let pg = PgCluster::start_default();
+    create_slot(&pg, "one");
+    let proxy = FaultProxy::start(pg.port());
+    // "one" cannot finish its first attempt while the proxy forwards nothing: no READY=1 yet.
+    proxy.stall();
+    let (d1, d2, d3) = (archive_dir(), archive_dir(), archive_dir());
+    let via_proxy = format!(
+        "host=127.0.0.1 port={} user=postgres connect_timeout=300",
+        proxy.port()
+    );
+    let one = source("one", &via_proxy, d1.path(), Some("one"), "");
+    let conf = ConfigFile::new(&one);
+    let sockdir = tempfile::Builder::new()
+        .prefix("wsk-sd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let socket = sockdir.path().join("notify");
+    let notes = Notes::listen(&socket);
+    let mut cmd = Walsink::cmd(["run", "-c", conf.path().to_str().unwrap()]);
+    cmd.env("NOTIFY_SOCKET", &socket);
+    let mut ws = WalsinkProcess::spawn_command(cmd);
+    assert!(
+        ws.wait_for_stderr("walsink daemon starting", WAIT),
+        "{}",
+        ws.stderr_text()
+    );
+    reload(&mut ws, 1);
+    proxy.resume();
+    let ready = notes.wait(&ws, 0, "READY=1", |l| l == "READY=1");
+    assert!(
+        notes.all()[..ready]
+            .iter()
+            .all(|(_, d)| !d.contains("RELOADING=1")),
+        "a reload announced before the service was ready: {:#?}",
+        notes.all()
+    );
+    let one_pid = wait_streaming(&pg, &mut ws, "one");
+
+    // A new source: RELOADING=1 with the time the reload began, then READY=1 with it in STATUS=.
+    conf.write(&format!(
+        "{one}{}",
+        source("two", &pg.conninfo(), d2.path(), None, "")
+    ));
+    let before = monotonic_usec();
+    let at = notes.count();
+    reload(&mut ws, 2);
+    let reloading = notes.wait(&ws, at, "RELOADING=1", |l| l == "RELOADING=1");
+    let after = monotonic_usec();
+    let d = notes.all()[reloading].1.clone();
+    let usec: i128 = field(&d, "MONOTONIC_USEC=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("RELOADING=1 without a MONOTONIC_USEC: {d:?}"));
+    assert!(
+        before <= usec && usec <= after,
+        "MONOTONIC_USEC={usec} is not between {before} and {after}, read before SIGHUP and after the datagram"
+    );
+    let ready = notes.wait(&ws, reloading + 1, "READY=1", |l| l == "READY=1");
+    let d = notes.all()[ready].1.clone();
+    assert!(
+        field(&d, "STATUS=").is_some_and(|s| s.contains("one: streaming") && s.contains("two: ")),
+        "READY=1 after a reload carries the new STATUS: {d:?}"
+    );
+    let two_pid = wait_streaming(&pg, &mut ws, "two");
+
+    // A third source on the slot of "one" (the same server: same host and port): refused, logged, and
+    // the running sources keep their connections; READY=1 all the same.
+    conf.write(&format!(
+        "{one}{}{}",
+        source("two", &pg.conninfo(), d2.path(), None, ""),
+        source("three", &via_proxy, d3.path(), Some("one"), "")
+    ));
+    let at = notes.count();
+    reload(&mut ws, 3);
+    let log = ws.stderr_text();
+    let needle = format!(
+        "source \"three\": slot: replication slot \"one\" of the server at \"127.0.0.1\", port {} is also the slot of source \"one\" (line 2)",
+        proxy.port()
+    );
+    assert!(log.contains(&needle), "{log}");
+    assert!(
+        log.contains("the new configuration is invalid; keeping the running one"),
+        "{log}"
+    );
+    let reloading = notes.wait(&ws, at, "RELOADING=1", |l| l == "RELOADING=1");
+    let ready = notes.wait(&ws, reloading + 1, "READY=1", |l| l == "READY=1");
+    assert!(
+        field(&notes.all()[ready].1, "STATUS=").is_some_and(|s| !s.contains("three")),
+        "{:#?}",
+        notes.all()[ready]
+    );
+    assert_eq!(walsender_pid(&pg, "one").as_deref(), Some(one_pid.as_str()));
+    assert_eq!(walsender_pid(&pg, "two").as_deref(), Some(two_pid.as_str()));
+    assert!(archive::list(d3.path()).is_empty());
+    stop_ok(&mut ws);
+}

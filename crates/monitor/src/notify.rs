@@ -11,8 +11,15 @@
 //!   source or a stuck writer stops the pings, so systemd restarts the service after
 //!   `WatchdogSec=`; failed and stopped sources do not (a restart would not help them);
 //! * `STOPPING=1` when shutdown begins ([`stopping`]; also sent when the notifier's
-//!   cancellation token fires).
+//!   cancellation token fires);
+//! * on a reload (the daemon's SIGHUP, [`Notifier::reloading`]): `RELOADING=1` with
+//!   `MONOTONIC_USEC=` (the `CLOCK_MONOTONIC` time in µs, which systemd 253 and later
+//!   require with it), then `READY=1` with a fresh `STATUS=` once the new configuration
+//!   is applied or refused ([`Notifier::reloaded`]).
 
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -118,17 +125,77 @@ fn is_ready(sources: &Sources, ready: Ready) -> bool {
     }
 }
 
+/// The running notifier task ([`spawn`]); awaiting it waits for the task's end.
+pub struct Notifier {
+    task: tokio::task::JoinHandle<()>,
+    sources: Sources,
+    /// Set once `READY=1` was sent.
+    ready_sent: Arc<AtomicBool>,
+}
+
+/// A reload announced (or not) by [`Notifier::reloading`], to be ended by
+/// [`Notifier::reloaded`].
+#[must_use = "a reload announced to systemd must end with Notifier::reloaded"]
+pub struct Reload {
+    announced: bool,
+}
+
+impl Notifier {
+    /// A reload begins: sends `RELOADING=1` with `MONOTONIC_USEC=`. Not before the first
+    /// `READY=1`: systemd is then still starting the service, and that `READY=1` ends
+    /// the start whatever was reloaded meanwhile.
+    pub fn reloading(&self) -> Reload {
+        let announced = self.ready_sent.load(Ordering::Acquire);
+        if announced {
+            match NotifyState::monotonic_usec_now() {
+                Ok(now) => send(&[NotifyState::Reloading, now]),
+                Err(e) => {
+                    debug!("cannot read CLOCK_MONOTONIC for MONOTONIC_USEC: {e}");
+                    send(&[NotifyState::Reloading]);
+                }
+            }
+        }
+        Reload { announced }
+    }
+
+    /// The reload is over (the new configuration applied, or refused and the running one
+    /// kept): `READY=1` with the sources' `STATUS=` now.
+    pub fn reloaded(&self, reload: Reload) {
+        if reload.announced {
+            let status = status_line(&self.sources);
+            send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
+    }
+}
+
+impl IntoFuture for Notifier {
+    type Output = Result<(), tokio::task::JoinError>;
+    type IntoFuture = tokio::task::JoinHandle<()>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        self.task
+    }
+}
+
 /// Starts the notifier task if `NOTIFY_SOCKET` is set (else does nothing). It runs
 /// until `cancel`, then sends `STOPPING=1`.
-pub fn spawn(
+pub fn spawn(sources: Sources, ready: Ready, cancel: CancellationToken) -> Option<Notifier> {
+    enabled().then(|| {
+        let ready_sent = Arc::new(AtomicBool::new(false));
+        Notifier {
+            task: tokio::spawn(run(sources.clone(), ready, cancel, ready_sent.clone())),
+            sources,
+            ready_sent,
+        }
+    })
+}
+
+async fn run(
     sources: Sources,
     ready: Ready,
     cancel: CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    enabled().then(|| tokio::spawn(run(sources, ready, cancel)))
-}
-
-async fn run(sources: Sources, ready: Ready, cancel: CancellationToken) {
+    ready_sent: Arc<AtomicBool>,
+) {
     let watchdog = sd_notify::watchdog_enabled();
     if let Some(w) = watchdog {
         debug!("systemd watchdog every {} ms", w.as_millis());
@@ -165,6 +232,9 @@ async fn run(sources: Sources, ready: Ready, cancel: CancellationToken) {
         }
         if !states.is_empty() {
             send(&states);
+            if sent_ready {
+                ready_sent.store(true, Ordering::Release);
+            }
         }
         last_status = status;
     }

@@ -115,6 +115,8 @@ pub fn main(args: RunArgs) -> u8 {
             tokio::select! {
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", path.display());
+                    // systemd: RELOADING=1 now, READY=1 once applied or refused.
+                    let reload = notifier.as_ref().map(notify::Notifier::reloading);
                     match config::load(&path, &env) {
                         Ok(new) => {
                             if new.metrics_listen != running.metrics_listen {
@@ -141,6 +143,9 @@ pub fn main(args: RunArgs) -> u8 {
                             }
                             error!("the new configuration is invalid; keeping the running one");
                         }
+                    }
+                    if let (Some(n), Some(r)) = (&notifier, reload) {
+                        n.reloaded(r);
                     }
                 }
                 _ = int.recv() => break,
