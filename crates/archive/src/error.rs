@@ -115,9 +115,11 @@ pub enum ArchiveError {
     /// wrong, see [`walsink_wal::validate`]): PostgreSQL never sends such WAL, so the
     /// server's storage or something between it and walsink corrupted it. Everything
     /// up to the end of the last valid record was written and flushed; nothing after
-    /// it is reported flushed.
+    /// it is reported flushed, and what earlier writes put in the files of the invalid
+    /// record is overwritten with zeros (its segments after the one it starts in are
+    /// removed), so the archive ends at that record.
     #[error(
-        "invalid WAL from the server in segment {segment} at offset {offset:#X} (timeline {tli}), {invalid}; the archive holds the WAL up to {valid_end}, the end of the last valid record, and walsink reported no flush beyond it. PostgreSQL does not send such WAL: check the server's copy (pg_waldump on its pg_wal) and whatever is between the server and walsink; with a replication slot the server keeps the WAL until walsink runs again",
+        "invalid WAL from the server in segment {segment} at offset {offset:#X} (timeline {tli}), {invalid}; the archive holds the WAL up to {valid_end}, the end of the last valid record (what it held of the invalid record is zeroed), and walsink reported no flush beyond it. PostgreSQL does not send such WAL: check the server's copy (pg_waldump on its pg_wal) and whatever is between the server and walsink; with a replication slot the server keeps the WAL until walsink runs again",
         valid_end = .invalid.valid_end
     )]
     InvalidWal {

@@ -190,9 +190,11 @@ pub struct WriterOptions {
     /// header against the archive's system identifier, segment size and pinned format
     /// ([`Archive::pin_format`]), and every record's CRC-32C. Invalid WAL is refused
     /// with [`ArchiveError::InvalidWal`] after writing and flushing everything up to the
-    /// end of the last valid record, and [`SegmentWriter::flushed`] never passes the
-    /// start of a record not validated yet. Off by default (the library's tests write
-    /// arbitrary bytes); walsink turns it on.
+    /// end of the last valid record and zeroing what was written after it (the first
+    /// bytes of the invalid record, written before its end showed it invalid; a segment
+    /// completed meanwhile is `.partial` again), and [`SegmentWriter::flushed`] never
+    /// passes the start of a record not validated yet. Off by default (the library's
+    /// tests write arbitrary bytes); walsink turns it on.
     pub validate: bool,
 }
 

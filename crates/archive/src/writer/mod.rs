@@ -9,12 +9,14 @@
 //! * [`direct`]: staging bytes of `O_DIRECT` segments and handing full buffers to
 //!   the I/O threads;
 //! * [`background`]: handing syncs and completions to the sync thread;
+//! * [`discard`]: after invalid WAL, zeroing what was written of the invalid record;
 //! * WAL validation ([`WriterOptions::validate`]) is `validate` here, the checks
 //!   themselves are `walsink_wal::validate`.
 
 mod background;
 mod complete;
 mod direct;
+mod discard;
 mod open;
 #[cfg(test)]
 mod tests;
@@ -308,7 +310,17 @@ impl SegmentWriter {
             }
         }
         if let Some(e) = invalid {
-            // The valid WAL before the problem is kept, and made durable.
+            // Bytes of the broken record that earlier writes put in the files are
+            // zeroed; the valid WAL before it is kept, and made durable.
+            if let ArchiveError::InvalidWal { invalid, .. } = &e
+                && let Err(d) = self.discard_after(tli, invalid.valid_end)
+            {
+                error!(
+                    "could not overwrite the bytes of the invalid record after {} with zeros: {d}",
+                    invalid.valid_end
+                );
+                return Err(e);
+            }
             self.flush()?;
             return Err(e);
         }

@@ -172,3 +172,222 @@ fn wal_of_another_format_than_the_pinned_one_is_refused() {
     assert!(e.to_string().contains("magic D118, expected D116"), "{e}");
     assert_eq!(w.flushed(), S3);
 }
+
+/// A validating writer with `opts` (plus validation) on an archive pinned to `SYSID` and PG18.
+fn setup_with(opts: WriterOptions) -> (tempfile::TempDir, Archive, SegmentWriter) {
+    let d = tempdir();
+    let mut a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+    a.check_identity(SYSID, seg1m()).unwrap();
+    a.pin_format(PG18).unwrap();
+    let opts = WriterOptions {
+        validate: true,
+        ..opts
+    };
+    let w = a.segment_writer_with(seg1m(), opts).unwrap();
+    (d, a, w)
+}
+
+/// The writer options the tests of the discarding run under: buffered, direct I/O with
+/// write-behind, background sync.
+fn writer_variants() -> Vec<(&'static str, WriterOptions)> {
+    vec![
+        ("buffered", WriterOptions::default()),
+        (
+            "direct",
+            WriterOptions {
+                direct_io: true,
+                write_behind: 64 << 10,
+                ..WriterOptions::default()
+            },
+        ),
+        (
+            "background sync",
+            WriterOptions {
+                background_sync: true,
+                ..WriterOptions::default()
+            },
+        ),
+    ]
+}
+
+/// The start of the record that `lsn` falls in (of WAL `data` from `S3`).
+fn record_start_at(data: &[u8], lsn: Lsn) -> Lsn {
+    let mut v = walsink_wal::validate::WalValidator::new(
+        walsink_wal::validate::ValidatorConfig {
+            seg: seg1m(),
+            system_id: Some(SYSID),
+            format: Some(PG18),
+        },
+        1,
+        S3,
+    );
+    v.feed(&data[..(lsn.0 - S3.0) as usize]).unwrap();
+    v.checked_end()
+}
+
+/// The WAL files of the archive (not walsink's own).
+fn wal_files(d: &tempfile::TempDir) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// After invalid WAL, the archive is as if the stream had stopped at `valid_end`: one `.partial`
+/// (segment 3) with `data` up to it and zeros after it, whose page and record headers end there, a
+/// restart from it, and the writer's positions there.
+fn assert_ends_at(
+    what: &str,
+    d: &tempfile::TempDir,
+    a: &Archive,
+    w: &SegmentWriter,
+    data: &[u8],
+    valid_end: Lsn,
+) {
+    assert_eq!(
+        wal_files(d),
+        ["000000010000000000000003.partial"],
+        "{what}: the segment the valid WAL ends in is the newest file, and not completed"
+    );
+    let file = fs::read(d.path().join("000000010000000000000003.partial")).unwrap();
+    assert_eq!(file.len() as u64, SEG, "{what}");
+    let good = (valid_end.0 - S3.0) as usize;
+    assert!(
+        file[..good] == data[..good],
+        "{what}: the valid WAL is kept"
+    );
+    if let Some(i) = file[good..].iter().position(|&b| b != 0) {
+        panic!(
+            "{what}: byte at {} after the valid end {valid_end} is not zero ({:?})",
+            Lsn(valid_end.0 + i as u64),
+            &file[good + i..good + i + 16]
+        );
+    }
+    assert_eq!(
+        a.partial_written_end(tli(1), S3, seg1m()).unwrap(),
+        Some(valid_end),
+        "{what}: a restart's flush floor"
+    );
+    let starts = a.find_starts(seg1m()).unwrap();
+    assert_eq!(
+        starts.last().map(|s| (s.lsn, s.from_partial)),
+        Some((S3, true)),
+        "{what}: a restart streams segment 3 again"
+    );
+    assert_eq!(w.written(), valid_end, "{what}");
+    assert_eq!(w.flushed(), valid_end, "{what}");
+    assert_eq!(w.unflushed_bytes(), 0, "{what}");
+    assert!(w.open_segment_name().is_none(), "{what}");
+}
+
+/// A flipped byte early in a 40 kB record that arrives in 8 kB messages: the record's first
+/// messages are written before its end shows the CRC wrong; then they are overwritten with zeros,
+/// with every writer variant.
+#[test]
+fn the_written_bytes_of_an_invalid_record_are_zeroed() {
+    for (what, opts) in writer_variants() {
+        let (d, a, mut w) = setup_with(opts);
+        let mut data = wal();
+        let bad = 60_000;
+        data[bad] ^= 0x10;
+        let record = record_start_at(&data, Lsn(S3.0 + bad as u64));
+        assert!(
+            record.0 < S3.0 + bad as u64 - 8192,
+            "{what}: a record of several messages"
+        );
+        let e = write_in(&mut w, &data, 8192).expect_err(what);
+        let ArchiveError::InvalidWal { invalid, .. } = &e else {
+            panic!("{what}: {e}")
+        };
+        assert_eq!(invalid.valid_end, record, "{what}: {e}");
+        assert_eq!(invalid.at, record, "{what}: {e}");
+        assert_ends_at(what, &d, &a, &w, &data, record);
+    }
+}
+
+/// WAL from segment 3 whose record at the returned position starts in segment 3 and ends past
+/// `end` (`payload` bytes), with small records before and after it.
+fn wal_crossing(payload: usize) -> (Vec<u8>, Lsn) {
+    let mut w = SynthWal::new(params(), S3);
+    w.fill(Lsn(S3.0 + SEG - 30_000), &[100, 40, 3000]);
+    let at = w.record(10, 0, &vec![5; payload]);
+    w.fill(Lsn(w.position().0 + 20_000), &[200]);
+    (w.bytes().to_vec(), at)
+}
+
+/// A record that starts in segment 3 and is found invalid in segment 4 (and one over segments 4
+/// and 5 into 6): segment 3 was completed when its end was reached, the later ones hold only the
+/// record. Segment 3 is renamed back to `.partial` and zeroed from the record's start, the later
+/// segments removed, so the archive ends at the record before and a restart streams segment 3.
+#[test]
+fn an_invalid_record_crossing_into_later_segments_leaves_its_first_segment_partial() {
+    for (what, opts) in writer_variants() {
+        for payload in [40_000, 2_200_000] {
+            let what = &format!("{what}, {payload} bytes");
+            let (d, a, mut w) = setup_with(opts);
+            let (mut data, record) = wal_crossing(payload);
+            // In segment 3, after the record's header.
+            data[(record.0 - S3.0) as usize + 200] ^= 0x01;
+            let e = write_in(&mut w, &data, 128 << 10).expect_err(what);
+            let ArchiveError::InvalidWal { invalid, .. } = &e else {
+                panic!("{what}: {e}")
+            };
+            assert_eq!(invalid.valid_end, record, "{what}: {e}");
+            assert_eq!(invalid.at, record, "{what}: {e}");
+            assert_ends_at(what, &d, &a, &w, &data, record);
+        }
+    }
+}
+
+/// A record that ends exactly at a segment end and is valid is kept whole in its completed
+/// segment; an invalid one right after it, running into the next segment, leaves that segment
+/// `.partial` with nothing (zeros) in it.
+#[test]
+fn an_invalid_record_at_a_segment_start_leaves_a_zeroed_partial() {
+    let (d, a, mut w) = setup(Some(PG18));
+    let mut s = SynthWal::new(params(), S3);
+    s.fill(Lsn(S3.0 + SEG - 10_000), &[100, 40, 3000]);
+    // Ends at the segment end: 24-byte header, and the page headers of the pages it crosses.
+    let pos = s.position().0;
+    let pages = (4 * SEG).div_ceil(8192) - pos.div_ceil(8192);
+    let payload = (4 * SEG - pos) as usize - 24 - 24 * pages as usize;
+    s.record(10, 0, &vec![3; payload]);
+    assert_eq!(
+        s.position(),
+        Lsn(4 * SEG),
+        "the record ends at the segment end"
+    );
+    let at = s.record(10, 0, &[4; 30_000]);
+    s.fill(Lsn(s.position().0 + 1000), &[100]);
+    let mut data = s.bytes().to_vec();
+    // The record starts after the long page header of segment 4.
+    assert_eq!(at, Lsn(4 * SEG + 40));
+    data[(at.0 - S3.0) as usize + 100] ^= 0x01;
+    let e = write_in(&mut w, &data, 8192).unwrap_err();
+    let ArchiveError::InvalidWal { invalid, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(invalid.valid_end, Lsn(4 * SEG), "{e}");
+    assert_eq!(
+        wal_files(&d),
+        [
+            "000000010000000000000003",
+            "000000010000000000000004.partial"
+        ]
+    );
+    assert!(fs::read(d.path().join("000000010000000000000003")).unwrap() == data[..SEG as usize]);
+    let file = fs::read(d.path().join("000000010000000000000004.partial")).unwrap();
+    assert!(
+        file.iter().all(|&b| b == 0),
+        "nothing of the invalid record is left"
+    );
+    assert_eq!(w.written(), Lsn(4 * SEG));
+    assert_eq!(w.flushed(), Lsn(4 * SEG));
+    assert_eq!(
+        a.find_starts(seg1m()).unwrap().last().map(|s| s.lsn),
+        Some(Lsn(4 * SEG))
+    );
+}
