@@ -120,7 +120,7 @@ pub enum ArchiveError {
     /// removed), so the archive ends at that record.
     #[error(
         "invalid WAL from the server in segment {segment} at offset {offset:#X} (timeline {tli}), {invalid}; the archive holds the WAL up to {valid_end}, the end of the last valid record (what it held of the invalid record is zeroed), and walsink reported no flush beyond it. PostgreSQL does not send such WAL: check the server's copy (pg_waldump on its pg_wal) and whatever is between the server and walsink; with a replication slot the server keeps the WAL until walsink runs again",
-        valid_end = .invalid.valid_end
+        valid_end = .invalid.good_end
     )]
     InvalidWal {
         /// The timeline being streamed.

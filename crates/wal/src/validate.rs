@@ -281,6 +281,13 @@ pub struct WalInvalid {
     /// The end of the last valid record (or the start, if none was complete): nothing
     /// after it is known good.
     pub valid_end: Lsn,
+    /// Where the invalid part begins: the start of the invalid record (of the record
+    /// running into an invalid page), else the invalid page's start; at or after
+    /// `valid_end` by the last valid record's alignment padding, an `XLOG_SWITCH`'s
+    /// padding to the segment end, or the page header before the invalid record. What
+    /// [`WalValidator::checked_end`] said before the problem was found: WAL up to it was
+    /// reported good.
+    pub good_end: Lsn,
     /// What is wrong.
     pub problem: Problem,
 }
@@ -502,10 +509,10 @@ impl WalValidator {
     /// How far the WAL fed is known good: the position, except inside a record whose
     /// CRC is not checked yet (then its start), inside a page header not complete yet
     /// (then the page's start), or in the tail skipped at a start (then the start).
-    /// After a failure, [`valid_end`](Self::valid_end).
+    /// After a failure, where the invalid part begins ([`WalInvalid::good_end`]).
     pub fn checked_end(&self) -> Lsn {
-        if self.failed.is_some() {
-            return Lsn(self.valid_end);
+        if let Some(e) = &self.failed {
+            return e.good_end;
         }
         match self.rec {
             Rec::Header { start, .. } | Rec::Data { start, .. } => Lsn(start),
@@ -568,9 +575,15 @@ impl WalValidator {
             match self.step(&data[used..]) {
                 Ok(n) => used += n,
                 Err((at, problem)) => {
+                    let good_end = match self.rec {
+                        Rec::Header { start, .. } | Rec::Data { start, .. } => start.min(at),
+                        Rec::Skip { .. } => self.valid_end,
+                        Rec::Expect { .. } | Rec::Switch { .. } => at,
+                    };
                     let e = WalInvalid {
                         at: Lsn(at),
                         valid_end: Lsn(self.valid_end),
+                        good_end: Lsn(good_end.max(self.valid_end)),
                         problem,
                     };
                     self.failed = Some(e.clone());
@@ -1070,7 +1083,8 @@ pub fn fuzz_validate(data: &[u8]) {
     assert_eq!(v.records(), whole.records());
     if let Err(e) = result {
         assert_eq!(v.feed(&[0]), Err(e.clone()), "a failure is sticky");
-        assert_eq!(v.checked_end(), e.valid_end);
+        assert_eq!(v.checked_end(), e.good_end);
+        assert!(e.valid_end <= e.good_end && e.good_end <= e.at, "{e:?}");
         let _ = e.to_string();
     }
 }

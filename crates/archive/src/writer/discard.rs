@@ -21,40 +21,39 @@
 use std::path::PathBuf;
 
 use tracing::warn;
+#[cfg(doc)]
+use walsink_wal::validate::WalInvalid;
 use walsink_wal::{Lsn, SegNo, SegmentName, TimelineId};
 
 use super::SegmentWriter;
 use crate::{ArchiveError, SyncMode};
 
 impl SegmentWriter {
-    /// Makes `valid_end` (a position of timeline `tli` at or after where this writer
-    /// started) the end of the WAL in the archive: the bytes written after it are
+    /// Makes `end` (a position of timeline `tli` at or after where this writer
+    /// started: where the invalid part begins, [`WalInvalid::good_end`]) the end of the
+    /// WAL in the archive: the bytes written after it are
     /// zeroed or their files removed (see the module docs), durably, and the writer's
-    /// position is `valid_end` with no segment open, as after [`close`](Self::close)
+    /// position is `end` with no segment open, as after [`close`](Self::close)
     /// there. Nothing to do when nothing was written after it. A failure breaks the
     /// writer.
-    pub(super) fn discard_after(
-        &mut self,
-        tli: TimelineId,
-        valid_end: Lsn,
-    ) -> Result<(), ArchiveError> {
-        if self.written <= valid_end {
+    pub(super) fn discard_after(&mut self, tli: TimelineId, end: Lsn) -> Result<(), ArchiveError> {
+        if self.written <= end {
             return Ok(());
         }
-        let r = self.discard(tli, valid_end);
+        let r = self.discard(tli, end);
         if r.is_err() && self.failed.is_none() {
             self.failed = Some(self.dir.path().to_owned());
         }
         r
     }
 
-    fn discard(&mut self, tli: TimelineId, valid_end: Lsn) -> Result<(), ArchiveError> {
+    fn discard(&mut self, tli: TimelineId, end: Lsn) -> Result<(), ArchiveError> {
         let seg = self.seg;
         let sync = self.sync == SyncMode::Sync;
         // Every byte written in its file, every queued completion done.
         self.settle_syncer()?;
         self.write_out()?;
-        let keep = SegmentName::containing(tli, valid_end, seg);
+        let keep = SegmentName::containing(tli, end, seg);
         // (`written` may be the end of the last segment, which was completed.)
         let last = SegmentName::containing(tli, Lsn(self.written.0 - 1), seg);
         let open = self.open.take();
@@ -72,7 +71,7 @@ impl SegmentWriter {
             for file in [name.partial_file_name(seg), name.file_name(seg)] {
                 if fs.exists(&self.dir, &file)? {
                     warn!(
-                        "removing \"{}\": it holds only the rest of the invalid record that starts at {valid_end}",
+                        "removing \"{}\": it holds only the rest of the invalid record that starts at {end}",
                         self.dir.join(&file).display()
                     );
                     fs.remove(&self.dir, &file)?;
@@ -89,7 +88,7 @@ impl SegmentWriter {
         if !fs.exists(&self.dir, &partial_name)? {
             let complete_name = keep.file_name(seg);
             warn!(
-                "renaming completed segment \"{}\" back to \"{partial_name}\": the invalid record starting at {valid_end} runs on from it into the next segment",
+                "renaming completed segment \"{}\" back to \"{partial_name}\": the invalid record starting at {end} runs on from it into the next segment",
                 self.dir.join(&complete_name).display()
             );
             if !fs.rename_noreplace(&self.dir, &complete_name, &partial_name)? {
@@ -103,10 +102,10 @@ impl SegmentWriter {
         }
         let path: PathBuf = self.dir.join(&partial_name);
         let file = fs.open_existing(&self.dir, &partial_name)?;
-        let from = seg.offset(valid_end);
+        let from = seg.offset(end);
         let to = (self.written.0 - keep.start_lsn(seg).0).min(seg.bytes());
         warn!(
-            "overwriting the {} bytes written after {valid_end} in \"{}\" with zeros: they belong to the invalid record",
+            "overwriting the {} bytes written from {end} in \"{}\" with zeros: they belong to the invalid record",
             to - from,
             path.display()
         );
@@ -122,8 +121,8 @@ impl SegmentWriter {
             s.reset();
         }
         self.requested = Lsn::INVALID;
-        self.written = valid_end;
-        self.flushed = valid_end;
+        self.written = end;
+        self.flushed = end;
         Ok(())
     }
 }

@@ -313,11 +313,11 @@ impl SegmentWriter {
             // Bytes of the broken record that earlier writes put in the files are
             // zeroed; the valid WAL before it is kept, and made durable.
             if let ArchiveError::InvalidWal { invalid, .. } = &e
-                && let Err(d) = self.discard_after(tli, invalid.valid_end)
+                && let Err(d) = self.discard_after(tli, invalid.good_end)
             {
                 error!(
-                    "could not overwrite the bytes of the invalid record after {} with zeros: {d}",
-                    invalid.valid_end
+                    "could not overwrite the bytes of the invalid record from {} with zeros: {d}",
+                    invalid.good_end
                 );
                 return Err(e);
             }
@@ -329,8 +329,8 @@ impl SegmentWriter {
 
     /// Feeds the validator what it has not seen of `data` (which starts at `start`),
     /// and returns the part of `data` to write: all of it, or, after a problem, what
-    /// comes before the end of the last valid record, with the error to return once
-    /// that is written.
+    /// comes before the invalid part (the end of the last valid record, with its
+    /// padding), with the error to return once that is written.
     fn validate<'d>(
         &mut self,
         tli: TimelineId,
@@ -354,7 +354,7 @@ impl SegmentWriter {
         let Some(e) = v.failure() else {
             return (data, None);
         };
-        let keep = e.valid_end.0.saturating_sub(start.0).min(data.len() as u64) as usize;
+        let keep = e.good_end.0.saturating_sub(start.0).min(data.len() as u64) as usize;
         let err = ArchiveError::InvalidWal {
             tli,
             segment: SegmentName::containing(tli, e.at, self.seg).file_name(self.seg),

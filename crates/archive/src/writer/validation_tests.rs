@@ -118,7 +118,7 @@ fn after_invalid_wal_even_a_close_reports_only_the_valid_part() {
         panic!("{e}")
     };
     let _ = w.close();
-    assert_eq!(w.flushed(), invalid.valid_end);
+    assert_eq!(w.flushed(), invalid.good_end);
 }
 
 #[test]
@@ -135,25 +135,22 @@ fn invalid_wal_is_refused_after_the_last_valid_record_is_written_and_flushed() {
             panic!("{what}: {e}");
         };
         assert_eq!(segment, "000000010000000000000003");
-        assert!(invalid.valid_end.0 <= S3.0 + off as u64, "{what}: {e}");
-        assert!(invalid.valid_end > S3, "{what}");
-        assert_eq!(w.flushed(), invalid.valid_end, "{what}: flushed up to it");
+        assert!(invalid.good_end.0 <= S3.0 + off as u64, "{what}: {e}");
+        assert!(invalid.good_end > S3, "{what}");
+        assert_eq!(w.flushed(), invalid.good_end, "{what}: flushed up to it");
         assert_eq!(
             w.written(),
-            invalid.valid_end,
+            invalid.good_end,
             "{what}: nothing written after it"
         );
         let file = fs::read(d.path().join("000000010000000000000003.partial")).unwrap();
-        let good = (invalid.valid_end.0 - S3.0) as usize;
+        let good = (invalid.good_end.0 - S3.0) as usize;
         assert_eq!(file[..good], data[..good], "{what}");
         assert!(
             file[good..].iter().all(|&b| b == 0),
             "{what}: bytes after it"
         );
-        assert!(
-            e.to_string().contains(&invalid.valid_end.to_string()),
-            "{e}"
-        );
+        assert!(e.to_string().contains(&invalid.good_end.to_string()), "{e}");
         // Nothing more is taken.
         assert!(
             w.write(tli(1), w.written(), &data[good..good + 10])
@@ -302,7 +299,7 @@ fn the_written_bytes_of_an_invalid_record_are_zeroed() {
         let ArchiveError::InvalidWal { invalid, .. } = &e else {
             panic!("{what}: {e}")
         };
-        assert_eq!(invalid.valid_end, record, "{what}: {e}");
+        assert_eq!(invalid.good_end, record, "{what}: {e}");
         assert_eq!(invalid.at, record, "{what}: {e}");
         assert_ends_at(what, &d, &a, &w, &data, record);
     }
@@ -335,7 +332,7 @@ fn an_invalid_record_crossing_into_later_segments_leaves_its_first_segment_parti
             let ArchiveError::InvalidWal { invalid, .. } = &e else {
                 panic!("{what}: {e}")
             };
-            assert_eq!(invalid.valid_end, record, "{what}: {e}");
+            assert_eq!(invalid.good_end, record, "{what}: {e}");
             assert_eq!(invalid.at, record, "{what}: {e}");
             assert_ends_at(what, &d, &a, &w, &data, record);
         }
@@ -344,9 +341,9 @@ fn an_invalid_record_crossing_into_later_segments_leaves_its_first_segment_parti
 
 /// A record that ends exactly at a segment end and is valid is kept whole in its completed
 /// segment; an invalid one right after it, running into the next segment, leaves that segment
-/// `.partial` with nothing (zeros) in it.
+/// `.partial` with only its (valid) long page header.
 #[test]
-fn an_invalid_record_at_a_segment_start_leaves_a_zeroed_partial() {
+fn an_invalid_record_at_a_segment_start_leaves_a_partial_of_its_page_header() {
     let (d, a, mut w) = setup(Some(PG18));
     let mut s = SynthWal::new(params(), S3);
     s.fill(Lsn(S3.0 + SEG - 10_000), &[100, 40, 3000]);
@@ -370,6 +367,7 @@ fn an_invalid_record_at_a_segment_start_leaves_a_zeroed_partial() {
     let ArchiveError::InvalidWal { invalid, .. } = &e else {
         panic!("{e}")
     };
+    assert_eq!(invalid.good_end, at, "{e}: after the valid page header");
     assert_eq!(invalid.valid_end, Lsn(4 * SEG), "{e}");
     assert_eq!(
         wal_files(&d),
@@ -380,14 +378,56 @@ fn an_invalid_record_at_a_segment_start_leaves_a_zeroed_partial() {
     );
     assert!(fs::read(d.path().join("000000010000000000000003")).unwrap() == data[..SEG as usize]);
     let file = fs::read(d.path().join("000000010000000000000004.partial")).unwrap();
+    assert!(file[..40] == data[SEG as usize..SEG as usize + 40]);
     assert!(
-        file.iter().all(|&b| b == 0),
+        file[40..].iter().all(|&b| b == 0),
         "nothing of the invalid record is left"
     );
-    assert_eq!(w.written(), Lsn(4 * SEG));
-    assert_eq!(w.flushed(), Lsn(4 * SEG));
+    assert_eq!(w.written(), at);
+    assert_eq!(w.flushed(), at);
+    assert_eq!(
+        a.partial_written_end(tli(1), Lsn(4 * SEG), seg1m())
+            .unwrap(),
+        Some(at)
+    );
     assert_eq!(
         a.find_starts(seg1m()).unwrap().last().map(|s| s.lsn),
         Some(Lsn(4 * SEG))
     );
+}
+
+/// After an `XLOG_SWITCH` the rest of the segment is padding: an invalid first page of the next
+/// segment leaves the switch's segment completed (it is whole and valid), and nothing of the next.
+#[test]
+fn an_invalid_page_after_a_switch_keeps_the_switched_segment_complete() {
+    for size in [8192, 100_000] {
+        let (d, a, mut w) = setup(Some(PG18));
+        let mut s = SynthWal::new(params(), S3);
+        s.fill(Lsn(S3.0 + 30_000), &[100, 3000]);
+        s.switch();
+        s.fill(Lsn(4 * SEG + 20_000), &[100]);
+        let mut data = s.bytes().to_vec();
+        data[SEG as usize + 9] ^= 0x40; // the page address of segment 4's first page
+        let e = write_in(&mut w, &data, size).unwrap_err();
+        let ArchiveError::InvalidWal { invalid, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(invalid.at, Lsn(4 * SEG), "{e}");
+        assert_eq!(invalid.good_end, Lsn(4 * SEG), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the archive holds the WAL up to 0/400000,"),
+            "{e}"
+        );
+        assert_eq!(wal_files(&d), ["000000010000000000000003"], "size {size}");
+        assert!(
+            fs::read(d.path().join("000000010000000000000003")).unwrap() == data[..SEG as usize]
+        );
+        assert_eq!(w.flushed(), Lsn(4 * SEG));
+        let start = a.find_starts(seg1m()).unwrap();
+        assert_eq!(
+            start.last().map(|s| (s.lsn, s.from_partial)),
+            Some((Lsn(4 * SEG), false))
+        );
+    }
 }

@@ -124,7 +124,7 @@ fn corrupt_at(off: usize) -> WalInvalid {
     data[off] ^= 0x10;
     let mut v = WalValidator::new(cfg(), 1, start);
     let e = feed_in(&mut v, &data, 5000).expect_err("corruption must be found");
-    assert_eq!(v.checked_end(), e.valid_end);
+    assert_eq!(v.checked_end(), e.good_end);
     assert!(v.feed(&[0]).is_err(), "a failed validator stays failed");
     e
 }
@@ -198,6 +198,7 @@ fn record_body_header_and_crc_corruption_is_found_at_the_record() {
         let e = corrupt_at(off + delta);
         assert_eq!(e.at, rec_start, "{kind}: {e}");
         assert_eq!(e.valid_end, ends[0], "{kind}");
+        assert_eq!(e.good_end, rec_start, "{kind}: with the padding before it");
     }
 }
 
@@ -511,5 +512,54 @@ fn feeding_until_a_record_from_a_position_halts_right_after_it() {
             assert_eq!(v.checked_end(), end);
             assert!(records < whole.records());
         }
+    }
+}
+
+/// Where the invalid part begins ([`WalInvalid::good_end`]): the invalid record's start, after the
+/// previous record's padding; the start of the record running into an invalid page header; an invalid
+/// page after an `XLOG_SWITCH`'s padding, at the next segment's start.
+#[test]
+fn good_end_is_where_the_invalid_part_begins() {
+    let start = Lsn(3 * MIB);
+    let mut w = SynthWal::new(params(), start);
+    w.fill(Lsn(start.0 + 5000), &[13]);
+    let padded = w.record(10, 0, &[1; 13]);
+    let bad = w.record(10, 0, &[2; 20_000]);
+    assert_ne!(bad.0 % 8192, 0);
+    w.switch();
+    let next = w.position();
+    assert_eq!(next.0, 4 * MIB);
+    w.fill(Lsn(next.0 + 1000), &[100]);
+    let data = w.bytes().to_vec();
+    let check = |off: u64, size: usize| {
+        let mut d = data.clone();
+        d[(off - start.0) as usize] ^= 0x40;
+        let mut v = WalValidator::new(cfg(), 1, start);
+        let e = feed_in(&mut v, &d, size).unwrap_err();
+        assert_eq!(v.checked_end(), e.good_end, "{e}");
+        e
+    };
+    let record_end = padded.0 + 24 + 13;
+    for size in [1, 100, 8192, 1 << 20] {
+        // A byte of the record's data.
+        let e = check(bad.0 + 3000, size);
+        assert_eq!(
+            (e.at, e.valid_end, e.good_end),
+            (bad, Lsn(record_end), bad),
+            "{e}"
+        );
+        // The page address of the second page the record runs into.
+        let page = (bad.0 / 8192 + 2) * 8192;
+        let e = check(page + 9, size);
+        assert_eq!(
+            (e.at, e.valid_end, e.good_end),
+            (Lsn(page), Lsn(record_end), bad),
+            "{e}"
+        );
+        // The next segment's page address, after the switch.
+        let e = check(next.0 + 9, size);
+        assert_eq!(e.at, next, "{e}");
+        assert!(e.valid_end < next, "{e}");
+        assert_eq!(e.good_end, next, "{e}");
     }
 }
