@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use walsink_wal::Lsn;
+use walsink_wal::synth::{PG18, SynthParams, SynthWal};
 use walsink_wal::validate::{Problem, ValidatorConfig, WalInvalid, WalValidator};
 
 use crate::harness::fake::{FakeServer, FakeSession, Step, WAL_SYSTEM_ID, wal_byte, wal_bytes};
@@ -131,8 +132,9 @@ fn run(fake: &FakeServer, dir: &Path) -> crate::harness::walsink::RunOutcome {
     crate::harness::walsink::RunOutcome::of(cmd, TIMEOUT)
 }
 
-/// The `.partial` of segment 0x30 holds the fake's WAL up to `good_end` and nothing after `written_end`.
-fn assert_partial(dir: &Path, good_end: u64, written_end: u64) {
+/// The `.partial` of segment 0x30 holds the fake's WAL up to `good_end` and zeros from there to its
+/// end: bytes of the invalid record written before it showed invalid are overwritten.
+fn assert_partial(dir: &Path, good_end: u64) {
     let name = "000000010000000000000030.partial";
     let bytes = fs::read(dir.join(name)).unwrap();
     assert_eq!(bytes.len() as u64, SEG);
@@ -143,12 +145,11 @@ fn assert_partial(dir: &Path, good_end: u64, written_end: u64) {
             format_lsn(START + i as u64)
         );
     }
-    let written = (written_end - START) as usize;
-    if let Some(i) = (written..bytes.len()).find(|&i| bytes[i] != 0) {
+    if let Some(i) = (good..bytes.len()).find(|&i| bytes[i] != 0) {
         panic!(
-            "{name}: byte at {} (past {}) was written",
+            "{name}: byte at {} (past the last valid record's end {}) is not zero",
             format_lsn(START + i as u64),
-            format_lsn(written_end)
+            format_lsn(good_end)
         );
     }
     let completed: Vec<String> = crate::harness::archive::completed_segments(dir);
@@ -187,7 +188,7 @@ fn a_corrupted_page_header_stops_walsink_with_exit_21() {
             &format!("the archive holds the WAL up to {}", format_lsn(good)),
         ],
     );
-    assert_partial(dir.path(), good, good);
+    assert_partial(dir.path(), good);
     assert_eq!(fake.assert_reports_within(good), good);
     let meta = fs::read_to_string(dir.path().join(walsink_archive::META_FILE)).unwrap();
     assert!(
@@ -229,6 +230,289 @@ fn a_corrupted_record_stops_walsink_with_exit_21_at_the_record_before() {
         record,
         "the flush reported stops at the record whose rest had not come"
     );
-    // The first message was written before the problem showed; nothing of the second.
-    assert_partial(dir.path(), record, split);
+    // The first message was written before the problem showed: what it held of the record is zeroed.
+    assert_partial(dir.path(), record);
+}
+
+// ---- invalid records over messages, pages and segments: the archive ends at the last valid record ----
+
+/// Made-up WAL of the fake's system from `START` (1 MB segments, PostgreSQL 18's format).
+fn synth() -> SynthWal {
+    SynthWal::new(
+        SynthParams {
+            seg: walsink_wal::WalSegSize::new(SEG).unwrap(),
+            format: PG18,
+            system_id: WAL_SYSTEM_ID,
+            tli: 1,
+        },
+        Lsn(START),
+    )
+}
+
+/// Every flush position walsink reported is at most `valid_end`, and the last one is `valid_end` (the
+/// write position is what it received).
+fn assert_flush_stopped_at(fake: &FakeServer, valid_end: u64) {
+    let statuses = fake.statuses();
+    assert!(
+        statuses.iter().all(|s| s.flush <= valid_end),
+        "a flush past {}: {statuses:#?}",
+        format_lsn(valid_end)
+    );
+    assert_eq!(max_flush(fake), valid_end, "{statuses:#?}");
+}
+
+/// XLogData steps sending `data` (WAL from `START`) cut at `cuts` (LSNs, ascending), in messages of at
+/// most 128 KiB between them; a `wait_flush(flush)` after the message that ends at `pause_after`.
+fn messages(data: &[u8], cuts: &[u64], pause_after: Option<(u64, u64)>) -> Vec<Step> {
+    let end = START + data.len() as u64;
+    let mut bounds: Vec<u64> = (START..end).step_by(128 << 10).skip(1).collect();
+    bounds.extend(cuts.iter().copied());
+    bounds.push(end);
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut steps = Vec::new();
+    let mut from = START;
+    for to in bounds {
+        steps.push(Step::XLogData {
+            start: from,
+            data: data[(from - START) as usize..(to - START) as usize].to_vec(),
+        });
+        if let Some((at, flush)) = pause_after
+            && at == to
+        {
+            steps.push(Step::wait_flush(flush));
+        }
+        from = to;
+    }
+    steps
+}
+
+/// `walsink receive` as [`run`], with `extra` arguments.
+fn run_with(fake: &FakeServer, dir: &Path, extra: &[&str]) -> crate::harness::walsink::RunOutcome {
+    let mut cmd = Walsink::cmd(["receive", "-n", "-S", "walsink", "-s", "1", "-w", "-d"]);
+    cmd.arg(fake.conninfo()).arg("-D").arg(dir).args(extra);
+    crate::harness::walsink::RunOutcome::of(cmd, TIMEOUT)
+}
+
+/// The archive ends exactly at `valid_end`: its only WAL file is the `.partial` of segment 0x30, with
+/// `data` (the WAL sent, from `START`) up to `valid_end` and zeros after it; `walsink status` (text and
+/// JSON) says it is filled to `valid_end`, and `walsink verify` finds it valid up to there.
+fn assert_archive_ends_at(dir: &Path, data: &[u8], valid_end: u64) {
+    let partial = "000000010000000000000030.partial";
+    let mut wal_files = crate::harness::archive::completed_segments(dir);
+    wal_files.extend(crate::harness::archive::partial_segments(dir));
+    assert_eq!(wal_files, [partial], "the archive's WAL files");
+    let bytes = fs::read(dir.join(partial)).unwrap();
+    assert_eq!(bytes.len() as u64, SEG);
+    let good = (valid_end - START) as usize;
+    if let Some(i) = (0..good).find(|&i| bytes[i] != data[i]) {
+        panic!(
+            "{partial}: byte at {} differs from the WAL sent",
+            format_lsn(START + i as u64)
+        );
+    }
+    if let Some(i) = (good..bytes.len()).find(|&i| bytes[i] != 0) {
+        panic!(
+            "{partial}: byte at {} (past the last valid record's end {}) is {:#04x}, not zero",
+            format_lsn(START + i as u64),
+            format_lsn(valid_end),
+            bytes[i]
+        );
+    }
+
+    let mut cmd = Walsink::cmd(["status", "--json", "-D"]);
+    cmd.arg(dir);
+    let out = Walsink::run_command(cmd, TIMEOUT);
+    assert!(out.status.success(), "{out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &s["timelines"][0];
+    assert_eq!(t["partial"]["file"].as_str(), Some(partial), "{s:#}");
+    assert_eq!(
+        t["partial"]["end_lsn"].as_str(),
+        Some(format_lsn(valid_end).as_str()),
+        "{s:#}"
+    );
+    assert_eq!(
+        t["end_lsn"].as_str(),
+        Some(format_lsn(valid_end).as_str()),
+        "{s:#}"
+    );
+    assert_eq!(t["segments"].as_u64(), Some(0), "{s:#}");
+    let mut cmd = Walsink::cmd(["status", "-D"]);
+    cmd.arg(dir);
+    let out = Walsink::run_command(cmd, TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{partial}: filled {good} of {SEG} bytes"))
+            && text.contains(&format!("to {}", format_lsn(valid_end))),
+        "{text}"
+    );
+
+    // (verify names the end of the last record without its padding.)
+    let v = crate::verify::assert_valid(dir);
+    let end = parse_lsn(v["timelines"][0]["end"].as_str().unwrap());
+    assert!(end <= valid_end && valid_end - end < 8, "{v:#}");
+}
+
+/// A walsink started again on the archive streams segment 0x30 from its start (where the archive's
+/// newest `.partial` starts), and with the good WAL (`good`, from `START`) this time, archives it whole
+/// to `-E end`: the archive is valid, past `record_end` (the end of the record that was invalid).
+fn restart_with_good_wal(dir: &Path, good: &[u8], end: u64, record_end: u64) {
+    let fake = FakeServer::start(vec![
+        FakeSession::new(WAL_SYSTEM_ID, 1, START).steps(messages(good, &[], None)),
+    ]);
+    let r = run_with(&fake, dir, &["-E", &format_lsn(end)]);
+    r.expect("restart", 0, &["stopped log streaming at end position"]);
+    let queries: Vec<String> = fake.queries().into_iter().map(|(_, q)| q).collect();
+    assert!(
+        queries.contains(&format!(
+            "START_REPLICATION SLOT \"walsink\" PHYSICAL {} TIMELINE 1",
+            format_lsn(START)
+        )),
+        "the restart streams segment 0x30 again: {queries:?}"
+    );
+    let v = crate::verify::assert_valid(dir);
+    assert!(
+        parse_lsn(v["timelines"][0]["end"].as_str().unwrap()) >= record_end,
+        "{v:#}"
+    );
+    let archived = fs::read(dir.join("000000010000000000000030"))
+        .or_else(|_| fs::read(dir.join("000000010000000000000030.partial")))
+        .unwrap();
+    let n = ((end - START) as usize).min(SEG as usize);
+    assert!(
+        archived[..n] == good[..n],
+        "segment 0x30 holds the good WAL"
+    );
+}
+
+/// A flipped byte in the body of a 12 kB record that starts on page 3 and runs over page 4 into page 5,
+/// past the end of the first message: the first message is written (its flush reported up to the record's
+/// start only), the second shows the CRC wrong. Exit 21 naming the record; what the first message held of
+/// the record is zeroed, so status and verify see the archive end at the record before, and a restart
+/// streams the segment again from its start.
+#[test]
+fn a_corrupted_record_over_two_messages_and_a_page_boundary_is_zeroed_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = synth();
+    w.fill(Lsn(START + 3 * PAGE + 5000), &[100, 300]);
+    let record = w.record(10, 0, &[7; 12_000]).0;
+    let record_end = w.position().0;
+    w.fill(Lsn(START + 8 * PAGE), &[100, 300]);
+    let good = w.bytes().to_vec();
+    let split = record + 9000;
+    assert!(
+        record < START + 4 * PAGE && split > START + 4 * PAGE && record_end > START + 5 * PAGE,
+        "the record spans page boundaries and the split"
+    );
+    let mut bad = good.clone();
+    // In the first message, on page 4.
+    bad[(START + 4 * PAGE + 300 - START) as usize] ^= 0x08;
+    let fake = FakeServer::start(vec![
+        FakeSession::new(WAL_SYSTEM_ID, 1, START).steps(messages(
+            &bad,
+            &[split],
+            Some((split, record)),
+        )),
+    ]);
+    let r = run(&fake, dir.path());
+    r.expect(
+        "bad record data",
+        INVALID_WAL,
+        &[
+            "invalid WAL from the server in segment 000000010000000000000030",
+            &format!("at {}: record CRC mismatch", format_lsn(record)),
+            &format!("the archive holds the WAL up to {}", format_lsn(record)),
+        ],
+    );
+    assert_flush_stopped_at(&fake, record);
+    assert_archive_ends_at(dir.path(), &good, record);
+    restart_with_good_wal(dir.path(), &good, START + 8 * PAGE, record_end);
+}
+
+/// A record that starts on page 3 and continues on page 4, whose page header is wrong (a stale page
+/// address): the first message ends in the record on page 3 and is written; the second brings page 4's
+/// header. Exit 21 naming the page; the record's bytes on page 3 are zeroed.
+#[test]
+fn a_corrupted_page_header_inside_a_record_zeroes_the_record_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = synth();
+    w.fill(Lsn(START + 3 * PAGE + 5000), &[100, 300]);
+    let record = w.record(10, 0, &[7; 6000]).0;
+    let record_end = w.position().0;
+    w.fill(Lsn(START + 6 * PAGE), &[100, 300]);
+    let good = w.bytes().to_vec();
+    let page = START + 4 * PAGE;
+    let split = record + 1000;
+    assert!(record < split && split < page);
+    let mut bad = good.clone();
+    bad[(page - START) as usize + 9] ^= 0x40; // xlp_pageaddr
+    let fake = FakeServer::start(vec![
+        FakeSession::new(WAL_SYSTEM_ID, 1, START).steps(messages(
+            &bad,
+            &[split],
+            Some((split, record)),
+        )),
+    ]);
+    let r = run(&fake, dir.path());
+    r.expect(
+        "bad page address",
+        INVALID_WAL,
+        &[
+            &format!("at {}: page header has page address", format_lsn(page)),
+            &format!("the archive holds the WAL up to {}", format_lsn(record)),
+        ],
+    );
+    assert_flush_stopped_at(&fake, record);
+    assert_archive_ends_at(dir.path(), &good, record);
+    restart_with_good_wal(dir.path(), &good, START + 6 * PAGE, record_end);
+}
+
+/// A record that starts near the end of segment 0x30 and ends in 0x31, with a flipped byte in its part in
+/// 0x30: 0x30 fills and is completed (renamed) and 0x31's `.partial` begins before the rest of the record
+/// shows its CRC wrong. Then 0x30 is a `.partial` again, zeroed from the record, and 0x31 is removed: the
+/// archive ends at the record before, and a restart streams 0x30 again, so the good WAL replaces the
+/// corrupt byte (resuming at 0x31, as the archive's newest file said before, left it in a completed
+/// segment for good).
+#[test]
+fn a_corrupted_record_crossing_into_the_next_segment_leaves_its_first_segment_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = synth();
+    w.fill(Lsn(START + SEG - 20_000), &[3000, 100, 300]);
+    let record = w.record(10, 0, &[7; 60_000]).0;
+    let record_end = w.position().0;
+    w.fill(Lsn(START + SEG + 4 * 8192 * 8), &[100, 300]);
+    let good = w.bytes().to_vec();
+    let next = START + SEG;
+    let split = next + 10_000;
+    assert!(record < next && split < record_end);
+    let mut bad = good.clone();
+    bad[(record + 2000 - START) as usize] ^= 0x08;
+    let fake = FakeServer::start(vec![
+        FakeSession::new(WAL_SYSTEM_ID, 1, START).steps(messages(
+            &bad,
+            &[split],
+            Some((split, record)),
+        )),
+    ]);
+    let r = run(&fake, dir.path());
+    r.expect(
+        "bad record data over a segment boundary",
+        INVALID_WAL,
+        &[
+            "invalid WAL from the server in segment 000000010000000000000030",
+            &format!("at {}: record CRC mismatch", format_lsn(record)),
+            &format!("the archive holds the WAL up to {}", format_lsn(record)),
+        ],
+    );
+    for line in [
+        "renaming completed segment",
+        "removing",
+        "000000010000000000000031.partial",
+    ] {
+        assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
+    }
+    assert_flush_stopped_at(&fake, record);
+    assert_archive_ends_at(dir.path(), &good, record);
+    restart_with_good_wal(dir.path(), &good, record_end + 1000, record_end);
 }
