@@ -306,6 +306,137 @@ fn invalidated_slot_stops_with_the_range_and_allow_gap_records_it() {
     assert!(compared_after > compared, "{:?}", archive::list(dir.path()));
     // The slot is in use again and holds the WAL from where walsink stopped.
     assert_eq!(restart_lsn(&pg, SLOT), Some(end3));
+
+    // 6. walsink status and verify show the recorded gap; for verify it is a note, not a problem.
+    assert_gap_in_status_and_verify(dir.path(), from, oldest, fields[1], &partial[0]);
+}
+
+/// `walsink status` (JSON and text) lists the gap `from..to` recorded with `reason`, with the segments
+/// missing in it; `walsink verify` (JSON and text) finds the archive valid, with the gap, the missing
+/// segments and the `.partial` the archive ended with before the gap (`partial`) as notes.
+fn assert_gap_in_status_and_verify(dir: &Path, from: u64, to: u64, reason: &str, partial: &str) {
+    let missing_from = from + SEG;
+    let mut cmd = Walsink::cmd(["status", "--json", "-D"]);
+    cmd.arg(dir);
+    let out = Walsink::run_command(cmd, TIMEOUT);
+    assert!(out.status.success(), "status: {out:?}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gaps = s["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{s:#}");
+    assert_eq!(
+        gaps[0]["from"].as_str(),
+        Some(format_lsn(from).as_str()),
+        "{s:#}"
+    );
+    assert_eq!(
+        gaps[0]["to"].as_str(),
+        Some(format_lsn(to).as_str()),
+        "{s:#}"
+    );
+    assert_eq!(gaps[0]["reason"].as_str(), Some(reason), "{s:#}");
+    assert!(gaps[0]["accepted_unix"].as_u64().is_some(), "{s:#}");
+    let t = &s["timelines"][0];
+    assert_eq!(
+        t["first_lsn"].as_str(),
+        Some(format_lsn(from).as_str()),
+        "{s:#}"
+    );
+    let missing = t["missing"].as_array().unwrap();
+    if to > missing_from {
+        assert_eq!(missing.len(), 1, "{s:#}");
+        assert_eq!(
+            missing[0]["from"].as_str(),
+            Some(format_lsn(missing_from).as_str())
+        );
+        assert_eq!(missing[0]["to"].as_str(), Some(format_lsn(to).as_str()));
+    } else {
+        assert!(missing.is_empty(), "{s:#}");
+    }
+
+    let mut cmd = Walsink::cmd(["status", "-D"]);
+    cmd.arg(dir);
+    let out = Walsink::run_command(cmd, TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let gap_line = format!(
+        "  recorded gap: {}..{} accepted at ",
+        format_lsn(from),
+        format_lsn(to)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&gap_line) && l.ends_with(&format!(" UTC ({reason})"))),
+        "status lacks {gap_line:?}...:\n{text}"
+    );
+    if to > missing_from {
+        let line = format!(
+            "    missing segments: {} .. {}",
+            format_lsn(missing_from),
+            format_lsn(to)
+        );
+        assert!(
+            text.lines().any(|l| l == line),
+            "status lacks {line:?}:\n{text}"
+        );
+    }
+
+    let mut cmd = Walsink::cmd(["verify", "--json", "-D"]);
+    cmd.arg(dir);
+    let out = Walsink::run_command(cmd, TIMEOUT);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "verify: {v:#}");
+    assert_eq!(v["valid"], true, "{v:#}");
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v:#}");
+    assert_eq!(v["recorded_gaps"].as_array().unwrap().len(), 1, "{v:#}");
+    let notes: Vec<(&str, &str)> = v["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["file"].as_str().unwrap_or(""),
+                n["problem"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        notes.iter().any(|(f, p)| *f == partial
+            && p.contains("ends where a gap recorded with --allow-gap begins")),
+        "the .partial before the gap is a note: {v:#}"
+    );
+    if to > missing_from {
+        assert!(
+            notes.iter().any(|(_, p)| p.contains(&format!(
+                "no WAL from {} to {} (a gap recorded with --allow-gap)",
+                format_lsn(missing_from),
+                format_lsn(to)
+            ))),
+            "the missing segments are a note: {v:#}"
+        );
+    }
+    let mut cmd = Walsink::cmd(["verify", "-D"]);
+    cmd.arg(dir);
+    let out = Walsink::run_command(cmd, TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "recorded gap: {}..{}",
+            format_lsn(from),
+            format_lsn(to)
+        )),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("note: ") && l.contains("--allow-gap")),
+        "{text}"
+    );
+    assert!(!text.contains("problem: "), "{text}");
+    assert!(
+        text.contains("OK: the archive is valid from its first to its last record"),
+        "{text}"
+    );
 }
 
 // ---- disk full ----------------------------------------------------------------------------------------------

@@ -168,19 +168,62 @@ fn status_reports_timeline_partial_fill_and_lag_behind_the_server() {
         "lag {secs} s; walsink stopped {idle:.3} s before the status, the last WAL began {since_stream:.3} s before"
     );
 
-    // The text form says the same.
+    // The text form says the same, line by line: the archive and its pinned system, the timeline's first
+    // and end LSN, completed segments and space on disk, the .partial's fill; then the server.
     let mut cmd = Walsink::cmd(["status", "-D"]);
     cmd.arg(dir.path()).args(["-d", &pg.conninfo()]);
     let out = Walsink::run_command(cmd, WAIT);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains(&format!("database system {}", pg.system_identifier())),
-        "{text}"
+    let t = &s["timelines"][0];
+    let p = &t["partial"];
+    let segments = t["segments"].as_u64().unwrap();
+    let filled = p["filled_bytes"].as_u64().unwrap();
+    assert_eq!(
+        filled,
+        lsn(&p["end_lsn"]) % (1 << 20),
+        "filled to its end: {s:#}"
     );
-    assert!(text.contains(&format!("{}: filled", partials[0])), "{text}");
-    assert!(
-        text.contains(&format!("archive behind by {lag} bytes")),
-        "{text}"
-    );
+    let expected = [
+        format!("archive \"{}\"", dir.path().display()),
+        format!(
+            "  database system {}, 1.0 MiB segments (pinned in .walsink.meta)",
+            pg.system_identifier()
+        ),
+        format!(
+            "  timeline 1: {} .. {}, {segments} completed segment{}, {:.1} MiB on disk",
+            t["first_lsn"].as_str().unwrap(),
+            t["end_lsn"].as_str().unwrap(),
+            if segments == 1 { "" } else { "s" },
+            t["bytes_on_disk"].as_u64().unwrap() as f64 / f64::from(1 << 20)
+        ),
+        format!(
+            "    {}: filled {filled} of 1048576 bytes ({:.1} %), to {}",
+            partials[0],
+            filled as f64 * 100.0 / 1048576.0,
+            p["end_lsn"].as_str().unwrap()
+        ),
+        format!(
+            "server {}: database system {}, timeline 1, position ",
+            server["server"].as_str().unwrap(),
+            pg.system_identifier()
+        ),
+        format!(
+            "  archive behind by {lag} bytes ({:.1} MiB), ",
+            lag as f64 / f64::from(1 << 20)
+        ),
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{text}");
+    for (line, want) in lines.iter().zip(&expected) {
+        if want.ends_with(' ') {
+            assert!(
+                line.starts_with(want.as_str()),
+                "{line:?} is not {want:?}...:\n{text}"
+            );
+        } else {
+            assert_eq!(line, want, "{text}");
+        }
+    }
+    assert!(lines[5].ends_with(" s"), "the lag in seconds: {text}");
 }
