@@ -473,10 +473,9 @@ fn a_corrupted_page_header_inside_a_record_zeroes_the_record_from_its_start() {
 /// shows its CRC wrong. Then 0x30 is a `.partial` again, zeroed from the record, and 0x31 is removed: the
 /// archive ends at the record before, and a restart streams 0x30 again, so the good WAL replaces the
 /// corrupt byte (resuming at 0x31, as the archive's newest file said before, left it in a completed
-/// segment for good).
+/// segment for good). With the writer thread and with `--synchronous` (the writer inline).
 #[test]
 fn a_corrupted_record_crossing_into_the_next_segment_leaves_its_first_segment_partial() {
-    let dir = tempfile::tempdir().unwrap();
     let mut w = synth();
     w.fill(Lsn(START + SEG - 20_000), &[3000, 100, 300]);
     let record = w.record(10, 0, &[7; 60_000]).0;
@@ -488,31 +487,35 @@ fn a_corrupted_record_crossing_into_the_next_segment_leaves_its_first_segment_pa
     assert!(record < next && split < record_end);
     let mut bad = good.clone();
     bad[(record + 2000 - START) as usize] ^= 0x08;
-    let fake = FakeServer::start(vec![
-        FakeSession::new(WAL_SYSTEM_ID, 1, START).steps(messages(
-            &bad,
-            &[split],
-            Some((split, record)),
-        )),
-    ]);
-    let r = run(&fake, dir.path());
-    r.expect(
-        "bad record data over a segment boundary",
-        INVALID_WAL,
-        &[
-            "invalid WAL from the server in segment 000000010000000000000030",
-            &format!("at {}: record CRC mismatch", format_lsn(record)),
-            &format!("the archive holds the WAL up to {}", format_lsn(record)),
-        ],
-    );
-    for line in [
-        "renaming completed segment",
-        "removing",
-        "000000010000000000000031.partial",
-    ] {
-        assert!(r.stderr.contains(line), "{line}: {}", r.stderr);
+    // With the writer thread, and with --synchronous (the writer inline in the network task).
+    for extra in [&[][..], &["--synchronous"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeServer::start(vec![
+            FakeSession::new(WAL_SYSTEM_ID, 1, START).steps(messages(
+                &bad,
+                &[split],
+                Some((split, record)),
+            )),
+        ]);
+        let r = run_with(&fake, dir.path(), extra);
+        r.expect(
+            &format!("bad record data over a segment boundary {extra:?}"),
+            INVALID_WAL,
+            &[
+                "invalid WAL from the server in segment 000000010000000000000030",
+                &format!("at {}: record CRC mismatch", format_lsn(record)),
+                &format!("the archive holds the WAL up to {}", format_lsn(record)),
+            ],
+        );
+        for line in [
+            "renaming completed segment",
+            "removing",
+            "000000010000000000000031.partial",
+        ] {
+            assert!(r.stderr.contains(line), "{extra:?}: {line}: {}", r.stderr);
+        }
+        assert_flush_stopped_at(&fake, record);
+        assert_archive_ends_at(dir.path(), &good, record);
+        restart_with_good_wal(dir.path(), &good, record_end + 1000, record_end);
     }
-    assert_flush_stopped_at(&fake, record);
-    assert_archive_ends_at(dir.path(), &good, record);
-    restart_with_good_wal(dir.path(), &good, record_end + 1000, record_end);
 }
