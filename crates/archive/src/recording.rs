@@ -180,7 +180,13 @@ impl SegmentFs for RecordingFs {
     }
     fn fill_zeros(&self, file: &File, path: &Path, from: u64, to: u64) -> Result<(), ArchiveError> {
         self.real.fill_zeros(file, path, from, to)?;
-        self.push(Op::Extend { ino: ino(file), to });
+        // Zeros written over whatever was there (after invalid WAL), not only an extension.
+        self.push(Op::Write {
+            name: name(path),
+            ino: ino(file),
+            off: from,
+            data: vec![0; usize::try_from(to.saturating_sub(from)).unwrap_or(0)],
+        });
         Ok(())
     }
     fn set_len(&self, file: &File, path: &Path, len: u64) -> Result<(), ArchiveError> {

@@ -15,8 +15,18 @@
 //!   `NAME`) while the broken record went on into the next segment, it is renamed back:
 //!   it no longer holds a whole segment of valid WAL, and a restart must stream it again;
 //! * later segments hold nothing but the broken record's continuation and are removed,
-//!   newest first, so that the archive's newest WAL file is never one of them (a restart
-//!   starts at the newest `.partial`).
+//!   newest first.
+//!
+//! Order, for a crash on the way: the removals and the rename back, one directory
+//! `fsync`, then the zeros and their `fdatasync`. Until the zeros are durable the
+//! invalid bytes are in the newest `.partial`, which a restart streams again from its
+//! segment start (overwriting them; the flush floor taken from them only holds back
+//! the reports until the new stream passes it). Zeroing first would be worse: with the
+//! later files still there, a restart would resume after the zeroed segment and leave
+//! the hole. The one window left is a filesystem that makes the removals durable
+//! without the rename (they are in one directory, and journaling filesystems commit
+//! them in order): a restart then resumes after the completed segment, as it did
+//! before this existed.
 
 use std::path::PathBuf;
 
@@ -71,7 +81,7 @@ impl SegmentWriter {
             for file in [name.partial_file_name(seg), name.file_name(seg)] {
                 if fs.exists(&self.dir, &file)? {
                     warn!(
-                        "removing \"{}\": it holds only the rest of the invalid record that starts at {end}",
+                        "removing \"{}\": it holds only the rest of the invalid WAL from {end}",
                         self.dir.join(&file).display()
                     );
                     fs.remove(&self.dir, &file)?;
@@ -79,16 +89,11 @@ impl SegmentWriter {
                 }
             }
         }
-        if sync && dir_changed {
-            // Before the segment holding the valid end becomes the newest .partial
-            // (renamed back, below): a restart never starts at one of the removed.
-            fs.fsync_dir(&self.dir)?;
-        }
         let partial_name = keep.partial_file_name(seg);
         if !fs.exists(&self.dir, &partial_name)? {
             let complete_name = keep.file_name(seg);
             warn!(
-                "renaming completed segment \"{}\" back to \"{partial_name}\": the invalid record starting at {end} runs on from it into the next segment",
+                "renaming completed segment \"{}\" back to \"{partial_name}\": the invalid WAL from {end} runs on from it into the next segment",
                 self.dir.join(&complete_name).display()
             );
             if !fs.rename_noreplace(&self.dir, &complete_name, &partial_name)? {
@@ -100,21 +105,24 @@ impl SegmentWriter {
             }
             dir_changed = true;
         }
+        if sync && (dir_changed || self.dir_dirty) {
+            // The removals and the rename together, before the zeros: a crash before
+            // the zeros are durable leaves the invalid bytes in the newest `.partial`,
+            // which a restart streams again from its start.
+            fs.fsync_dir(&self.dir)?;
+        }
         let path: PathBuf = self.dir.join(&partial_name);
         let file = fs.open_existing(&self.dir, &partial_name)?;
         let from = seg.offset(end);
         let to = (self.written.0 - keep.start_lsn(seg).0).min(seg.bytes());
         warn!(
-            "overwriting the {} bytes written from {end} in \"{}\" with zeros: they belong to the invalid record",
+            "overwriting the {} bytes written from {end} in \"{}\" with zeros: they are invalid WAL",
             to - from,
             path.display()
         );
         fs.fill_zeros(&file, &path, from, to)?;
         if sync {
             fs.datasync(&file, &path)?;
-            if dir_changed || self.dir_dirty {
-                fs.fsync_dir(&self.dir)?;
-            }
         }
         self.dir_dirty = false;
         if let Some(s) = &self.syncer {

@@ -431,3 +431,67 @@ fn an_invalid_page_after_a_switch_keeps_the_switched_segment_complete() {
         );
     }
 }
+
+/// The order of the file operations after an invalid record that crossed from segment 3 into 4
+/// (see `discard`): segment 4's file removed and segment 3 renamed back to `.partial`, then one
+/// directory `fsync`, then the zeros over segment 3's tail and their `fdatasync`; nothing after.
+#[test]
+fn the_discarding_renames_and_removes_before_it_zeroes() {
+    use crate::recording::{Op, RecordingFs};
+    let d = tempdir();
+    let mut a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+    a.check_identity(SYSID, seg1m()).unwrap();
+    a.pin_format(PG18).unwrap();
+    let fs = Arc::new(RecordingFs::default());
+    let opts = WriterOptions {
+        validate: true,
+        prepare_ahead: false,
+        ..WriterOptions::default()
+    };
+    let mut w = a
+        .segment_writer_fs(
+            seg1m(),
+            opts,
+            fs.clone() as Arc<dyn crate::fsops::SegmentFs>,
+        )
+        .unwrap();
+    let (mut data, record) = wal_crossing(40_000);
+    data[(record.0 - S3.0) as usize + 200] ^= 0x01;
+    // In 8 kB writes: one goes into segment 4 before the record's end.
+    write_in(&mut w, &data, 8192).unwrap_err();
+    let ops = fs.ops();
+    let (p3, c3, p4) = (
+        "000000010000000000000003.partial",
+        "000000010000000000000003",
+        "000000010000000000000004.partial",
+    );
+    let at = |what: &str, f: &dyn Fn(&Op) -> bool| {
+        ops.iter()
+            .rposition(f)
+            .unwrap_or_else(|| panic!("no {what} in {ops:#?}"))
+    };
+    let removed = at(
+        "removal",
+        &|o| matches!(o, Op::Remove { name } if name == p4),
+    );
+    let renamed = at(
+        "rename back",
+        &|o| matches!(o, Op::Rename { from, to } if from == c3 && to == p3),
+    );
+    let dir_sync = at("directory fsync", &|o| matches!(o, Op::FsyncDir));
+    let off = record.0 - S3.0;
+    let zeroed = at("zeros", &|o| {
+        matches!(o, Op::Write { name, off: o_off, data, .. }
+            if name == p3 && *o_off == off && data.len() as u64 == SEG - off && data.iter().all(|&b| b == 0))
+    });
+    let synced = at(
+        "fdatasync",
+        &|o| matches!(o, Op::Datasync { name, .. } if name == p3),
+    );
+    assert!(
+        removed < renamed && renamed < dir_sync && dir_sync < zeroed && zeroed < synced,
+        "removed {removed}, renamed {renamed}, directory fsync {dir_sync}, zeroed {zeroed}, synced {synced}: {:#?}",
+        &ops[removed.min(renamed)..]
+    );
+    assert_eq!(synced, ops.len() - 1, "{:#?}", &ops[synced..]);
+}
