@@ -21,6 +21,16 @@
 //! CRC), and bytes may have reached the page cache and never the disk. walsink uses it
 //! only as a floor for what it reports after a restart (a position it must not report
 //! below), never as a position it reports.
+//!
+//! Why this is not [`crate::validate::WalValidator`]: the two answer opposite questions.
+//! The validator says how far WAL is known good, so it stops at the start of a record
+//! whose CRC it has not checked (or that is wrong). The floor must be at or past every
+//! position a writer may have reported, and a writer without validation (pg_receivewal,
+//! which reports what it received) reports page boundaries inside records and records it
+//! never checked; a floor below such a position would let a physical slot's restart_lsn
+//! move back. So the walk here trusts headers and counts unchecked bytes, and is cheap:
+//! it reads record headers only, never the data. (After invalid WAL at ingest the writer
+//! zeros what it wrote of the invalid record, so both agree on such a `.partial`.)
 
 use crate::Lsn;
 use crate::page::{LONG_HEADER_LEN, PageHeader, SHORT_HEADER_LEN};
