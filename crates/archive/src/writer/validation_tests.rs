@@ -432,29 +432,40 @@ fn an_invalid_page_after_a_switch_keeps_the_switched_segment_complete() {
     }
 }
 
-/// The order of the file operations after an invalid record that crossed from segment 3 into 4
-/// (see `discard`): segment 4's file removed and segment 3 renamed back to `.partial`, then one
-/// directory `fsync`, then the zeros over segment 3's tail and their `fdatasync`; nothing after.
-#[test]
-fn the_discarding_renames_and_removes_before_it_zeroes() {
-    use crate::recording::{Op, RecordingFs};
+/// A validating writer on an archive pinned to `SYSID` and PG18, its file operations recorded.
+fn recording_setup() -> (
+    tempfile::TempDir,
+    Archive,
+    SegmentWriter,
+    Arc<crate::recording::RecordingFs>,
+) {
     let d = tempdir();
     let mut a = Archive::open(d.path(), SyncMode::Sync).unwrap();
     a.check_identity(SYSID, seg1m()).unwrap();
     a.pin_format(PG18).unwrap();
-    let fs = Arc::new(RecordingFs::default());
+    let fs = Arc::new(crate::recording::RecordingFs::default());
     let opts = WriterOptions {
         validate: true,
         prepare_ahead: false,
         ..WriterOptions::default()
     };
-    let mut w = a
+    let w = a
         .segment_writer_fs(
             seg1m(),
             opts,
             fs.clone() as Arc<dyn crate::fsops::SegmentFs>,
         )
         .unwrap();
+    (d, a, w, fs)
+}
+
+/// The order of the file operations after an invalid record that crossed from segment 3 into 4
+/// (see `discard`): segment 4's file removed and segment 3 renamed back to `.partial`, then one
+/// directory `fsync`, then the zeros over segment 3's tail and their `fdatasync`; nothing after.
+#[test]
+fn the_discarding_renames_and_removes_before_it_zeroes() {
+    use crate::recording::Op;
+    let (_d, _a, mut w, fs) = recording_setup();
     let (mut data, record) = wal_crossing(40_000);
     data[(record.0 - S3.0) as usize + 200] ^= 0x01;
     // In 8 kB writes: one goes into segment 4 before the record's end.
@@ -494,4 +505,38 @@ fn the_discarding_renames_and_removes_before_it_zeroes() {
         &ops[removed.min(renamed)..]
     );
     assert_eq!(synced, ops.len() - 1, "{:#?}", &ops[synced..]);
+}
+
+/// A failure while zeroing (here the `fdatasync` of the zeros) is logged, breaks the writer and
+/// still returns the invalid WAL (exit 21 names the cause); nothing is reported past the record.
+#[test]
+fn a_failure_while_zeroing_breaks_the_writer_and_still_reports_the_invalid_wal() {
+    let (_d, _a, mut w, fs) = recording_setup();
+    let (mut data, record) = wal_crossing(40_000);
+    data[(record.0 - S3.0) as usize + 200] ^= 0x01;
+    let chunks: Vec<&[u8]> = data.chunks(8192).collect();
+    let mut v = walsink_wal::validate::WalValidator::new(
+        walsink_wal::validate::ValidatorConfig {
+            seg: seg1m(),
+            system_id: Some(SYSID),
+            format: Some(PG18),
+        },
+        1,
+        S3,
+    );
+    let bad = chunks.iter().position(|c| v.feed(c).is_err()).unwrap();
+    let mut pos = S3;
+    for c in &chunks[..bad] {
+        w.write(tli(1), pos, c).unwrap();
+        pos = Lsn(pos.0 + c.len() as u64);
+    }
+    fs.fail_next(crate::recording::FailOn::Datasync);
+    let e = w.write(tli(1), pos, chunks[bad]).unwrap_err();
+    let ArchiveError::InvalidWal { invalid, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(invalid.good_end, record);
+    assert!(w.is_broken());
+    assert!(w.flushed() <= record, "{}", w.flushed());
+    assert!(matches!(w.flush(), Err(ArchiveError::WriterFailed { .. })));
 }
