@@ -20,6 +20,8 @@
 //!   the deadline moves earlier (re-arming per message was a measurable part of the
 //!   per-commit CPU with `--synchronous`); a deadline already past is served without
 //!   sleeping;
+//!   The same tick rechecks the archive's lock file for an idle writer
+//!   ([`Writer::check_lock`]), which has no timer of its own;
 //! * cancellation (SIGINT/SIGTERM): [`ReplicationSession::close`].
 //!
 //! Errors of the session become [`ReceiverError`]s in one place, `session_error`.
@@ -359,6 +361,9 @@ impl Driver<'_> {
                 _ = &mut timer => {
                     armed = None;
                     self.conn.idle_tick();
+                    // The idle writer's lock check rides on this tick (one stat; the
+                    // writer wakes only when the lock file is gone).
+                    writer.check_lock();
                     session.handle_timeout(std::time::Instant::now());
                 }
                 r = self.conn.fill(), if reading => match r {

@@ -77,6 +77,14 @@ impl Inline {
         }
     }
 
+    /// Rechecks the lock file (the network task's tick); its loss is published as
+    /// the failure, after what was written is made durable.
+    pub(super) fn check_lock(&mut self) {
+        if let Err(e) = self.seg.check_lock() {
+            self.fail(e);
+        }
+    }
+
     /// The group-commit point: makes everything written durable and publishes it.
     pub(super) fn idle(&mut self) {
         if self.seg.unflushed_bytes() == 0 {

@@ -49,19 +49,18 @@
 //!
 //! The one exception is `--synchronous` (measured faster, BENCHMARKS.md): there the
 //! network task is the writer (no thread, no queue; the same `watch` channel, which it
-//! publishes to itself), so the one publisher of positions is the network task; a
-//! small task that rechecks the lock file every second (no writer thread does it
-//! there) may publish a lost lock as the failure.
+//! publishes to itself), so the one publisher of positions is the network task (a
+//! small task waiting on the directory watch may publish a lost lock as the failure).
 //!
 //! "Flush soon" is best effort: when the queue is full it is dropped, and the flush
 //! comes by size or interval (a full queue holds more than `--flush-bytes` of WAL
 //! unless the messages are tiny); the server's reply request it answers has been
 //! answered with the durable position already.
 //!
-//! While idle, the thread rechecks the archive's lock file when the directory changes
-//! (inotify; `dirwatch`), at least every [`dirwatch::BACKSTOP_INTERVAL`], or without
-//! inotify every [`LOCK_CHECK_INTERVAL`], and stops with the error when it was removed
-//! or replaced.
+//! While idle, the thread has no timer: it rechecks the archive's lock file when the
+//! directory changes (inotify), or when the network task's timer tick found the lock
+//! file gone ([`Writer::check_lock`], one `stat`), and stops with the error when it was
+//! removed or replaced (`dirwatch`).
 //!
 //! # A full disk
 //!
@@ -94,7 +93,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use walsink_archive::{Archive, ArchiveError, Gap, LOCK_CHECK_INTERVAL, SegmentWriter};
+use walsink_archive::{Archive, ArchiveError, Gap, LockWatch, SegmentWriter};
 use walsink_wal::{Lsn, TimelineId};
 
 pub use options::{WriterConfig, default_options};
@@ -137,6 +136,9 @@ enum Cmd {
     Flush,
     /// The sync thread made more durable: publish it.
     Synced,
+    /// The network task's tick found the lock file removed or replaced: check it (and
+    /// stop with the error).
+    CheckLock,
     /// A request, answered by counting it in [`WriterState::answered`].
     Request(Request),
 }
@@ -174,6 +176,8 @@ enum Mode {
         /// answers in [`WriterState::answered`]); never shared with the thread.
         requests: AtomicU64,
         thread: Option<JoinHandle<Archive>>,
+        /// Rechecks the lock file on the network task's ticks ([`Writer::check_lock`]).
+        lock: LockWatch,
     },
     /// `--synchronous`: the network task writes each message as it is decoded and runs
     /// fdatasync itself at the group-commit point ([`Writer::idle`]), as pg_receivewal
@@ -211,10 +215,23 @@ impl Writer {
     /// waits on; `cancel` (shutdown) ends a wait for disk space.
     pub fn spawn(
         archive: Archive,
+        seg: SegmentWriter,
+        cfg: WriterConfig,
+        rt: tokio::runtime::Handle,
+        cancel: CancellationToken,
+    ) -> Writer {
+        Writer::spawn_watching(archive, seg, cfg, rt, cancel, true)
+    }
+
+    /// [`spawn`](Self::spawn); `watch_dir` false: without the directory watch (tests
+    /// of the tick path, as when inotify cannot be used).
+    fn spawn_watching(
+        archive: Archive,
         mut seg: SegmentWriter,
         cfg: WriterConfig,
         rt: tokio::runtime::Handle,
         cancel: CancellationToken,
+        watch_dir: bool,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
         let (state_tx, state) = watch::channel(WriterState {
@@ -231,12 +248,15 @@ impl Writer {
             }
         }));
         let dir = archive.path().to_path_buf();
+        let lock = seg.lock_watch();
         // The caller's span (a daemon's source) goes with the thread's log lines.
         let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("walsink-writer".into())
             .spawn(move || {
-                span.in_scope(|| thread::run(archive, seg, cfg, rx, state_tx, rt, cancel))
+                span.in_scope(|| {
+                    thread::run(archive, seg, cfg, rx, state_tx, rt, cancel, watch_dir)
+                })
             })
             .expect("spawning the writer thread");
         Writer {
@@ -244,6 +264,7 @@ impl Writer {
                 tx,
                 requests: AtomicU64::new(0),
                 thread: Some(thread),
+                lock,
             },
             dir,
             state,
@@ -258,24 +279,16 @@ impl Writer {
             written: seg.written(),
             ..WriterState::default()
         });
-        // No thread rechecks the lock file here: a task does, every second, and
-        // publishes its loss as the writer's failure.
-        let lock_watch = tokio::runtime::Handle::try_current().ok().map(|rt| {
+        // No thread rechecks the lock file here: a task waiting on the directory watch
+        // does, and publishes its loss as the writer's failure; the network task's ticks
+        // check too ([`Writer::check_lock`]).
+        let lock_watch = tokio::runtime::Handle::try_current().ok().and_then(|rt| {
             let (watch, state) = (seg.lock_watch(), state_tx.clone());
-            let mut dir = dirwatch::DirWatch::new(archive.path());
-            rt.spawn(async move {
-                let mut tick = tokio::time::interval(LOCK_CHECK_INTERVAL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut dir = dirwatch::DirWatch::new(archive.path())?;
+            Some(rt.spawn(async move {
                 loop {
-                    match dir.as_mut() {
-                        Some(d) => {
-                            if d.changed().await.is_err() {
-                                dir = None;
-                            }
-                        }
-                        None => {
-                            tick.tick().await;
-                        }
+                    if dir.changed().await.is_err() {
+                        return;
                     }
                     if let Err(e) = watch.check() {
                         let e = Arc::new(e);
@@ -285,7 +298,7 @@ impl Writer {
                         return;
                     }
                 }
-            })
+            }))
         });
         let dir = archive.path().to_path_buf();
         Writer {
@@ -344,6 +357,23 @@ impl Writer {
     pub fn idle(&self) {
         if matches!(self.mode, Mode::Inline(_)) && !self.failed() {
             self.lock_inline().idle();
+        }
+    }
+
+    /// Rechecks the archive's lock file, on the network task's timer ticks (status
+    /// interval, receive timeout): one `stat`. Wakes the writer thread only when the
+    /// file was removed or replaced; the thread then stops with
+    /// [`ArchiveError::LockLost`] (inline, the failure is published at once). If the
+    /// queue is full, the thread is busy writing, and its next write refuses.
+    pub fn check_lock(&self) {
+        match &self.mode {
+            Mode::Thread { tx, lock, .. } => {
+                if lock.check().is_err() {
+                    let _ = tx.try_send(Cmd::CheckLock);
+                }
+            }
+            Mode::Inline(_) if self.failed() => {}
+            Mode::Inline(_) => self.lock_inline().check_lock(),
         }
     }
 
@@ -593,6 +623,19 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        let w = writer_on(&rt, dir, flush_bytes, start, true);
+        (rt, w)
+    }
+
+    /// A writer thread on a fresh archive in `dir`, positioned at `start`, waiting on
+    /// `rt`'s timers (and, if `watch_dir`, a directory watch on its reactor).
+    fn writer_on(
+        rt: &tokio::runtime::Runtime,
+        dir: &std::path::Path,
+        flush_bytes: u64,
+        start: Lsn,
+        watch_dir: bool,
+    ) -> Writer {
         let mut a = Archive::open(dir, SyncMode::Sync).unwrap();
         let seg = WalSegSize::new(1 << 20).unwrap();
         a.verify_identity(42, seg).unwrap();
@@ -609,10 +652,134 @@ mod tests {
             flush_interval: Duration::from_secs(3600),
             observer: Default::default(),
         };
-        let w = Writer::spawn(a, segs, cfg, rt.handle().clone(), CancellationToken::new());
+        let w = Writer::spawn_watching(
+            a,
+            segs,
+            cfg,
+            rt.handle().clone(),
+            CancellationToken::new(),
+            watch_dir,
+        );
         let tli = TimelineId::new(1).unwrap();
         rt.block_on(w.reset(tli, start)).unwrap();
-        (rt, w)
+        w
+    }
+
+    /// Waits (real time, on a runtime of its own) until the writer publishes a failure.
+    fn wait_failed(w: &Writer) -> Arc<ArchiveError> {
+        let mut rx = w.state.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.error.is_some()))
+                .await
+                .expect("the writer published a failure")
+                .unwrap()
+                .error
+                .clone()
+                .unwrap()
+        })
+    }
+
+    /// A runtime whose clock is paused: it jumps to the next timer whenever idle, so
+    /// any timer the idle writer waited on would fire within the day slept below.
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_idle_writer_has_no_timer_and_a_removed_lock_is_found_on_the_next_tick() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = paused_runtime();
+        // No directory watch (as without inotify, or a change on NFS it does not see):
+        // only the network task's tick can find the lock gone.
+        let w = writer_on(&rt, d.path(), 1 << 30, Lsn(3 << 20), false);
+        std::fs::remove_file(d.path().join(walsink_archive::LOCK_FILE)).unwrap();
+        rt.block_on(async { tokio::time::sleep(Duration::from_secs(86400)).await });
+        assert!(
+            w.state.borrow().error.is_none(),
+            "the idle writer woke on a timer of its own"
+        );
+        // The tick: one stat, and the writer is woken to stop.
+        w.check_lock();
+        let e = wait_failed(&w);
+        assert!(
+            matches!(*e, ArchiveError::LockLost { how: "removed", .. }),
+            "{e}"
+        );
+        assert!(
+            rt.block_on(w.pin()).is_err(),
+            "a writer that lost its lock answers nothing"
+        );
+        assert!(w.shutdown().is_some());
+    }
+
+    #[test]
+    fn the_inline_writer_publishes_a_lock_removed_as_its_failure_on_the_tick() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = Archive::open(d.path(), SyncMode::Sync).unwrap();
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        a.verify_identity(42, seg).unwrap();
+        let segs = a.segment_writer_with(seg, default_options(true)).unwrap();
+        let cfg = WriterConfig {
+            synchronous: true,
+            flush_bytes: 1 << 30,
+            flush_interval: Duration::from_secs(3600),
+            observer: Default::default(),
+        };
+        // Outside a runtime: no watch task, only the tick.
+        let w = Writer::inline(a, segs, cfg);
+        w.check_lock();
+        assert!(w.state.borrow().error.is_none(), "the lock is in place");
+        std::fs::remove_file(d.path().join(walsink_archive::LOCK_FILE)).unwrap();
+        w.check_lock();
+        let e = w.state.borrow().error.clone().expect("published at once");
+        assert!(
+            matches!(*e, ArchiveError::LockLost { how: "removed", .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tick_with_the_lock_in_place_does_not_disturb_the_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = paused_runtime();
+        let w = writer_on(&rt, d.path(), 1 << 30, Lsn(3 << 20), true);
+        for _ in 0..100 {
+            w.check_lock();
+        }
+        // Still working: a request is answered.
+        rt.block_on(w.pin()).unwrap();
+        assert!(w.state.borrow().error.is_none());
+        assert_eq!(w.state.borrow().answered, 2, "the reset and the pin");
+    }
+
+    #[test]
+    fn an_idle_writer_with_a_directory_watch_stops_at_once_when_the_lock_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let (_rt, w) = thread_writer(d.path(), 1 << 30, Lsn(3 << 20));
+        let lock = d.path().join(walsink_archive::LOCK_FILE);
+        let other = d.path().join("other");
+        std::fs::write(&other, b"1\n").unwrap();
+        std::fs::rename(&other, &lock).unwrap();
+        // No tick: the watch wakes the writer.
+        let e = wait_failed(&w);
+        assert!(
+            matches!(
+                *e,
+                ArchiveError::LockLost {
+                    how: "replaced",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

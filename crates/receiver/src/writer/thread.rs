@@ -6,7 +6,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use walsink_archive::{Archive, ArchiveError, LOCK_CHECK_INTERVAL, SegmentWriter};
+use walsink_archive::{Archive, ArchiveError, SegmentWriter};
 use walsink_wal::Lsn;
 
 use super::dirwatch::DirWatch;
@@ -35,7 +35,11 @@ struct Thread {
 }
 
 /// Runs the writer thread until the queue closes or the writer fails; returns the
-/// archive.
+/// archive. `watch_dir`: wake on changes of the directory (inotify) while idle.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the thread's inputs, handed over by Writer::spawn"
+)]
 pub(super) fn run(
     archive: Archive,
     seg: SegmentWriter,
@@ -44,15 +48,18 @@ pub(super) fn run(
     state: watch::Sender<WriterState>,
     rt: tokio::runtime::Handle,
     cancel: CancellationToken,
+    watch_dir: bool,
 ) -> Archive {
     let disk = DiskFull {
         announced_at: None,
         observer: cfg.observer.clone(),
     };
-    let watch = {
-        let _in_runtime = rt.enter();
-        DirWatch::new(archive.path())
-    };
+    let watch = watch_dir
+        .then(|| {
+            let _in_runtime = rt.enter();
+            DirWatch::new(archive.path())
+        })
+        .flatten();
     let mut t = Thread {
         archive,
         seg,
@@ -93,9 +100,10 @@ pub(super) fn run(
                         Err(_) => continue, // deadline passed: flush on the next turn
                     }
                 } else {
-                    // Idle: recheck the archive's lock file (another program may
-                    // remove it while no WAL arrives) when the directory changes, else
-                    // now and then.
+                    // Idle, with no timer: recheck the archive's lock file (another
+                    // program may remove it while no WAL arrives) when the directory
+                    // changes; the network task's ticks check it too, and send
+                    // `CheckLock` when it is gone (see `dirwatch`).
                     let rt = t.rt.clone();
                     let watch = &mut t.watch;
                     let woke = rt.block_on(async {
@@ -104,16 +112,16 @@ pub(super) fn run(
                                 c = rx.recv() => Ok(c),
                                 r = w.changed() => Err(r.is_err()),
                             },
-                            None => tokio::time::timeout(LOCK_CHECK_INTERVAL, rx.recv())
-                                .await
-                                .map_err(|_| false),
+                            None => Ok(rx.recv().await),
                         }
                     });
                     match woke {
                         Ok(c) => c,
                         Err(broken) => {
                             if broken {
-                                debug!("the directory watch failed; polling the lock file");
+                                debug!(
+                                    "the directory watch failed; the lock file is rechecked on the status interval"
+                                );
                                 t.watch = None;
                             }
                             if let Err(e) = t.seg.check_lock() {
@@ -234,6 +242,7 @@ impl Thread {
             }
             Cmd::Flush if self.seg.unflushed_bytes() > 0 => self.flush(),
             Cmd::Flush | Cmd::Synced => Ok(()),
+            Cmd::CheckLock => self.seg.check_lock(),
             Cmd::Request(Request::Reset { tli, lsn }) => {
                 self.seg.reset_position(tli, lsn);
                 if self.seg.is_broken() {
