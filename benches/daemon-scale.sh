@@ -19,6 +19,7 @@
 #   N=0 GIB=1 REPS=7 benches/daemon-scale.sh      (throughput only)
 #   N=50 IDLE_SECS=30 REPS=0 benches/daemon-scale.sh (idle and receiving only)
 #   WALSINK=/path/to/walsink ...                  (that binary instead of building this tree's)
+#   BASE=/path/to/other/walsink ...               (throughput: a third variant, that binary's daemon)
 # Needs: PostgreSQL server binaries (scripts/install-deps.sh), cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -93,8 +94,9 @@ for tid in os.listdir(base):
     print(f"{tid}\t{name}\t{sw}")
 PY
 }
-# snap_sum FILE: the context switches of every thread in a snapshot.
-snap_sum() { awk -F'\t' '{s += $3} END {print s}' "$1"; }
+# snap_diff FILE0 FILE1: the context switches over the window of every thread alive at its end (a thread
+# started during the window counts from 0; one that ended, a blocking-pool thread, is left out).
+snap_diff() { awk -F'\t' 'NR == FNR {a[$1] = $3; next} {s += $3 - a[$1]} END {print s}' "$1" "$2"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
@@ -113,10 +115,7 @@ idle_run() {
     sleep "$IDLE_SECS"
     t1=$(ticks $DAEMON_PID)
     snap $DAEMON_PID "$ROOT/idle_$k.1"
-    local s0 s1
-    s0=$(snap_sum "$ROOT/idle_$k.0")
-    s1=$(snap_sum "$ROOT/idle_$k.1")
-    echo "$(status_kib $DAEMON_PID VmRSS) $(status_kib $DAEMON_PID VmHWM) $(ls /proc/$DAEMON_PID/task | wc -l) $(python3 -c "print(($t1-$t0)/$HZ)") $((s1 - s0))"
+    echo "$(status_kib $DAEMON_PID VmRSS) $(status_kib $DAEMON_PID VmHWM) $(ls /proc/$DAEMON_PID/task | wc -l) $(python3 -c "print(($t1-$t0)/$HZ)") $(snap_diff "$ROOT/idle_$k.0" "$ROOT/idle_$k.1")"
 }
 
 idle_summary=
@@ -182,7 +181,7 @@ if [ "$REPS" -gt 0 ]; then
         for ((i = 1; i <= ACTIVE; i++)); do [ -f "$ROOT/arch/s$i/$LAST_SEG" ] || return 1; done
     }
     for rep in $(seq 1 "$REPS"); do
-        for variant in daemon processes; do
+        for variant in daemon processes ${BASE:+base}; do
             rm -rf "$ROOT/arch"
             for ((i = 1; i <= ACTIVE; i++)); do
                 psql_ -c "SELECT pg_copy_physical_replication_slot('guard', 's$i')" >/dev/null
@@ -190,9 +189,11 @@ if [ "$REPS" -gt 0 ]; then
             sync
             t0=$(date +%s.%N)
             pids=()
-            if [ $variant = daemon ]; then
+            if [ $variant != processes ]; then
                 write_config "$ROOT/tp.toml" 1 "$ACTIVE"
-                "$WALSINK" run -c "$ROOT/tp.toml" >"$ROOT/daemon.log" 2>&1 &
+                bin=$WALSINK
+                [ $variant = daemon ] || bin=$BASE
+                "$bin" run -c "$ROOT/tp.toml" >"$ROOT/daemon.log" 2>&1 &
                 pids=($!)
             else
                 for ((i = 1; i <= ACTIVE; i++)); do
@@ -293,7 +294,10 @@ if rows:
     print(f"\n## Throughput: {active} sources x {nbytes/2**30:.2f} GiB; medians of {len(st['daemon']['mibs'])} runs [min-max]\n")
     print("| receivers | aggregate MiB/s | CPU-s/GiB | peak RSS MiB (sum) |")
     print("|---|---|---|---|")
-    for v, label in (("daemon", f"1 `walsink run`, {active} sources"), ("processes", f"{active} `walsink receive`")):
+    for v, label in (("daemon", f"1 `walsink run`, {active} sources"), ("processes", f"{active} `walsink receive`"),
+                     ("base", f"1 `walsink run` of BASE, {active} sources")):
+        if v not in st:
+            continue
         s = st[v]
         print(f"| {label} | {med(s['mibs']):.0f} [{min(s['mibs']):.0f}-{max(s['mibs']):.0f}] | {med(s['cpu']):.2f} | {med(s['rss']):.1f} |")
     d, p = st["daemon"], st["processes"]
@@ -301,4 +305,10 @@ if rows:
     print(f"\ndaemon/processes: throughput {med(d['mibs'])/med(p['mibs']):.2f}x (per repetition: "
           f"{', '.join(f'{x:.2f}' for x in pairs)}; median {med(pairs):.2f}), CPU per GiB {med(d['cpu'])/med(p['cpu']):.2f}x, "
           f"peak RSS {med(d['rss']):.1f} vs {med(p['rss']):.1f} MiB")
+    if "base" in st:
+        b = st["base"]
+        pairs = [x / y for x, y in zip(b["mibs"], p["mibs"])]
+        print(f"BASE daemon/processes: throughput {med(b['mibs'])/med(p['mibs']):.2f}x (per repetition: "
+              f"{', '.join(f'{x:.2f}' for x in pairs)}; median {med(pairs):.2f}), CPU per GiB {med(b['cpu'])/med(p['cpu']):.2f}x; "
+              f"daemon/BASE daemon {med(d['mibs'])/med(b['mibs']):.2f}x")
 PY
