@@ -1,18 +1,12 @@
-//! Many sources in one process: a [`Supervisor`] runs [`receive`] for each source on a
-//! thread of its own, with its own current-thread tokio runtime, cancellation token and
-//! tracing span, and applies a new set of sources (a reloaded configuration) by
-//! difference.
+//! Many sources in one process: a [`Supervisor`] runs one [`receive`] task per source,
+//! each with its own cancellation token and its own tracing span, and applies a new set
+//! of sources (a reloaded configuration) by difference.
 //!
-//! A thread and a runtime per source, as `walsink receive` runs its one source: a
-//! source's network task, timers and socket are driven by its own thread, never handed
-//! between the workers of a shared runtime (measured: BENCHMARKS.md, `walsink run`), and
-//! an idle source's thread sleeps until its own socket or timer wakes it.
-//!
-//! Isolation: every source has its own thread and, in the default mode, its own writer
-//! thread, so a source that cannot connect (retried with backoff), whose disk is full
-//! (its writer pauses and its queue fills, which stops only its own socket reads), that
-//! writes and fsyncs on its network thread (synchronous mode) or whose archive is
-//! refused (its thread ends) never stalls another. A source whose [`receive`] ends with an error stays down and is reported
+//! Isolation: every source is an independent task on the runtime and, in the default
+//! mode, has its own writer thread, so a source that cannot connect (retried with
+//! backoff), whose disk is full (its writer pauses and its queue fills, which stops only
+//! its own socket reads) or whose archive is refused (its task ends) never stalls
+//! another. A source whose [`receive`] ends with an error stays down and is reported
 //! ([`TaskState::Failed`]); the others go on. [`Supervisor::apply`] starts it again
 //! (an operator fixed the cause and reloaded).
 //!
@@ -22,14 +16,10 @@
 //! start again with the new settings; unchanged running ones are not touched (their
 //! connection stays).
 
-use std::any::Any;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
 
@@ -53,11 +43,11 @@ pub struct SourceDef {
 /// Where a source is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskState {
-    /// Its thread runs: streaming, connecting or waiting to reconnect.
+    /// Its task runs: streaming, connecting or waiting to reconnect.
     Running,
-    /// Its thread ended without error (`endpos`, never in a daemon) or was stopped.
+    /// Its task ended without error (`endpos`, never in a daemon) or was stopped.
     Stopped,
-    /// Its thread ended with an error that needs a human; it stays down until the next
+    /// Its task ended with an error that needs a human; it stays down until the next
     /// [`Supervisor::apply`].
     Failed {
         /// What kind of error (the exit code `walsink receive` would have had).
@@ -80,16 +70,10 @@ pub struct Applied {
     pub unchanged: Vec<String>,
 }
 
-/// How a source's thread ended: `Err` carries its panic.
-type Ended = Result<(), Box<dyn Any + Send>>;
-
 struct Entry {
     fingerprint: u64,
     cancel: CancellationToken,
-    /// Answered by the source's thread once [`receive`] has returned (its session
-    /// flushed and closed) and its runtime is shut down.
-    ended: oneshot::Receiver<Ended>,
-    thread: JoinHandle<()>,
+    task: JoinHandle<()>,
     state: Arc<Mutex<TaskState>>,
 }
 
@@ -98,18 +82,13 @@ impl Entry {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Cancels the source at once; the future waits until its session has flushed
-    /// and closed and its thread has ended (a panic there is resumed here).
-    fn stop(self) -> impl Future<Output = ()> {
+    /// Cancels the source and waits until its session has flushed and closed.
+    async fn stop(self) {
         self.cancel.cancel();
-        async move {
-            let ended = self.ended.await;
-            // Answered as the thread's last act: the join does not wait.
-            let joined = self.thread.join();
-            match (ended, joined) {
-                (Ok(Err(panic)), _) | (_, Err(panic)) => std::panic::resume_unwind(panic),
-                _ => {}
-            }
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }
@@ -129,8 +108,7 @@ impl Supervisor {
     /// Makes the running sources those of `defs` (names must be unique): starts new
     /// ones, stops removed ones, restarts changed or failed ones, leaves the rest alone.
     /// Stops (which flush and close) run concurrently; returns when they are done and
-    /// the new threads are started. Must be called within a tokio runtime (any: the
-    /// sources run on runtimes of their own).
+    /// the new tasks are spawned. Must be called within a tokio runtime.
     pub async fn apply(&mut self, defs: Vec<SourceDef>) -> Applied {
         let mut applied = Applied::default();
         let mut wanted: BTreeMap<String, SourceDef> =
@@ -184,50 +162,36 @@ impl Supervisor {
     /// concurrently) and waits for them.
     pub async fn shutdown(&mut self) {
         let entries = std::mem::take(&mut self.sources);
-        let stopping: Vec<_> = entries.into_values().map(Entry::stop).collect();
-        for stop in stopping {
-            stop.await;
+        for e in entries.values() {
+            e.cancel.cancel();
+        }
+        for (_, e) in entries {
+            e.stop().await;
         }
     }
 }
 
-/// Starts one source's thread, running [`receive`] inside its span on a current-thread
-/// runtime of its own.
+/// Starts one source's task inside its span.
 fn spawn(def: SourceDef) -> Entry {
     let cancel = CancellationToken::new();
     let state = Arc::new(Mutex::new(TaskState::Running));
     let span = info_span!("source", source = %def.name);
-    let (tx, ended) = oneshot::channel();
-    let thread = {
+    let task = {
         let (cancel, state) = (cancel.clone(), Arc::clone(&state));
-        std::thread::Builder::new()
-            .name("walsink-source".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .thread_name("walsink-blk")
-                    .build()
-                    .expect("building a source's tokio runtime");
-                let run = async move {
-                    info!("starting");
-                    let r = receive(def.config, cancel).await;
-                    let next = outcome(r);
-                    *state.lock().unwrap_or_else(|e| e.into_inner()) = next;
-                }
-                .instrument(span);
-                let r = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(run)));
-                // Blocking work left behind by a cancelled step (a hung file system)
-                // is not waited for.
-                rt.shutdown_background();
-                let _ = tx.send(r);
-            })
-            .expect("spawning a source's thread")
+        tokio::spawn(
+            async move {
+                info!("starting");
+                let r = receive(def.config, cancel).await;
+                let next = outcome(r);
+                *state.lock().unwrap_or_else(|e| e.into_inner()) = next;
+            }
+            .instrument(span),
+        )
     };
     Entry {
         fingerprint: def.fingerprint,
         cancel,
-        ended,
-        thread,
+        task,
         state,
     }
 }

@@ -1,7 +1,7 @@
 //! `walsink run --config FILE`: many sources in one daemon.
 //!
 //! The file ([`config`]) is read and validated before anything starts (exit 2 naming
-//! every error). Then one [`Supervisor`] runs a thread per source; SIGHUP re-reads the file
+//! every error). Then one [`Supervisor`] runs a task per source; SIGHUP re-reads the file
 //! and applies it by difference (an invalid new file is logged and the running
 //! configuration kept); SIGINT/SIGTERM stop every source (each flushes and sends its
 //! final status update) and exit 0.
@@ -70,9 +70,11 @@ pub fn main(args: RunArgs) -> u8 {
     let format = args.log_format.or(cfg.log_format).unwrap_or_default();
     log::init_daemon(args.verbose, format);
 
-    // Only signals, the metrics server and systemd notification run here: every source
-    // runs on a thread and a runtime of its own (the Supervisor's).
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Worker threads, not one: a source in synchronous mode writes and fsyncs on the
+    // runtime, which must not hold up the others.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("building the tokio runtime");
