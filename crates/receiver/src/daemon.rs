@@ -17,6 +17,7 @@
 //! connection stays).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
@@ -82,13 +83,17 @@ impl Entry {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Cancels the source and waits until its session has flushed and closed.
-    async fn stop(self) {
+    /// Cancels the source at once (not when the future is first polled: stops that
+    /// are awaited one after another still run concurrently); the future waits until
+    /// its session has flushed and closed.
+    fn stop(self) -> impl Future<Output = ()> {
         self.cancel.cancel();
-        if let Err(e) = self.task.await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
+        async move {
+            if let Err(e) = self.task.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }
     }
 }
@@ -162,11 +167,9 @@ impl Supervisor {
     /// concurrently) and waits for them.
     pub async fn shutdown(&mut self) {
         let entries = std::mem::take(&mut self.sources);
-        for e in entries.values() {
-            e.cancel.cancel();
-        }
-        for (_, e) in entries {
-            e.stop().await;
+        let stopping: Vec<_> = entries.into_values().map(Entry::stop).collect();
+        for stop in stopping {
+            stop.await;
         }
     }
 }
@@ -217,5 +220,49 @@ fn outcome(r: Result<(), ReceiverError>) -> TaskState {
                 message,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source's entry whose task, once cancelled, takes a while to finish (its final
+    /// flush and status update), and says when it saw the cancellation.
+    fn slow_to_stop(seen: Arc<Mutex<Vec<&'static str>>>, name: &'static str) -> Entry {
+        let cancel = CancellationToken::new();
+        let task = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                seen.lock().unwrap().push(name);
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            })
+        };
+        Entry {
+            fingerprint: 0,
+            cancel,
+            task,
+            state: Arc::new(Mutex::new(TaskState::Running)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_awaited_one_after_another_are_all_cancelled_at_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, b) = (
+            slow_to_stop(seen.clone(), "a"),
+            slow_to_stop(seen.clone(), "b"),
+        );
+        let (ca, cb) = (a.cancel.clone(), b.cancel.clone());
+        let stopping = [a.stop(), b.stop()];
+        assert!(ca.is_cancelled() && cb.is_cancelled());
+        let started = tokio::time::Instant::now();
+        for stop in stopping {
+            stop.await;
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // Both final flushes overlapped: 5 s, not 10 (tokio's paused clock).
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(5));
     }
 }
