@@ -50,6 +50,11 @@ use crate::writer::Writer;
 /// A deadline for a timer with nothing to time.
 const FAR: Duration = Duration::from_secs(24 * 3600);
 
+/// How often the timer ticks while the session has nothing to time (status updates and
+/// the receive timeout both disabled): the tick is also when an idle writer's lock file
+/// is rechecked and idle read buffers are released.
+const QUIET_TICK: Duration = Duration::from_secs(10);
+
 /// Settings of one streaming session.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
@@ -326,7 +331,7 @@ impl Driver<'_> {
             // Re-armed only when it fired or the deadline moved earlier; fired early, the
             // session just checks.
             if armed.is_none_or(|at| due.is_some_and(|d| d < at)) {
-                let at = due.unwrap_or(now + FAR);
+                let at = due.unwrap_or(now + QUIET_TICK);
                 timer.as_mut().reset(at.into());
                 armed = Some(at);
             }

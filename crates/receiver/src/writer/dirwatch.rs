@@ -7,8 +7,8 @@
 //! * an inotify watch on the archive directory wakes the writer when an entry there is
 //!   created, removed or renamed, which is what removing or replacing the lock file
 //!   does: noticed at once on a local file system;
-//! * the network task's timer ticks (status interval, receive timeout), which happen
-//!   anyway, stat the lock file ([`Writer::check_lock`](super::Writer::check_lock)) and
+//! * the network task's timer ticks (status interval, receive timeout; every 10 s when
+//!   both are disabled), which happen anyway, stat the lock file ([`Writer::check_lock`](super::Writer::check_lock)) and
 //!   wake the writer only when it is gone: the backstop for file systems whose changes
 //!   by other hosts inotify does not see (NFS), and the only check without inotify (no
 //!   kernel support, or `fs.inotify.max_user_instances` reached).
