@@ -599,8 +599,22 @@ impl ReplicationSession {
             }
             match timer {
                 Timer::Status => {
-                    self.queue_status(false);
                     let interval = self.cfg.status_interval.expect("armed only with -s");
+                    // The receive timeout's ping would fall before the next status update:
+                    // this update is the ping (one wake-up instead of two; the server has
+                    // longer to answer). Its give-up deadline stays where it was.
+                    let ping = !self.pinged
+                        && self
+                            .timers
+                            .get(Timer::Idle)
+                            .is_some_and(|ping_at| ping_at < now + interval);
+                    self.queue_status(ping);
+                    if ping {
+                        self.pinged = true;
+                        let timeout = self.cfg.receive_timeout.expect("armed only with a timeout");
+                        let since = self.last_heard.unwrap_or(now);
+                        self.timers.set(Timer::Idle, since + timeout);
+                    }
                     self.timers.set(Timer::Status, now + interval);
                 }
                 Timer::Idle => {

@@ -1042,3 +1042,67 @@ fn garbage_never_panics_and_either_waits_or_fails() {
         }
     }
 }
+
+#[test]
+fn an_idle_session_pings_with_its_status_updates_and_wakes_for_nothing_else() {
+    let mut sim = Sim::streaming(SessionConfig {
+        receive_timeout: Some(60 * SEC),
+        ..config()
+    });
+    sim.take();
+    // An idle server that answers each ping 1 ms later, for ten minutes.
+    let until = sim.t0 + 600 * SEC;
+    let mut wakeups = Vec::new();
+    let mut pings = Vec::new();
+    while let Some(at) = sim.s.poll_timeout().filter(|&at| at <= until) {
+        wakeups.push(at - sim.t0);
+        sim.now = at;
+        sim.s.handle_timeout(at);
+        sim.drain();
+        let (events, sent) = sim.take();
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Failed(_))),
+            "{events:?}"
+        );
+        if let Some(p) = Sim::statuses(&sent).iter().find(|s| s.1.reply_requested) {
+            pings.push(p.0);
+            sim.now += Duration::from_millis(1);
+            sim.feed(&keepalive(false));
+        }
+    }
+    // One wake-up per status interval, nothing between: the ping rides a status update.
+    let grid: Vec<Duration> = (1..=60).map(|i| i * 10 * SEC).collect();
+    assert_eq!(wakeups, grid);
+    // Still a ping whenever the server has been silent for half the receive timeout.
+    let every_30s: Vec<Duration> = (1..=20).map(|i| i * 30 * SEC).collect();
+    assert_eq!(pings, every_30s);
+}
+
+#[test]
+fn a_ping_riding_a_status_update_keeps_the_receive_timeout() {
+    let mut sim = Sim::streaming(SessionConfig {
+        receive_timeout: Some(60 * SEC),
+        status_interval: Some(25 * SEC),
+        ..config()
+    });
+    sim.take();
+    // The ping is due at 30 s, after the update at 25 s and before the one at 50 s: it goes
+    // out with the update at 25 s, and the server still has until 60 s to answer.
+    sim.run_until(25 * SEC);
+    let st = Sim::statuses(&sim.take().1);
+    assert_eq!(st.len(), 1);
+    assert!(st[0].1.reply_requested, "the update at 25 s is the ping");
+    sim.run_until(59 * SEC);
+    assert!(!sim.s.is_over());
+    assert!(
+        Sim::statuses(&sim.take().1)
+            .iter()
+            .all(|s| !s.1.reply_requested),
+        "one ping only"
+    );
+    sim.run_until(60 * SEC);
+    assert_eq!(
+        sim.failure(),
+        SessionError::ReceiveTimeout { after: 60 * SEC }
+    );
+}
