@@ -133,6 +133,31 @@ pub enum ArchiveError {
         invalid: walsink_wal::validate::WalInvalid,
     },
 
+    /// The WAL streamed from where streaming (re)started ends a record that began in
+    /// the completed segment before that start, already archived (which the validator
+    /// read, see [`WriterOptions::validate`](crate::WriterOptions::validate)), and the
+    /// record is invalid (its CRC-32C, or its continuation, does not match): either that
+    /// file's copy or the stream is damaged. That file is left as it is; what this
+    /// stream wrote of the record is zeroed, and no flush beyond the start is reported.
+    #[error(
+        "invalid WAL {invalid}; the record at {record} began in the already archived segment \"{}\" and its continuation was streamed from {start}, so either that file's copy or the stream is damaged. walsink left that file as it is, kept nothing of the stream from {start} and reported no flush beyond it. Run `walsink verify -D {}` to check the archived copy, and check the server's copy (pg_waldump on its pg_wal); with a replication slot the server keeps the WAL until walsink runs again",
+        .path.display(),
+        .dir.display(),
+        record = .invalid.good_end
+    )]
+    InvalidArchivedRecord {
+        /// The timeline being streamed.
+        tli: TimelineId,
+        /// The completed segment the record began in.
+        path: PathBuf,
+        /// The archive directory.
+        dir: PathBuf,
+        /// Where streaming (re)started (that segment's end).
+        start: Lsn,
+        /// Where, what, and how far the WAL was valid.
+        invalid: walsink_wal::validate::WalInvalid,
+    },
+
     /// The archive holds WAL of another database system.
     #[error(
         "archive directory \"{}\" holds WAL of database system {archive}, but the server is database system {server}; use a separate archive directory for each cluster",

@@ -546,7 +546,9 @@ fn archive_kind(e: &ArchiveError) -> ErrorKind {
         ArchiveError::SystemIdMismatch { .. } | ArchiveError::SegSizeMismatch { .. } => {
             ErrorKind::SystemIdMismatch
         }
-        ArchiveError::InvalidWal { .. } => ErrorKind::InvalidWal,
+        ArchiveError::InvalidWal { .. } | ArchiveError::InvalidArchivedRecord { .. } => {
+            ErrorKind::InvalidWal
+        }
         _ => ErrorKind::Archive,
     }
 }

@@ -39,14 +39,20 @@ use super::SegmentWriter;
 use crate::{ArchiveError, SyncMode};
 
 impl SegmentWriter {
-    /// Makes `end` (a position of timeline `tli` at or after where this writer
-    /// started: where the invalid part begins, [`WalInvalid::good_end`]) the end of the
-    /// WAL in the archive: the bytes written after it are
+    /// Makes `end` (a position of timeline `tli`: where the invalid part begins,
+    /// [`WalInvalid::good_end`]) the end of the WAL in the archive: the bytes written
+    /// after it are
     /// zeroed or their files removed (see the module docs), durably, and the writer's
     /// position is `end` with no segment open, as after [`close`](Self::close)
     /// there. Nothing to do when nothing was written after it. A failure breaks the
     /// writer.
+    ///
+    /// Only what this writer wrote is touched: an `end` before where its position was
+    /// last (re)started (a record that began in the completed segment before it, which
+    /// the validator read there, see [`prime`](super::prime)) is taken as that start,
+    /// and the segments before it are left as they are.
     pub(super) fn discard_after(&mut self, tli: TimelineId, end: Lsn) -> Result<(), ArchiveError> {
+        let end = end.max(self.started);
         if self.written <= end {
             return Ok(());
         }

@@ -10,6 +10,8 @@
 //!   the I/O threads;
 //! * [`background`]: handing syncs and completions to the sync thread;
 //! * [`discard`]: after invalid WAL, zeroing what was written of the invalid record;
+//! * [`prime`]: where streaming (re)starts, the validator reads the completed segment
+//!   before it, to check the record that runs on into the stream;
 //! * WAL validation ([`WriterOptions::validate`]) is `validate` here, the checks
 //!   themselves are `walsink_wal::validate`.
 
@@ -18,6 +20,9 @@ mod complete;
 mod direct;
 mod discard;
 mod open;
+mod prime;
+#[cfg(test)]
+mod prime_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -131,6 +136,8 @@ pub struct SegmentWriter {
     written: Lsn,
     /// End of the last byte known durable.
     flushed: Lsn,
+    /// Where the position was last (re)started: nothing before it is this writer's.
+    started: Lsn,
     /// Set when a sync or a segment completion failed: the file involved.
     failed: Option<PathBuf>,
     /// The archive lock and the one-writer flag.
@@ -155,6 +162,9 @@ struct WalCheck {
     /// what was received is the end the caller chose (`--endpos`, shutdown), and the
     /// durable position is reported whole, even inside a record.
     closed: bool,
+    /// The completed segment before the start position that the validator read
+    /// ([`prime`]), if it did.
+    primed: Option<prime::Primed>,
 }
 
 impl SegmentWriter {
@@ -194,6 +204,7 @@ impl SegmentWriter {
             tli: None,
             written: Lsn::INVALID,
             flushed: Lsn::INVALID,
+            started: Lsn::INVALID,
             failed: None,
             shared,
             lock_checked_at: Instant::now(),
@@ -202,6 +213,7 @@ impl SegmentWriter {
                 cfg,
                 v: None,
                 closed: false,
+                primed: None,
             }),
             _not_sync: PhantomData,
         }
@@ -312,7 +324,8 @@ impl SegmentWriter {
         if let Some(e) = invalid {
             // Bytes of the broken record that earlier writes put in the files are
             // zeroed; the valid WAL before it is kept, and made durable.
-            if let ArchiveError::InvalidWal { invalid, .. } = &e
+            if let ArchiveError::InvalidWal { invalid, .. }
+            | ArchiveError::InvalidArchivedRecord { invalid, .. } = &e
                 && let Err(d) = self.discard_after(tli, invalid.good_end)
             {
                 error!(
@@ -355,6 +368,19 @@ impl SegmentWriter {
             return (data, None);
         };
         let keep = e.good_end.0.saturating_sub(start.0).min(data.len() as u64) as usize;
+        if e.good_end < self.started
+            && let Some(p) = &c.primed
+        {
+            // The record began in the completed segment read before the start.
+            let err = ArchiveError::InvalidArchivedRecord {
+                tli,
+                path: self.dir.join(&p.name),
+                dir: self.dir.path().to_owned(),
+                start: self.started,
+                invalid: e.clone(),
+            };
+            return (&data[..keep], Some(err));
+        }
         let err = ArchiveError::InvalidWal {
             tli,
             segment: SegmentName::containing(tli, e.at, self.seg).file_name(self.seg),
@@ -418,7 +444,12 @@ impl SegmentWriter {
         match &self.check {
             Some(WalCheck {
                 v: Some(v), closed, ..
-            }) if !closed || v.failure().is_some() => durable.min(v.checked_end()),
+            }) if !closed || v.failure().is_some() => {
+                // (A record begun before the start, in the completed segment the
+                // validator read there, holds nothing back that was not held back
+                // before: the start was reported already.)
+                durable.min(v.checked_end().max(self.started))
+            }
             _ => durable,
         }
     }
@@ -515,13 +546,18 @@ impl SegmentWriter {
         self.tli = Some(tli);
         self.written = lsn;
         self.flushed = lsn;
-        if let Some(c) = &mut self.check {
-            c.closed = false;
-            match &mut c.v {
-                Some(v) => v.reset(tli.get(), lsn),
-                None => c.v = Some(WalValidator::new(c.cfg, tli.get(), lsn)),
-            }
-        }
+        self.started = lsn;
+        let Some(c) = &mut self.check else {
+            return;
+        };
+        c.closed = false;
+        let mut v =
+            c.v.take()
+                .unwrap_or_else(|| WalValidator::new(c.cfg, tli.get(), lsn));
+        let primed = self.prime(&mut v, tli, lsn);
+        let c = self.check.as_mut().expect("checked above");
+        c.v = Some(v);
+        c.primed = primed;
     }
 
     fn check_usable(&mut self) -> Result<(), ArchiveError> {

@@ -1,0 +1,113 @@
+//! Where streaming (re)starts: the validator is primed with the completed segment
+//! before the start position, so that the record crossing into the new stream is checked.
+//!
+//! Streaming always (re)starts at a segment start `L` (pg_receivewal's rule), and WAL
+//! records very often cross segment boundaries: the stream then begins with the tail
+//! of a record that began in the previous segment `S`, already archived. A validator
+//! started at `L` can only skip that tail, so the record's CRC-32C would never be
+//! checked, and a corrupt byte in `S`'s part of it (disk or transfer corruption) would
+//! stay unnoticed until `walsink verify`. So when the archive holds `S` completed (a
+//! regular file of a whole segment, same timeline), the validator reads all of `S`
+//! first (a few milliseconds for 16 MiB; it starts at `S`'s start, which it must, and
+//! `S`'s own records are checked on the way) and stands inside the crossing record at
+//! `L`: the continuation streamed from the server completes its check.
+//!
+//! Nothing here stops archiving: `S` missing (a fresh archive, a new timeline, a gap)
+//! starts unprimed as before; `S` unreadable, short or invalid itself is logged once as
+//! a warning advising `walsink verify`, and streaming starts unprimed. `S` is only read,
+//! never written, and the positions reported (the flush position, the start) do not
+//! move: what the writer reports is never below where it started
+//! ([`SegmentWriter::flushed`]), and after invalid WAL only what this writer wrote
+//! (from `L`) is zeroed ([`SegmentWriter::discard_after`]).
+
+use tracing::{debug, warn};
+use walsink_wal::validate::WalValidator;
+use walsink_wal::{Lsn, SegmentName, TimelineId};
+
+use super::SegmentWriter;
+use crate::ArchiveError;
+
+/// Bytes fed to the validator at a time (as `walsink verify` does, to stay in cache).
+const CHUNK: usize = 1 << 20;
+
+/// The completed segment the validator read before the start position.
+#[derive(Clone, Debug)]
+pub(super) struct Primed {
+    /// Its file name.
+    pub(super) name: String,
+}
+
+impl SegmentWriter {
+    /// A validator for a stream (re)starting at `lsn` (a segment start) of timeline
+    /// `tli`, primed with the completed segment before it if the archive holds it (see
+    /// the module docs): `v` as [`WalValidator::reset`] there, else as fed with that
+    /// segment. Returns the segment read, if any.
+    pub(super) fn prime(&self, v: &mut WalValidator, tli: TimelineId, lsn: Lsn) -> Option<Primed> {
+        v.reset(tli.get(), lsn);
+        let seg = self.seg;
+        if lsn.0 < seg.bytes() {
+            return None;
+        }
+        let prev = SegmentName::containing(tli, Lsn(lsn.0 - seg.bytes()), seg);
+        let name = prev.file_name(seg);
+        let path = self.dir.join(&name);
+        let started = std::time::Instant::now();
+        let data = match self.read_previous(&name) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                debug!(
+                    "no completed segment \"{}\" before {lsn}: a record running into {lsn} is not checked",
+                    path.display()
+                );
+                return None;
+            }
+            Err(why) => {
+                warn!(
+                    "cannot read the completed segment \"{}\" ({why}), so the CRC of a record that runs from it into the WAL streamed from {lsn} is not checked; run `walsink verify -D {}` to check the archive",
+                    path.display(),
+                    self.dir.path().display()
+                );
+                return None;
+            }
+        };
+        let mut p = v.clone();
+        p.reset(tli.get(), prev.start_lsn(seg));
+        for chunk in data.chunks(CHUNK) {
+            if let Err(e) = p.feed(chunk) {
+                warn!(
+                    "the completed segment \"{}\" holds invalid WAL ({e}), so the CRC of a record that runs from it into the WAL streamed from {lsn} is not checked; run `walsink verify -D {}` to check the archive",
+                    path.display(),
+                    self.dir.path().display()
+                );
+                return None;
+            }
+        }
+        debug_assert_eq!(p.position(), lsn);
+        debug!(
+            "read the completed segment \"{}\" before {lsn} in {:?}: the record running into {lsn}, if any, is checked",
+            path.display(),
+            started.elapsed()
+        );
+        *v = p;
+        Some(Primed { name })
+    }
+
+    /// The whole completed segment `name`: `Ok(None)` if there is none, `Err` with the
+    /// reason if it is not a regular file of a whole segment or cannot be read.
+    fn read_previous(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let size = self.seg.bytes();
+        let data = match self.dir.read_capped(name, size) {
+            Ok(d) => d,
+            Err(ArchiveError::FileTooLarge { .. }) => {
+                return Err(format!("it is larger than a segment of {size} bytes"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        match data {
+            Some(d) if d.len() as u64 != size => {
+                Err(format!("it has {} bytes, a segment has {size}", d.len()))
+            }
+            d => Ok(d),
+        }
+    }
+}
