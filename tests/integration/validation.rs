@@ -11,7 +11,9 @@ use walsink_wal::synth::{PG18, SynthParams, SynthWal};
 use walsink_wal::validate::{Problem, ValidatorConfig, WalInvalid, WalValidator};
 
 use crate::harness::fake::{FakeServer, FakeSession, Step, WAL_SYSTEM_ID, wal_byte, wal_bytes};
-use crate::harness::{PgCluster, Walsink, format_lsn, parse_lsn};
+use crate::harness::{
+    PgCluster, WAIT, Walsink, WalsinkProcess, archive_dir, format_lsn, parse_lsn, tail, wait_for,
+};
 
 /// The exit code for invalid WAL (README, "Exit codes").
 const INVALID_WAL: i32 = 21;
@@ -518,4 +520,161 @@ fn a_corrupted_record_crossing_into_the_next_segment_leaves_its_first_segment_pa
         assert_archive_ends_at(dir.path(), &good, record);
         restart_with_good_wal(dir.path(), &good, record_end + 1000, record_end);
     }
+}
+
+// ---- a restart after a completed segment whose last record runs on -------------------------------------
+
+/// `walsink receive -n -s 1 -d <pg> -S resume -D dir`, started in the background (after an empty
+/// archive's first connection before PostgreSQL 15, as integrity.rs does, so it starts at the slot).
+fn spawn_receive(pg: &PgCluster, dir: &Path) -> WalsinkProcess {
+    let empty = crate::harness::archive::list(dir)
+        .iter()
+        .all(|f| !f.starts_with(|c: char| c.is_ascii_hexdigit()));
+    let mut cmd = Walsink::cmd(["receive", "-n", "-s", "1", "-d", &pg.conninfo(), "-S"]);
+    cmd.args(["resume", "-D"]).arg(dir);
+    let mut w = WalsinkProcess::spawn_command(cmd);
+    if empty && !pg.has_read_replication_slot() {
+        let _streaming = w.wait_for_stderr("starting log streaming", WAIT);
+    }
+    w
+}
+
+/// Waits for `w` to exit, asserts the exit code, returns its stderr.
+fn exit_code(w: &mut WalsinkProcess, code: i32) -> String {
+    let status = w.wait_timeout(WAIT);
+    let stderr = w.stderr_text();
+    assert_eq!(status.code(), Some(code), "{status}\n{}", tail(&stderr, 60));
+    stderr
+}
+
+/// Waits until the server has seen walsink write up to `lsn`.
+fn wait_written(pg: &PgCluster, w: &mut WalsinkProcess, lsn: u64) {
+    let written = || {
+        pg.sql_one("SELECT max(write_lsn)::text FROM pg_stat_replication")
+            .is_some_and(|s| parse_lsn(&s) >= lsn)
+    };
+    assert!(
+        wait_for(|| !w.is_running() || written(), WAIT) && w.is_running(),
+        "walsink did not write up to {}\n{}",
+        format_lsn(lsn),
+        tail(&w.stderr_text(), 60)
+    );
+}
+
+/// Streaming restarts at a segment start, so the new stream often begins with the rest of a record that
+/// began in the completed segment before it. walsink reads that segment where it starts, so the record's
+/// CRC is checked once its rest arrives: with a byte of the record's first part flipped in the archived
+/// file (disk corruption while walsink was stopped), the restart exits 21 naming the record and the
+/// file and leaves the file as it is; with the byte restored, the restart streams on (logging the record
+/// it checks) and `walsink verify` finds the archive valid.
+#[test]
+fn a_restart_checks_the_record_that_began_in_the_completed_segment_before_it() {
+    let pg = PgCluster::builder().setting("wal_keep_size", "1GB").start();
+    let seg = pg.wal_segsize_bytes();
+    let dir = archive_dir();
+    pg.execute("SELECT pg_create_physical_replication_slot('resume', true)");
+    let mut w = spawn_receive(&pg, dir.path());
+
+    // A 200 kB record that begins 30 to 150 kB before a segment end.
+    loop {
+        let off = parse_lsn(&pg.current_lsn()) % seg;
+        if (seg - 150_000..=seg - 30_000).contains(&off) {
+            break;
+        }
+        if off < seg - 150_000 {
+            pg.generate_wal(seg - 100_000 - off);
+        } else {
+            pg.generate_wal(seg - off + 10_000);
+        }
+    }
+    let before = parse_lsn(&pg.current_lsn());
+    pg.execute("SELECT pg_logical_emit_message(true, 'resume', repeat('y', 200000))");
+    pg.generate_wal(300_000);
+    let target = parse_lsn(&pg.current_lsn());
+    let (s_start, next) = (before - before % seg, before - before % seg + seg);
+    assert!(target > next + 200_000 && target < next + seg);
+    wait_written(&pg, &mut w, target);
+    w.terminate();
+    exit_code(&mut w, 0);
+
+    let seg_size = walsink_wal::WalSegSize::new(seg).unwrap();
+    let tli1 = walsink_wal::TimelineId::ONE;
+    let s_name =
+        walsink_wal::SegmentName::containing(tli1, Lsn(s_start), seg_size).file_name(seg_size);
+    let next_partial = format!(
+        "{}.partial",
+        walsink_wal::SegmentName::containing(tli1, Lsn(next), seg_size).file_name(seg_size)
+    );
+    let files = crate::harness::archive::list(dir.path());
+    assert!(
+        files.contains(&s_name) && files.contains(&next_partial),
+        "{files:?}"
+    );
+    let s_path = dir.path().join(&s_name);
+    let good = fs::read(&s_path).unwrap();
+    // The record running on into the next segment: where a validator fed the whole segment stands.
+    let mut v = validator(pg.system_identifier(), s_start);
+    v.feed(&good).unwrap();
+    let record = v.checked_end().0;
+    assert!(
+        record >= before && record < next - 4000,
+        "record at {}",
+        format_lsn(record)
+    );
+    assert_eq!(good, fs::read(pg.pg_wal_dir().join(&s_name)).unwrap());
+
+    // 4000 bytes before the segment end: inside the record, mid-page (not a page header).
+    let mut bad = good.clone();
+    bad[(seg - 4000) as usize] ^= 0x01;
+    fs::write(&s_path, &bad).unwrap();
+    let mut w = spawn_receive(&pg, dir.path());
+    let stderr = exit_code(&mut w, INVALID_WAL);
+    for needle in [
+        format!(
+            "the record at {} began in the already archived segment",
+            format_lsn(record)
+        ),
+        s_name.clone(),
+        "walsink verify -D".to_string(),
+    ] {
+        assert!(stderr.contains(&needle), "{needle}:\n{}", tail(&stderr, 40));
+    }
+    assert_eq!(
+        fs::read(&s_path).unwrap(),
+        bad,
+        "the archived segment is left as it is"
+    );
+    let files = crate::harness::archive::list(dir.path());
+    assert!(!files.contains(&format!("{s_name}.partial")), "{files:?}");
+
+    // The byte restored: the restart streams on and checks the record.
+    fs::write(&s_path, &good).unwrap();
+    let mut w = spawn_receive(&pg, dir.path());
+    let checked = format!(
+        "the record at {} that runs on into the WAL streamed from {}",
+        format_lsn(record),
+        format_lsn(next)
+    );
+    assert!(
+        w.wait_for_stderr(&checked, WAIT),
+        "{checked}:\n{}",
+        tail(&w.stderr_text(), 40)
+    );
+    let end = parse_lsn(&pg.generate_wal(10_000));
+    wait_written(&pg, &mut w, end);
+    w.terminate();
+    exit_code(&mut w, 0);
+    let mut cmd = Walsink::cmd(["verify", "--json", "-D"]);
+    cmd.arg(dir.path());
+    let out = Walsink::run_command(cmd, WAIT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["valid"], true, "{text}");
+    assert!(report["records"].as_u64().unwrap() > 100, "{text}");
+    assert_eq!(fs::read(&s_path).unwrap(), good);
 }

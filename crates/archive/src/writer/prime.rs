@@ -20,7 +20,7 @@
 //! ([`SegmentWriter::flushed`]), and after invalid WAL only what this writer wrote
 //! (from `L`) is zeroed ([`SegmentWriter::discard_after`]).
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use walsink_wal::validate::WalValidator;
 use walsink_wal::{Lsn, SegmentName, TimelineId};
 
@@ -83,11 +83,21 @@ impl SegmentWriter {
             }
         }
         debug_assert_eq!(p.position(), lsn);
-        debug!(
-            "read the completed segment \"{}\" before {lsn} in {:?}: the record running into {lsn}, if any, is checked",
-            path.display(),
-            started.elapsed()
-        );
+        // (Inside a record that began before the segment, the validator only skips.)
+        let record = p.checked_end();
+        if record > prev.start_lsn(seg) && record < lsn {
+            info!(
+                "read the completed segment \"{}\" ({:.1} ms): the record at {record} that runs on into the WAL streamed from {lsn} is checked",
+                path.display(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        } else {
+            debug!(
+                "read the completed segment \"{}\" ({:.1} ms): no record runs on from it into {lsn}",
+                path.display(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
         *v = p;
         Some(Primed { name })
     }
