@@ -20,6 +20,9 @@
 //! ([`SegmentWriter::flushed`]), and after invalid WAL only what this writer wrote
 //! (from `L`) is zeroed ([`SegmentWriter::discard_after`]).
 
+use std::io::{ErrorKind, Read};
+
+use rustix::fs::OFlags;
 use tracing::{debug, info, warn};
 use walsink_wal::validate::WalValidator;
 use walsink_wal::{Lsn, SegmentName, TimelineId};
@@ -52,9 +55,11 @@ impl SegmentWriter {
         let name = prev.file_name(seg);
         let path = self.dir.join(&name);
         let started = std::time::Instant::now();
-        let data = match self.read_previous(&name) {
-            Ok(Some(d)) => d,
-            Ok(None) => {
+        let mut p = v.clone();
+        p.reset(tli.get(), prev.start_lsn(seg));
+        match self.feed_previous(&name, &mut p) {
+            Ok(true) => {}
+            Ok(false) => {
                 debug!(
                     "no completed segment \"{}\" before {lsn}: a record running into {lsn} is not checked",
                     path.display()
@@ -63,19 +68,7 @@ impl SegmentWriter {
             }
             Err(why) => {
                 warn!(
-                    "cannot read the completed segment \"{}\" ({why}), so the CRC of a record that runs from it into the WAL streamed from {lsn} is not checked; run `walsink verify -D {}` to check the archive",
-                    path.display(),
-                    self.dir.path().display()
-                );
-                return None;
-            }
-        };
-        let mut p = v.clone();
-        p.reset(tli.get(), prev.start_lsn(seg));
-        for chunk in data.chunks(CHUNK) {
-            if let Err(e) = p.feed(chunk) {
-                warn!(
-                    "the completed segment \"{}\" holds invalid WAL ({e}), so the CRC of a record that runs from it into the WAL streamed from {lsn} is not checked; run `walsink verify -D {}` to check the archive",
+                    "cannot use the completed segment \"{}\" ({why}), so the CRC of a record that runs from it into the WAL streamed from {lsn} is not checked; run `walsink verify -D {}` to check the archive",
                     path.display(),
                     self.dir.path().display()
                 );
@@ -102,22 +95,32 @@ impl SegmentWriter {
         Some(Primed { name })
     }
 
-    /// The whole completed segment `name`: `Ok(None)` if there is none, `Err` with the
-    /// reason if it is not a regular file of a whole segment or cannot be read.
-    fn read_previous(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+    /// Feeds `p` (at its start) the completed segment `name`, a chunk at a time: `Ok(false)`
+    /// if there is none, `Err` with the reason if it is not a regular file of a whole
+    /// segment, cannot be read, or is invalid WAL.
+    fn feed_previous(&self, name: &str, p: &mut WalValidator) -> Result<bool, String> {
         let size = self.seg.bytes();
-        let data = match self.dir.read_capped(name, size) {
-            Ok(d) => d,
-            Err(ArchiveError::FileTooLarge { .. }) => {
-                return Err(format!("it is larger than a segment of {size} bytes"));
+        let mut f = match self.dir.open_file(name, OFlags::RDONLY) {
+            Ok(f) => f,
+            Err(ArchiveError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                return Ok(false);
             }
             Err(e) => return Err(e.to_string()),
         };
-        match data {
-            Some(d) if d.len() as u64 != size => {
-                Err(format!("it has {} bytes, a segment has {size}", d.len()))
-            }
-            d => Ok(d),
+        let len = f.metadata().map_err(|e| format!("stat: {e}"))?.len();
+        if len != size {
+            return Err(format!("it has {len} bytes, a segment has {size}"));
         }
+        let mut buf = vec![0u8; usize::try_from(size).unwrap_or(CHUNK).min(CHUNK)];
+        let mut left = size;
+        while left > 0 {
+            let n = usize::try_from(left).unwrap_or(CHUNK).min(buf.len());
+            f.read_exact(&mut buf[..n])
+                .map_err(|e| format!("read: {e}"))?;
+            p.feed(&buf[..n])
+                .map_err(|e| format!("it holds invalid WAL {e}"))?;
+            left -= n as u64;
+        }
+        Ok(true)
     }
 }
