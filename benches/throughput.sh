@@ -125,9 +125,9 @@ for rep in $(seq 1 "$REPS"); do
             psql_ -c "SELECT pg_drop_replication_slot('$slot')" >/dev/null
             rm -rf "$dir"
             printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$tool" "$wall" "$user" "$sys" "$rss" >>"$results"
-            printf '    rep %d %-12s %-14s %6.2f s  %6.1f MiB/s  cpu %5.2f s  rss %5.1f MiB\n' "$rep" "$mode" "$tool" \
-                "$wall" "$(python3 -c "print($BYTES/1048576/$wall)")" "$(python3 -c "print($user+$sys)")" \
-                "$(python3 -c "print($rss/1024)")"
+            printf '    rep %d %-12s %-14s %6.2f s  %6.1f MiB/s  cpu %5.2f s (user %5.2f, sys %5.2f)  rss %5.1f MiB\n' \
+                "$rep" "$mode" "$tool" "$wall" "$(python3 -c "print($BYTES/1048576/$wall)")" \
+                "$(python3 -c "print($user+$sys)")" "$user" "$sys" "$(python3 -c "print($rss/1024)")"
         done
     done
 done
