@@ -165,6 +165,10 @@ struct WalCheck {
     /// The completed segment before the start position that the validator read
     /// ([`prime`]), if it did.
     primed: Option<prime::Primed>,
+    /// The validator is to be primed before it sees the first bytes after a (re)start:
+    /// then, not at the reset, so that a new timeline's history file, which the stream
+    /// writes between the two, says whose segment comes before the start.
+    prime_due: bool,
 }
 
 impl SegmentWriter {
@@ -214,6 +218,7 @@ impl SegmentWriter {
                 v: None,
                 closed: false,
                 primed: None,
+                prime_due: false,
             }),
             _not_sync: PhantomData,
         }
@@ -285,6 +290,7 @@ impl SegmentWriter {
             }
         }
 
+        self.prime_if_due();
         let (data, invalid) = self.validate(tli, start, data);
         let mut rest = data;
         while !rest.is_empty() {
@@ -551,10 +557,31 @@ impl SegmentWriter {
             return;
         };
         c.closed = false;
-        let mut v =
-            c.v.take()
-                .unwrap_or_else(|| WalValidator::new(c.cfg, tli.get(), lsn));
-        let primed = self.prime(&mut v, tli, lsn);
+        match &mut c.v {
+            Some(v) => v.reset(tli.get(), lsn),
+            None => c.v = Some(WalValidator::new(c.cfg, tli.get(), lsn)),
+        }
+        c.primed = None;
+        c.prime_due = true;
+    }
+
+    /// Primes the validator ([`prime`]) if a (re)start left that to do and it has seen
+    /// nothing since.
+    fn prime_if_due(&mut self) {
+        let Some(c) = self.check.as_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut c.prime_due) {
+            return;
+        }
+        let (Some(mut v), Some(tli)) = (c.v.take(), self.tli) else {
+            return;
+        };
+        let primed = if v.position() == self.started && v.failure().is_none() {
+            self.prime(&mut v, tli, self.started)
+        } else {
+            None
+        };
         let c = self.check.as_mut().expect("checked above");
         c.v = Some(v);
         c.primed = primed;

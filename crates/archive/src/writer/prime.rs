@@ -12,7 +12,10 @@
 //! `S`'s own records are checked on the way) and stands inside the crossing record at
 //! `L`: the continuation streamed from the server completes its check.
 //!
-//! Nothing here stops archiving: `S` missing (a fresh archive, a new timeline, a gap)
+//! On a new timeline's first segment `S` is the parent timeline's (its history file in the
+//! archive says where the parent's WAL ends), as recovery reads it.
+//!
+//! Nothing here stops archiving: `S` missing (a fresh archive, a gap)
 //! starts unprimed as before; `S` unreadable, short or invalid itself is logged once as
 //! a warning advising `walsink verify`, and streaming starts unprimed. `S` is only read,
 //! never written, and the positions reported (the flush position, the start) do not
@@ -25,10 +28,11 @@ use std::io::{ErrorKind, Read};
 use rustix::fs::OFlags;
 use tracing::{debug, info, warn};
 use walsink_wal::validate::WalValidator;
-use walsink_wal::{Lsn, SegmentName, TimelineId};
+use walsink_wal::{Lsn, SegmentName, TimelineHistory, TimelineId};
 
 use super::SegmentWriter;
 use crate::ArchiveError;
+use crate::archive::HISTORY_LIMIT;
 
 /// Bytes fed to the validator at a time (as `walsink verify` does, to stay in cache).
 const CHUNK: usize = 1 << 20;
@@ -51,7 +55,10 @@ impl SegmentWriter {
         if lsn.0 < seg.bytes() {
             return None;
         }
-        let prev = SegmentName::containing(tli, Lsn(lsn.0 - seg.bytes()), seg);
+        // The segment before a new timeline's first one is its parent's (the history says
+        // whose WAL the bytes before `lsn` are).
+        let prev_tli = self.timeline_before(tli, lsn);
+        let prev = SegmentName::containing(prev_tli, Lsn(lsn.0 - seg.bytes()), seg);
         let name = prev.file_name(seg);
         let path = self.dir.join(&name);
         let started = std::time::Instant::now();
@@ -93,6 +100,25 @@ impl SegmentWriter {
         }
         *v = p;
         Some(Primed { name })
+    }
+
+    /// The timeline whose WAL holds the byte before `lsn` on timeline `tli`: an ancestor
+    /// when `tli`'s history file in the archive says `tli` begins after it, else `tli`
+    /// (also when that file is missing or unreadable: then nothing is primed across
+    /// the switch, as before).
+    fn timeline_before(&self, tli: TimelineId, lsn: Lsn) -> TimelineId {
+        if tli == TimelineId::ONE {
+            return tli;
+        }
+        match self
+            .dir
+            .read_capped(&tli.history_file_name(), HISTORY_LIMIT)
+        {
+            Ok(Some(bytes)) => TimelineHistory::parse(tli, &bytes)
+                .map(|h| h.timeline_of(Lsn(lsn.0 - 1)))
+                .unwrap_or(tli),
+            _ => tli,
+        }
     }
 
     /// Feeds `p` (at its start) the completed segment `name`, a chunk at a time: `Ok(false)`

@@ -247,3 +247,49 @@ fn a_short_invalid_or_linked_previous_segment_is_not_used_and_stops_nothing() {
         }
     }
 }
+
+/// Streaming timeline 2 from segment 4, which holds the switch from timeline 1 (the history
+/// file says so): the segment before is timeline 1's, and the record crossing from it is
+/// checked. The history file may be written after the reset (as a stream that follows a
+/// switch writes it): the writer primes at the first write, not at the reset.
+#[test]
+fn on_a_new_timeline_the_parents_segment_before_the_switch_is_read() {
+    let (data, crossing, _) = wal();
+    let history = format!("1\t{}\tpromoted\n", Lsn(S4.0 + 70_000));
+    let run = |s3: &[u8], with_history: bool| {
+        let (d, a, mut w) = setup(Some(s3));
+        w.reset_position(tli(2), S4);
+        if with_history {
+            a.write_history(tli(2), history.as_bytes()).unwrap();
+        }
+        let mut pos = S4;
+        let mut r = Ok(());
+        for c in data[SEG as usize..].chunks(4096) {
+            r = w.write(tli(2), pos, c);
+            if r.is_err() {
+                break;
+            }
+            pos = Lsn(pos.0 + c.len() as u64);
+        }
+        (d, w, r)
+    };
+    // Valid: primed with timeline 1's segment 3.
+    let (_d, w, r) = run(seg_bytes(&data, 3), true);
+    r.unwrap();
+    assert_eq!(primed(&w).as_deref(), Some(S3_NAME));
+    // A flipped byte in timeline 1's part of the crossing record: caught, the file unchanged.
+    let mut s3 = seg_bytes(&data, 3).to_vec();
+    s3[(crossing.0 - S3.0 + 100) as usize] ^= 0x10;
+    let (d, _w, r) = run(&s3, true);
+    let e = r.unwrap_err();
+    let ArchiveError::InvalidArchivedRecord { invalid, path, .. } = &e else {
+        panic!("{e}");
+    };
+    assert_eq!(invalid.at, crossing);
+    assert_eq!(path, &d.path().join(S3_NAME));
+    assert_eq!(fs::read(d.path().join(S3_NAME)).unwrap(), s3);
+    // Without the history file nothing says whose segment 3 is: unprimed, as before.
+    let (_d, w, r) = run(&s3, false);
+    r.unwrap();
+    assert_eq!(primed(&w), None);
+}
