@@ -707,12 +707,7 @@ fn reload_tells_systemd_and_a_clashing_file_keeps_the_running_sources() {
     );
     let one = source("one", &via_proxy, d1.path(), Some("one"), "");
     let conf = ConfigFile::new(&one);
-    let sockdir = tempfile::Builder::new()
-        .prefix("wsk-sd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let socket = sockdir.path().join("notify");
-    let notes = Notes::listen(&socket);
+    let (notes, _sockdir, socket) = Notes::listen_fresh();
     let mut cmd = Walsink::cmd(["run", "-c", conf.path().to_str().unwrap()]);
     cmd.env("NOTIFY_SOCKET", &socket);
     let mut ws = WalsinkProcess::spawn_command(cmd);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -324,6 +324,18 @@ fn a_real_prometheus_server_scrapes_walsink() {
 pub(crate) struct Notes(Arc<Mutex<Vec<(Instant, String)>>>);
 
 impl Notes {
+    /// Listens on a socket `notify` in a fresh directory under `/tmp` (a short path: a
+    /// socket's is at most 107 bytes); returns the notes, the directory (removed when
+    /// dropped) and the socket's path, for `NOTIFY_SOCKET`.
+    pub(crate) fn listen_fresh() -> (Notes, tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("wsk-sd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("notify");
+        (Notes::listen(&socket), dir, socket)
+    }
+
     pub(crate) fn listen(path: &Path) -> Notes {
         let sock = UnixDatagram::bind(path).unwrap();
         let notes = Notes::default();
@@ -390,12 +402,7 @@ fn systemd_notify_ready_status_watchdog_only_while_healthy_and_stopping() {
     let proxy = FaultProxy::start(pg.port());
     let dir = archive_dir();
     let name = source_name(dir.path());
-    let sockdir = tempfile::Builder::new()
-        .prefix("wsk-sd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let socket = sockdir.path().join("notify");
-    let notes = Notes::listen(&socket);
+    let (notes, _sockdir, socket) = Notes::listen_fresh();
     let conn = format!("host=127.0.0.1 port={} user=postgres", proxy.port());
     // Pings every 250 ms while healthy; a silent server is given up on after 2 s.
     let mut cmd = Walsink::cmd(receive_args(&conn, dir.path(), "2s"));
@@ -507,12 +514,7 @@ fn the_daemon_notifies_and_serves_metrics_for_every_source() {
         ),
     )
     .unwrap();
-    let sockdir = tempfile::Builder::new()
-        .prefix("wsk-sd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let socket = sockdir.path().join("notify");
-    let notes = Notes::listen(&socket);
+    let (notes, _sockdir, socket) = Notes::listen_fresh();
     let mut cmd = Walsink::cmd(["run", "-c", path.to_str().unwrap()]);
     cmd.env("NOTIFY_SOCKET", &socket);
     let mut w = WalsinkProcess::spawn_command(cmd);
@@ -564,12 +566,7 @@ fn a_full_disk_fails_health_but_the_watchdog_keeps_pinging() {
     let dir = small.mount_point.join("archive");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let sockdir = tempfile::Builder::new()
-        .prefix("wsk-sd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let socket = sockdir.path().join("notify");
-    let notes = Notes::listen(&socket);
+    let (notes, _sockdir, socket) = Notes::listen_fresh();
     let conn = pg.conninfo();
     let mut args = receive_args(&conn, &dir, "10s");
     args.extend(["--metrics-listen", "127.0.0.1:0"]);

@@ -244,12 +244,7 @@ fn the_daemons_watchdog_stops_while_one_source_is_silent_and_resumes() {
         ),
     )
     .unwrap();
-    let sockdir = tempfile::Builder::new()
-        .prefix("wsk-sd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let socket = sockdir.path().join("notify");
-    let notes = Notes::listen(&socket);
+    let (notes, _sockdir, socket) = Notes::listen_fresh();
     let mut cmd = Walsink::cmd(["run", "-c", path.to_str().unwrap()]);
     // Pings every 250 ms while healthy.
     cmd.env("NOTIFY_SOCKET", &socket)
