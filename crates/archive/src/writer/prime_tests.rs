@@ -2,27 +2,18 @@
 //! record that began in the completed segment before the start and runs on into the stream
 //! is checked.
 
+use super::validation_tests::{SYSID, params};
 use super::*;
 use crate::testutil::*;
 use crate::{Archive, WriterOptions};
 use std::fs;
-use walsink_wal::synth::{PG18, SynthParams, SynthWal};
+use walsink_wal::synth::{PG18, SynthWal};
 
-const SYSID: u64 = 7_000_000_000_000_000_042;
 /// The completed segment `S` (3) and the start `L` (segment 4's start).
 const S3: Lsn = Lsn(3 * SEG);
 const S4: Lsn = Lsn(4 * SEG);
 const S3_NAME: &str = "000000010000000000000003";
 const S4_PARTIAL: &str = "000000010000000000000004.partial";
-
-fn params() -> SynthParams {
-    SynthParams {
-        seg: seg1m(),
-        format: PG18,
-        system_id: SYSID,
-        tli: 1,
-    }
-}
 
 /// WAL of segments 3 and 4 whose record at the returned position begins in segment 3 and
 /// ends 20 kB into segment 4, and the position of a small record in segment 3 before it.

@@ -6,10 +6,23 @@ use crate::{Archive, META_FILE};
 use std::fs;
 use walsink_wal::synth::{PG18, SynthParams, SynthWal};
 
-const SYSID: u64 = 7_000_000_000_000_000_042;
+pub(super) const SYSID: u64 = 7_000_000_000_000_000_042;
 const S3: Lsn = Lsn(3 * SEG);
 
-fn params() -> SynthParams {
+/// A validator of this WAL from `S3`, as the writer's.
+fn validator() -> walsink_wal::validate::WalValidator {
+    walsink_wal::validate::WalValidator::new(
+        walsink_wal::validate::ValidatorConfig {
+            seg: seg1m(),
+            system_id: Some(SYSID),
+            format: Some(PG18),
+        },
+        1,
+        S3,
+    )
+}
+
+pub(super) fn params() -> SynthParams {
     SynthParams {
         seg: seg1m(),
         format: PG18,
@@ -78,15 +91,7 @@ fn the_flush_position_never_passes_a_record_not_yet_complete() {
     let (_d, _a, mut w) = setup(Some(PG18));
     let data = wal();
     // Up to the middle of the 40 kB record.
-    let mut v = walsink_wal::validate::WalValidator::new(
-        walsink_wal::validate::ValidatorConfig {
-            seg: seg1m(),
-            system_id: Some(SYSID),
-            format: Some(PG18),
-        },
-        1,
-        S3,
-    );
+    let mut v = validator();
     let cut = 70_000;
     v.feed(&data[..cut]).unwrap();
     let record_start = v.checked_end();
@@ -209,15 +214,7 @@ fn writer_variants() -> Vec<(&'static str, WriterOptions)> {
 
 /// The start of the record that `lsn` falls in (of WAL `data` from `S3`).
 fn record_start_at(data: &[u8], lsn: Lsn) -> Lsn {
-    let mut v = walsink_wal::validate::WalValidator::new(
-        walsink_wal::validate::ValidatorConfig {
-            seg: seg1m(),
-            system_id: Some(SYSID),
-            format: Some(PG18),
-        },
-        1,
-        S3,
-    );
+    let mut v = validator();
     v.feed(&data[..(lsn.0 - S3.0) as usize]).unwrap();
     v.checked_end()
 }
@@ -515,15 +512,7 @@ fn a_failure_while_zeroing_breaks_the_writer_and_still_reports_the_invalid_wal()
     let (mut data, record) = wal_crossing(40_000);
     data[(record.0 - S3.0) as usize + 200] ^= 0x01;
     let chunks: Vec<&[u8]> = data.chunks(8192).collect();
-    let mut v = walsink_wal::validate::WalValidator::new(
-        walsink_wal::validate::ValidatorConfig {
-            seg: seg1m(),
-            system_id: Some(SYSID),
-            format: Some(PG18),
-        },
-        1,
-        S3,
-    );
+    let mut v = validator();
     let bad = chunks.iter().position(|c| v.feed(c).is_err()).unwrap();
     let mut pos = S3;
     for c in &chunks[..bad] {
