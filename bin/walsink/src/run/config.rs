@@ -507,46 +507,8 @@ fn clashes(c: &mut Collector<'_>, placed: &[Placed]) {
         if let Some((span, place, dir)) = &p.at {
             let found = earlier.iter().find_map(|q| {
                 let (_, other, qdir) = q.at.as_ref()?;
-                let (d, qd) = (dir.display(), qdir.display());
                 let first = format!("source \"{}\" (line {})", q.name, q.line);
-                let message = if place.same(other) {
-                    let how = if dir == qdir {
-                        String::new()
-                    } else if place.real == other.real {
-                        format!(
-                            ", which names it \"{qd}\" (both are \"{}\" once symbolic links are followed)",
-                            place.real.display()
-                        )
-                    } else {
-                        format!(
-                            ", which names it \"{qd}\" (the same device and inode: a bind mount?)"
-                        )
-                    };
-                    format!(
-                        "\"{d}\" is also the directory of {first}{how}; each source needs its own archive directory"
-                    )
-                } else {
-                    let (relation, lexical) = if place.inside(other) {
-                        ("is inside", dir.starts_with(qdir))
-                    } else if other.inside(place) {
-                        ("contains", qdir.starts_with(dir))
-                    } else {
-                        return None;
-                    };
-                    let how = if lexical {
-                        String::new()
-                    } else {
-                        format!(
-                            " (once symbolic links and mounts are followed: \"{}\" and \"{}\")",
-                            place.real.display(),
-                            other.real.display()
-                        )
-                    };
-                    format!(
-                        "\"{d}\" {relation} \"{qd}\", the directory of {first}{how}: one archive inside another mixes two servers' WAL in one tree, and cleaning up, copying or restoring one reaches into the other; give each source a directory of its own, side by side (e.g. /srv/wal/db1 and /srv/wal/db2)"
-                    )
-                };
-                Some(message)
+                directory_clash((place, dir), (other, qdir), &first)
             });
             if let Some(message) = found {
                 c.push(span.clone(), key("directory"), message);
@@ -569,6 +531,51 @@ fn clashes(c: &mut Collector<'_>, placed: &[Placed]) {
             }
         }
     }
+}
+
+/// What is wrong when a source's directory (`place`, configured as `dir`) is the same
+/// as, inside or around an earlier source's (`other`, `qdir`; `first` names that
+/// source), or `None` when they lie side by side.
+fn directory_clash(
+    (place, dir): (&Place, &Path),
+    (other, qdir): (&Place, &Path),
+    first: &str,
+) -> Option<String> {
+    let (d, qd) = (dir.display(), qdir.display());
+    if place.same(other) {
+        let how = if dir == qdir {
+            String::new()
+        } else if place.real == other.real {
+            format!(
+                ", which names it \"{qd}\" (both are \"{}\" once symbolic links are followed)",
+                place.real.display()
+            )
+        } else {
+            format!(", which names it \"{qd}\" (the same device and inode: a bind mount?)")
+        };
+        return Some(format!(
+            "\"{d}\" is also the directory of {first}{how}; each source needs its own archive directory"
+        ));
+    }
+    let (relation, lexical) = if place.inside(other) {
+        ("is inside", dir.starts_with(qdir))
+    } else if other.inside(place) {
+        ("contains", qdir.starts_with(dir))
+    } else {
+        return None;
+    };
+    let how = if lexical {
+        String::new()
+    } else {
+        format!(
+            " (once symbolic links and mounts are followed: \"{}\" and \"{}\")",
+            place.real.display(),
+            other.real.display()
+        )
+    };
+    Some(format!(
+        "\"{d}\" {relation} \"{qd}\", the directory of {first}{how}: one archive inside another mixes two servers' WAL in one tree, and cleaning up, copying or restoring one reaches into the other; give each source a directory of its own, side by side (e.g. /srv/wal/db1 and /srv/wal/db2)"
+    ))
 }
 
 /// How a source writes, from `mode`.
